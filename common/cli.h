@@ -1,0 +1,12 @@
+// Each module registers its own subcommands on the one CLI11 app built in train.cu.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace pg {
+void add_tokenizer_commands(CLI::App& app);  // tokenizer train, data export, data inspect
+void add_eval_commands(CLI::App& app);       // bpb, eval
+void add_quant_commands(CLI::App& app);      // size, pack
+}  // namespace pg
