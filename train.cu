@@ -25,8 +25,8 @@ static void add_train_command(CLI::App& app, Config& cfg, std::string& preset) {
            "--preset", [&](const std::string& p) { apply_preset(cfg, p); preset = p; },
            "tiny (default, CPU-sized) | record (the challenge shape)")
         ->trigger_on_parse();
-    add_model_flags(*sub, cfg.model);
-    add_train_flags(*sub, cfg.train);
+    add_flags(*sub, fields(cfg.model));
+    add_flags(*sub, fields(cfg.train));
     sub->callback([&] { run_training(cfg); });
 }
 

@@ -74,79 +74,150 @@ void apply_preset(Config& c, const std::string& name) {
     c.train.data_dir = keep_data;
 }
 
-void add_model_flags(CLI::App& app, ModelConfig& m) {
-    app.add_option("--vocab-size", m.vocab_size, "vocabulary size (must match the tokenizer)");
-    app.add_option("--model-dim", m.model_dim, "residual width");
-    app.add_option("--n-layers", m.n_layers, "physical transformer blocks");
-    app.add_option("--n-heads", m.n_heads, "query heads");
-    app.add_option("--n-kv-heads", m.n_kv_heads, "key/value heads (GQA)");
-    app.add_option("--head-dim", m.head_dim, "dimension per head");
-    app.add_option("--mlp-mult", m.mlp_mult, "MLP hidden = mlp_mult * model_dim");
-    app.add_flag("--swiglu,!--no-swiglu", m.swiglu, "SwiGLU MLP instead of LeakyReLU^2");
-    app.add_option("--leaky-slope", m.leaky_slope, "negative slope of LeakyReLU^2");
-    app.add_option("--rope-dims", m.rope_dims, "rotated dims per head (partial RoPE)");
-    app.add_option("--rope-base", m.rope_base, "RoPE base");
-    app.add_flag("--qk-norm,!--no-qk-norm", m.qk_norm, "RMS-normalise q and k per head");
-    app.add_option("--qk-gain-init", m.qk_gain_init, "initial per-head q gain");
-    app.add_option("--logit-softcap", m.logit_softcap, "tanh softcap on logits (0 = off)");
-    app.add_option("--bigram-buckets", m.bigram_buckets, "BigramHash rows (0 = off)");
-    app.add_option("--bigram-dim", m.bigram_dim, "BigramHash embedding dim");
-    app.add_flag("--smear-gate,!--no-smear-gate", m.smear_gate, "SmearGate on the input embedding");
-    app.add_flag("--value-residual,!--no-value-residual", m.value_residual, "blend V with the first layer's V");
-    app.add_option("--xsa-last", m.xsa_last, "XSA on the last K physical layers (0 = off)");
-    app.add_flag("--ln-scale,!--no-ln-scale", m.ln_scale, "scale pre-norm outputs by 1/sqrt(layer+1)");
-    app.add_flag("--unet-skips,!--no-unet-skips", m.unet_skips, "U-Net skips with sigmoid gates");
-    app.add_option("--recur-start", m.recur_start, "first physical layer of the recurrent span");
-    app.add_option("--recur-end", m.recur_end, "last physical layer of the recurrent span");
-    app.add_option("--recur-repeats", m.recur_repeats, "times the span runs (1 = off)");
-    app.add_option("--recur-from", m.recur_from, "fraction of training after which recurrence is on");
-    app.add_option("--parallel-from", m.parallel_from, "first physical layer with parallel residuals");
-    app.add_flag("--ortho-init,!--no-ortho-init", m.ortho_init, "orthogonal init of matrices");
-    app.add_option("--embed-init-std", m.embed_init_std, "std of the embedding init");
-    app.add_option("--seq-len", m.seq_len, "training sequence length");
+std::vector<Field> fields(ModelConfig& m) {
+    return {
+        {"vocab-size", &m.vocab_size, "vocabulary size (must match the tokenizer)"},
+        {"model-dim", &m.model_dim, "residual width"},
+        {"n-layers", &m.n_layers, "physical transformer blocks"},
+        {"n-heads", &m.n_heads, "query heads"},
+        {"n-kv-heads", &m.n_kv_heads, "key/value heads (GQA)"},
+        {"head-dim", &m.head_dim, "dimension per head"},
+        {"mlp-mult", &m.mlp_mult, "MLP hidden = mlp_mult * model_dim"},
+        {"swiglu", &m.swiglu, "SwiGLU MLP instead of LeakyReLU^2"},
+        {"leaky-slope", &m.leaky_slope, "negative slope of LeakyReLU^2"},
+        {"rope-dims", &m.rope_dims, "rotated dims per head (partial RoPE)"},
+        {"rope-base", &m.rope_base, "RoPE base"},
+        {"qk-norm", &m.qk_norm, "RMS-normalise q and k per head"},
+        {"qk-gain-init", &m.qk_gain_init, "initial per-head q gain"},
+        {"logit-softcap", &m.logit_softcap, "tanh softcap on logits (0 = off)"},
+        {"bigram-buckets", &m.bigram_buckets, "BigramHash rows (0 = off)"},
+        {"bigram-dim", &m.bigram_dim, "BigramHash embedding dim"},
+        {"smear-gate", &m.smear_gate, "SmearGate on the input embedding"},
+        {"value-residual", &m.value_residual, "blend V with the first layer's V"},
+        {"xsa-last", &m.xsa_last, "XSA on the last K physical layers (0 = off)"},
+        {"ln-scale", &m.ln_scale, "scale pre-norm outputs by 1/sqrt(layer+1)"},
+        {"unet-skips", &m.unet_skips, "U-Net skips with sigmoid gates"},
+        {"recur-start", &m.recur_start, "first physical layer of the recurrent span"},
+        {"recur-end", &m.recur_end, "last physical layer of the recurrent span"},
+        {"recur-repeats", &m.recur_repeats, "times the span runs (1 = off)"},
+        {"recur-from", &m.recur_from, "fraction of training after which recurrence is on"},
+        {"parallel-from", &m.parallel_from, "first physical layer with parallel residuals"},
+        {"ortho-init", &m.ortho_init, "orthogonal init of matrices"},
+        {"embed-init-std", &m.embed_init_std, "std of the embedding init"},
+        {"seq-len", &m.seq_len, "training sequence length"},
+    };
 }
 
-void add_train_flags(CLI::App& app, TrainConfig& t) {
-    app.add_option("--data", t.data_dir, "directory with fineweb_{train,val}_*.bin shards");
-    app.add_option("--tokenizer", t.tokenizer, "SentencePiece model (default: <data>/tokenizer.model)");
-    app.add_option("--train-pattern", t.train_pattern, "glob of training shards");
-    app.add_option("--val-pattern", t.val_pattern, "glob of validation shards");
-    app.add_option("--device", t.device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-    app.add_option("--gpus", t.gpus, "GPUs to use (0 = all visible)");
-    app.add_option("--batch-tokens", t.batch_tokens, "global tokens per optimizer step");
-    app.add_option("--micro-batch-seqs", t.micro_batch_seqs, "sequences per forward pass per GPU (0 = auto)");
-    app.add_option("--iterations", t.iterations, "optimizer steps");
-    app.add_option("--max-wallclock", t.max_wallclock_s, "training time cap in seconds (0 = none)");
-    app.add_option("--warmup-steps", t.warmup_steps, "linear LR warmup steps");
-    app.add_option("--warmdown-frac", t.warmdown_frac, "final fraction of training with linear LR decay");
-    app.add_option("--lr-floor", t.lr_floor, "LR multiplier at the end of warmdown");
-    app.add_option("--matrix-lr", t.matrix_lr, "Muon learning rate");
-    app.add_option("--embed-lr", t.embed_lr, "AdamW learning rate of embeddings");
-    app.add_option("--scalar-lr", t.scalar_lr, "AdamW learning rate of vectors and scalars");
-    app.add_option("--muon-momentum", t.muon_momentum, "Muon momentum after warmup");
-    app.add_option("--muon-momentum-start", t.muon_momentum_start, "Muon momentum at step 0");
-    app.add_option("--muon-momentum-warmup", t.muon_momentum_warmup, "steps of momentum warmup");
-    app.add_option("--ns-steps", t.ns_steps, "Newton-Schulz iterations");
-    app.add_flag("--muon-row-norm,!--no-muon-row-norm", t.muon_row_norm, "row-normalise before Newton-Schulz");
-    app.add_option("--muon-wd", t.muon_wd, "decoupled weight decay on Muon matrices");
-    app.add_option("--adam-beta1", t.adam_beta1);
-    app.add_option("--adam-beta2", t.adam_beta2);
-    app.add_option("--adam-eps", t.adam_eps);
-    app.add_option("--adam-wd", t.adam_wd, "decoupled weight decay on AdamW params");
-    app.add_option("--grad-clip", t.grad_clip, "global gradient-norm clip (0 = off)");
-    app.add_option("--ema-decay", t.ema_decay, "EMA of weights (0 = off)");
-    app.add_option("--swa-from", t.swa_from, "fraction of training after which SWA averages (0 = off)");
-    app.add_option("--swa-every", t.swa_every, "steps between SWA snapshots");
-    app.add_option("--qat-from", t.qat_from, "fraction of training after which STE QAT is on (1 = off)");
-    app.add_option("--qat-bits-mlp", t.qat_bits_mlp);
-    app.add_option("--qat-bits-attn", t.qat_bits_attn);
-    app.add_option("--log-every", t.log_every);
-    app.add_option("--val-every", t.val_every, "steps between val evaluations (0 = end only)");
-    app.add_option("--val-tokens", t.val_tokens, "val tokens to evaluate during training (0 = all)");
-    app.add_option("--out", t.out_dir, "run directory (log, checkpoints)");
-    app.add_option("--checkpoint-every", t.checkpoint_every, "steps between checkpoints (0 = end only)");
-    app.add_flag("--resume", t.resume, "resume from <out>/checkpoint.bin");
-    app.add_option("--seed", t.seed);
+std::vector<Field> fields(TrainConfig& t) {
+    return {
+        {"data", &t.data_dir, "directory with fineweb_{train,val}_*.bin shards"},
+        {"tokenizer", &t.tokenizer, "SentencePiece model (default: <data>/tokenizer.model)"},
+        {"train-pattern", &t.train_pattern, "glob of training shards"},
+        {"val-pattern", &t.val_pattern, "glob of validation shards"},
+        {"device", &t.device, "auto | cpu | cuda"},
+        {"gpus", &t.gpus, "GPUs to use (0 = all visible)"},
+        {"batch-tokens", &t.batch_tokens, "global tokens per optimizer step"},
+        {"micro-batch-seqs", &t.micro_batch_seqs, "sequences per forward pass per GPU (0 = auto)"},
+        {"iterations", &t.iterations, "optimizer steps"},
+        {"max-wallclock", &t.max_wallclock_s, "training time cap in seconds (0 = none)"},
+        {"warmup-steps", &t.warmup_steps, "linear LR warmup steps"},
+        {"warmdown-frac", &t.warmdown_frac, "final fraction of training with linear LR decay"},
+        {"lr-floor", &t.lr_floor, "LR multiplier at the end of warmdown"},
+        {"matrix-lr", &t.matrix_lr, "Muon learning rate"},
+        {"embed-lr", &t.embed_lr, "AdamW learning rate of embeddings"},
+        {"scalar-lr", &t.scalar_lr, "AdamW learning rate of vectors and scalars"},
+        {"muon-momentum", &t.muon_momentum, "Muon momentum after warmup"},
+        {"muon-momentum-start", &t.muon_momentum_start, "Muon momentum at step 0"},
+        {"muon-momentum-warmup", &t.muon_momentum_warmup, "steps of momentum warmup"},
+        {"ns-steps", &t.ns_steps, "Newton-Schulz iterations"},
+        {"muon-row-norm", &t.muon_row_norm, "row-normalise before Newton-Schulz"},
+        {"muon-wd", &t.muon_wd, "decoupled weight decay on Muon matrices"},
+        {"adam-beta1", &t.adam_beta1, "AdamW beta1"},
+        {"adam-beta2", &t.adam_beta2, "AdamW beta2"},
+        {"adam-eps", &t.adam_eps, "AdamW epsilon"},
+        {"adam-wd", &t.adam_wd, "decoupled weight decay on AdamW params"},
+        {"grad-clip", &t.grad_clip, "global gradient-norm clip (0 = off)"},
+        {"ema-decay", &t.ema_decay, "EMA of weights (0 = off)"},
+        {"swa-from", &t.swa_from, "fraction of training after which SWA averages (0 = off)"},
+        {"swa-every", &t.swa_every, "steps between SWA snapshots"},
+        {"qat-from", &t.qat_from, "fraction of training after which STE QAT is on (1 = off)"},
+        {"qat-bits-mlp", &t.qat_bits_mlp, "QAT bits of MLP matrices"},
+        {"qat-bits-attn", &t.qat_bits_attn, "QAT bits of attention matrices"},
+        {"log-every", &t.log_every, "steps between log lines"},
+        {"val-every", &t.val_every, "steps between val evaluations (0 = end only)"},
+        {"val-tokens", &t.val_tokens, "val tokens to evaluate during training (0 = all)"},
+        {"out", &t.out_dir, "run directory (log, checkpoints)"},
+        {"checkpoint-every", &t.checkpoint_every, "steps between checkpoints (0 = end only)"},
+        {"resume", &t.resume, "resume from <out>/checkpoint.bin"},
+        {"seed", &t.seed, "seed of init and data order"},
+    };
+}
+
+void add_flags(CLI::App& app, const std::vector<Field>& fs) {
+    for (const Field& f : fs) {
+        const std::string name = std::string("--") + f.name;
+        std::visit(
+            [&](auto* p) {
+                using V = std::remove_pointer_t<decltype(p)>;
+                if constexpr (std::is_same_v<V, bool>)
+                    app.add_flag(name + ",!--no-" + f.name, *p, f.help);
+                else
+                    app.add_option(name, *p, f.help)->capture_default_str();
+            },
+            f.ptr);
+    }
+}
+
+std::string to_text(const std::vector<Field>& fs) {
+    std::string s;
+    for (const Field& f : fs)
+        std::visit(
+            [&](auto* p) {
+                using V = std::remove_pointer_t<decltype(p)>;
+                s += f.name;
+                s += '=';
+                if constexpr (std::is_same_v<V, bool>) s += *p ? "true" : "false";
+                else if constexpr (std::is_same_v<V, std::string>) s += *p;
+                else if constexpr (std::is_floating_point_v<V>) s += format("%.9g", double(*p));
+                else s += std::to_string(*p);
+                s += '\n';
+            },
+            f.ptr);
+    return s;
+}
+
+void from_text(const std::vector<Field>& fs, const std::string& text, const std::string& source) {
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        const std::string line = text.substr(pos, end - pos);
+        pos = end + 1;
+        if (line.empty()) continue;
+        const size_t eq = line.find('=');
+        if (eq == std::string::npos) fail("%s: bad config line '%s'", source.c_str(), line.c_str());
+        const std::string key = line.substr(0, eq), val = line.substr(eq + 1);
+        const Field* f = nullptr;
+        for (const Field& c : fs)
+            if (key == c.name) f = &c;
+        if (!f) fail("%s: unknown config key '%s'", source.c_str(), key.c_str());
+        try {
+            std::visit(
+                [&](auto* p) {
+                    using V = std::remove_pointer_t<decltype(p)>;
+                    if constexpr (std::is_same_v<V, bool>) {
+                        if (val != "true" && val != "false") throw std::invalid_argument(val);
+                        *p = val == "true";
+                    } else if constexpr (std::is_same_v<V, std::string>) *p = val;
+                    else if constexpr (std::is_floating_point_v<V>) *p = V(std::stod(val));
+                    else if constexpr (std::is_signed_v<V>) *p = V(std::stoll(val));
+                    else *p = V(std::stoull(val));
+                },
+                f->ptr);
+        } catch (const std::exception&) {
+            fail("%s: bad value '%s' for config key '%s'", source.c_str(), val.c_str(), key.c_str());
+        }
+    }
 }
 
 }  // namespace pg

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace CLI {
@@ -97,7 +98,19 @@ struct Config {
 
 // Presets: "tiny" (CPU-sized, the default of `pgolf train`) and "record".
 void apply_preset(Config& c, const std::string& name);
-void add_model_flags(CLI::App& app, ModelConfig& m);
-void add_train_flags(CLI::App& app, TrainConfig& t);
+
+// One table per struct drives the CLI flags and the key=value text stored in checkpoints
+// and artifacts, so a field added once is both a flag and persisted.
+struct Field {
+    const char* name;  // flag name without "--"; bools also get "--no-<name>"
+    std::variant<int*, long*, float*, double*, bool*, std::string*, uint64_t*> ptr;
+    const char* help;
+};
+std::vector<Field> fields(ModelConfig& m);
+std::vector<Field> fields(TrainConfig& t);
+void add_flags(CLI::App& app, const std::vector<Field>& fs);
+std::string to_text(const std::vector<Field>& fs);
+// Parses key=value lines written by to_text; unknown keys and bad values fail naming `source`.
+void from_text(const std::vector<Field>& fs, const std::string& text, const std::string& source);
 
 }  // namespace pg

@@ -36,3 +36,22 @@ TEST_CASE("bad model settings are rejected") {
     r.recur_end = 12;
     CHECK_THROWS_AS(r.validate(), Error);
 }
+
+TEST_CASE("config text round trip covers every field") {
+    Config a;
+    apply_preset(a, "tiny");
+    a.model.swiglu = true;
+    a.model.qk_gain_init = 1.2345f;
+    a.train.out_dir = "x/y z";
+    a.train.seed = 18446744073709551615ull;
+    Config b;
+    from_text(fields(b.model), to_text(fields(a.model)), "test");
+    from_text(fields(b.train), to_text(fields(a.train)), "test");
+    CHECK(to_text(fields(b.model)) == to_text(fields(a.model)));
+    CHECK(to_text(fields(b.train)) == to_text(fields(a.train)));
+    CHECK(b.model.swiglu);
+    CHECK(b.model.model_dim == 128);
+    CHECK(b.train.seed == a.train.seed);
+    CHECK_THROWS_AS(from_text(fields(b.model), "nope=1\n", "t"), Error);
+    CHECK_THROWS_AS(from_text(fields(b.model), "model-dim=abc\n", "t"), Error);
+}
