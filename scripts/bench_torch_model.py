@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""PyTorch baseline for pgolf's speed comparison (issue 4).
+
+The same architecture as model/model_ref.h (U-Net skips with sigmoid gates, depth
+recurrence, parallel residuals, GQA with QK-norm + partial RoPE + q gain, value residual,
+XSA, LeakyReLU(0.5)^2 MLP, BigramHash, SmearGate, tied softcapped head), written plainly
+in PyTorch with torch.compile and scaled_dot_product_attention, trained with Muon
+(Newton-Schulz in bf16) on matrices and Adam on the rest. It measures tokens/s on one GPU
+at the shape given by the flags. It is a benchmark only: pgolf never depends on Python.
+
+Run on a GPU machine:  python3 scripts/bench_torch_model.py --steps 30
+Ends with: RESULT pytorch_tokens_per_s=... pytorch_peak_mem_gib=... pytorch_loss=... device=...
+"""
+import argparse, math, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("--vocab", type=int, default=8192)
+p.add_argument("--dim", type=int, default=512)
+p.add_argument("--layers", type=int, default=10)
+p.add_argument("--heads", type=int, default=8)
+p.add_argument("--kv-heads", type=int, default=4)
+p.add_argument("--mlp-mult", type=int, default=4)
+p.add_argument("--rope-dims", type=int, default=16)
+p.add_argument("--bigram-buckets", type=int, default=10240)
+p.add_argument("--bigram-dim", type=int, default=128)
+p.add_argument("--xsa-last", type=int, default=4)
+p.add_argument("--parallel-from", type=int, default=7)
+p.add_argument("--recur", type=str, default="3,5,2", help="start,end,repeats; 'off' to disable")
+p.add_argument("--seq", type=int, default=2048)
+p.add_argument("--micro-seqs", type=int, default=16, help="sequences per forward pass")
+p.add_argument("--batch-tokens", type=int, default=786432 // 8, help="tokens per optimizer step")
+p.add_argument("--steps", type=int, default=30)
+p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
+p.add_argument("--no-compile", action="store_true")
+args = p.parse_args()
+
+dev = "cuda"
+torch.manual_seed(0)
+torch.backends.cuda.matmul.allow_tf32 = True
+hd = args.dim // args.heads
+
+
+def rms(x):
+    return F.rms_norm(x, (x.size(-1),), eps=1e-6)
+
+
+class Block(nn.Module):
+    def __init__(self, l):
+        super().__init__()
+        D, H, K = args.dim, args.heads, args.kv_heads
+        self.l = l
+        self.wq = nn.Linear(D, H * hd, bias=False)
+        self.wk = nn.Linear(D, K * hd, bias=False)
+        self.wv = nn.Linear(D, K * hd, bias=False)
+        self.wo = nn.Linear(H * hd, D, bias=False)
+        self.fc = nn.Linear(D, args.mlp_mult * D, bias=False)
+        self.proj = nn.Linear(args.mlp_mult * D, D, bias=False)
+        self.attn_scale = nn.Parameter(torch.ones(D))
+        self.mlp_scale = nn.Parameter(torch.ones(D))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(D), torch.zeros(D)]))
+        self.q_gain = nn.Parameter(torch.full((H,), 5.25))
+        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5]))
+        self.s = 1.0 / math.sqrt(l + 1)
+        self.xsa = l >= args.layers - args.xsa_last
+        self.parallel = l >= args.parallel_from
+
+    def rope(self, x, cos, sin):
+        r = args.rope_dims // 2
+        x1, x2, rest = x[..., :r], x[..., r:2 * r], x[..., 2 * r:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+    def mlp(self, h):
+        return self.proj(F.leaky_relu(self.fc(h), 0.5).square())
+
+    def attn(self, h, v_first, cos, sin):
+        B, T, _ = h.shape
+        q = rms(self.wq(h).view(B, T, args.heads, hd))
+        k = rms(self.wk(h).view(B, T, args.kv_heads, hd))
+        v = self.wv(h).view(B, T, args.kv_heads, hd)
+        q = self.rope(q, cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
+        k = self.rope(k, cos, sin)
+        if v_first is None:
+            v_first = v
+        else:
+            v = self.v_mix[0] * v + self.v_mix[1] * v_first
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, enable_gqa=True).transpose(1, 2)
+        if self.xsa:
+            g = args.heads // args.kv_heads
+            yg = y.reshape(B, T, args.kv_heads, g, hd)
+            vn = F.normalize(v, dim=-1).unsqueeze(-2)
+            y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).reshape(B, T, args.heads, hd)
+        return self.wo(y.reshape(B, T, -1)), v_first
+
+    def forward(self, x, x0, v_first, cos, sin):
+        x_in = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        h = rms(x_in) * self.s
+        a, v_first = self.attn(h, v_first, cos, sin)
+        if self.parallel:
+            return x_in + self.attn_scale * a + self.mlp_scale * self.mlp(h), v_first
+        x_mid = x_in + self.attn_scale * a
+        return x_mid + self.mlp_scale * self.mlp(rms(x_mid) * self.s), v_first
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        D = args.dim
+        self.tok_emb = nn.Embedding(args.vocab, D)
+        nn.init.normal_(self.tok_emb.weight, std=0.005)
+        self.bigram = nn.Embedding(args.bigram_buckets, args.bigram_dim)
+        nn.init.normal_(self.bigram.weight, std=0.005)
+        self.bigram_proj = nn.Linear(args.bigram_dim, D, bias=False)
+        self.bigram_scale = nn.Parameter(torch.tensor(0.05))
+        self.smear = nn.Parameter(torch.zeros(D))
+        self.blocks = nn.ModuleList(Block(l) for l in range(args.layers))
+        sched = list(range(args.layers))
+        if args.recur != "off":
+            a, b, r = map(int, args.recur.split(","))
+            sched = list(range(b + 1)) + list(range(a, b + 1)) * (r - 1) + list(range(b + 1, args.layers))
+        self.sched = sched
+        self.n_enc = len(sched) // 2
+        self.skip_w = nn.Parameter(torch.ones(self.n_enc, D))
+        self.skip_g = nn.Parameter(torch.zeros(self.n_enc, D))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight)
+        for b in self.blocks:
+            b.wo.weight.data /= math.sqrt(2 * args.layers)
+            b.proj.weight.data /= math.sqrt(2 * args.layers)
+        r = args.rope_dims // 2
+        inv = 10000.0 ** (-torch.arange(r, dtype=torch.float32) * 2 / args.rope_dims)
+        ang = torch.arange(args.seq, dtype=torch.float32)[:, None] * inv[None]
+        self.register_buffer("cos", ang.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", ang.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, idx, tgt):
+        B, T = idx.shape
+        x = self.tok_emb(idx)
+        prev = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], 1)
+        h = ((36313 * idx) ^ (27191 * prev)) % (args.bigram_buckets - 1)
+        h = torch.where(prev < 0, args.bigram_buckets - 1, h)
+        x = x + self.bigram_scale * self.bigram_proj(self.bigram(h))
+        x = rms(x)
+        g = torch.sigmoid(self.smear)
+        x = (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
+        x0, v_first, skips = x, None, []
+        cos, sin = self.cos[:, :T].to(x.dtype), self.sin[:, :T].to(x.dtype)
+        for i, l in enumerate(self.sched):
+            if i >= self.n_enc and skips:
+                j = i - self.n_enc
+                gg = torch.sigmoid(self.skip_g[j])
+                x = gg * x + (1 - gg) * self.skip_w[j] * skips.pop()
+            x, v_first = self.blocks[l](x, x0, v_first, cos, sin)
+            if i < self.n_enc:
+                skips.append(x)
+        logits = rms(x) @ self.tok_emb.weight.to(x.dtype).T
+        logits = 30.0 * torch.tanh(logits.float() / 30.0)
+        return F.cross_entropy(logits.view(-1, args.vocab), tgt.view(-1))
+
+
+@torch.compile
+def newton_schulz(G):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16()
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(5):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+model = Model().to(dev)
+mats = [p for n, p in model.named_parameters() if p.ndim == 2 and "emb" not in n and "bigram." not in n and "skip" not in n and "resid_mix" not in n]
+mat_ids = {id(p) for p in mats}
+rest = [p for p in model.parameters() if id(p) not in mat_ids]
+adam = torch.optim.Adam(rest, lr=0.02, betas=(0.9, 0.95), fused=True)
+mom = [torch.zeros_like(p) for p in mats]
+fwd = model if args.no_compile else torch.compile(model)
+accum = max(1, args.batch_tokens // (args.seq * args.micro_seqs))
+step_tokens = accum * args.micro_seqs * args.seq
+n_params = sum(p.numel() for p in model.parameters())
+
+
+def step():
+    loss_sum = 0.0
+    for _ in range(accum):
+        idx = torch.randint(0, args.vocab, (args.micro_seqs, args.seq + 1), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fwd(idx[:, :-1], idx[:, 1:]) / accum
+        loss.backward()
+        loss_sum += loss.detach()
+    with torch.no_grad():
+        for p, m in zip(mats, mom):
+            m.mul_(0.95).add_(p.grad)
+            u = newton_schulz(p.grad + 0.95 * m)
+            p.add_(u.to(p.dtype), alpha=-0.02 * max(1, p.size(0) / p.size(1)) ** 0.5)
+    adam.step()
+    model.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+for _ in range(args.warmup):
+    step()
+torch.cuda.synchronize()
+torch.cuda.reset_peak_memory_stats()
+times = []
+for _ in range(args.steps):
+    t0 = time.perf_counter()
+    loss = step()
+    torch.cuda.synchronize()
+    times.append(time.perf_counter() - t0)
+times.sort()
+med = times[len(times) // 2]
+peak = torch.cuda.max_memory_allocated() / 2**30
+print(f"params={n_params} effective_layers={len(model.sched)} step_tokens={step_tokens} accum={accum} "
+      f"median_step_ms={med*1e3:.1f}")
+print(f"RESULT pytorch_tokens_per_s={step_tokens/med:.0f} pytorch_peak_mem_gib={peak:.2f} "
+      f"pytorch_loss={float(loss):.4f} device={torch.cuda.get_device_name().replace(' ', '_')}")
