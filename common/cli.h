@@ -1,11 +1,13 @@
 // Each module registers its own subcommands on the one CLI11 app built in train.cu.
 #pragma once
+#include "common/config.h"
 
 namespace CLI {
 class App;
 }
 
 namespace pg {
+void run_training(Config cfg);                 // pgolf train (train.cu)
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train, data export, data inspect
 void add_eval_commands(CLI::App& app);       // bpb, eval
 void add_quant_commands(CLI::App& app);      // size, pack

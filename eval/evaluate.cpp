@@ -1,0 +1,59 @@
+#include "eval/evaluate.h"
+
+#include <algorithm>
+
+#include "common/check.h"
+
+namespace pg {
+
+std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt) {
+    if (opt.seq_len < 1 || opt.stride < 1 || opt.stride > opt.seq_len)
+        fail("eval: need 1 <= stride (%d) <= seq_len (%d)", opt.stride, opt.seq_len);
+    long n_targets = n_tokens - 1;
+    if (opt.max_tokens > 0) n_targets = std::min(n_targets, opt.max_tokens);
+    if (n_targets < opt.seq_len)
+        fail("eval: %ld targets is fewer than one window of %d", n_targets, opt.seq_len);
+    std::vector<Window> w;
+    long scored = 0;  // targets [0, scored) are done; target j is token j + 1
+    for (long start = 0; scored < n_targets; start += opt.stride) {
+        start = std::min(start, n_targets - opt.seq_len);  // the last window ends at the last target
+        const long first = std::max(scored, start);
+        w.push_back({start, int(first - start)});
+        scored = start + opt.seq_len;
+    }
+    return w;
+}
+
+BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& tokens,
+                        const ByteTables& bytes, const EvalOptions& opt) {
+    const std::vector<Window> windows = make_windows(long(tokens.size()), opt);
+    const int L = opt.seq_len;
+    BpbAccumulator acc;
+    std::vector<int32_t> in, tg;
+    std::vector<float> nll;
+    for (size_t w0 = 0; w0 < windows.size(); w0 += opt.batch_seqs) {
+        const int rows = int(std::min<size_t>(opt.batch_seqs, windows.size() - w0));
+        in.resize(size_t(rows) * L);
+        tg.resize(size_t(rows) * L);
+        nll.assign(size_t(rows) * L, 0.f);
+        for (int r = 0; r < rows; ++r)
+            for (int t = 0; t < L; ++t) {
+                const long i = windows[w0 + r].start + t;
+                in[size_t(r) * L + t] = tokens[i];
+                tg[size_t(r) * L + t] = tokens[i + 1];
+            }
+        score(in.data(), tg.data(), rows, L, nll.data());
+        for (int r = 0; r < rows; ++r) {
+            const Window& win = windows[w0 + r];
+            for (int t = win.first_scored; t < L; ++t) {
+                const long i = win.start + t + 1;  // index of the target token
+                const float l = nll[size_t(r) * L + t];
+                if (!std::isfinite(l)) fail("eval: non-finite loss at token %ld", i);
+                acc.add(l, bytes.bytes(tokens[i], tokens[i - 1]), 1);
+            }
+        }
+    }
+    return acc;
+}
+
+}  // namespace pg

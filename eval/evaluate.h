@@ -1,0 +1,38 @@
+// Scoring a token split with any model (CPU reference or GPU) for val_loss / val_bpb.
+//
+// Windows of seq_len inputs advance by `stride`. The first window scores all its targets;
+// every later window scores only the targets that no earlier window scored (its last
+// `stride`), so each target is scored exactly once, with the longest context the window
+// schedule gives it. stride == seq_len is plain chunked evaluation. A final, shorter
+// advance covers the targets left at the end of the split.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "eval/bpb.h"
+
+namespace pg {
+
+// Fills nll[rows * seq] (natural-log loss of each target) for inputs/targets [rows, seq].
+using ScoreFn = std::function<void(const int32_t* inputs, const int32_t* targets, int rows, int seq, float* nll)>;
+
+struct EvalOptions {
+    int seq_len = 2048;
+    int stride = 2048;      // 64 for the challenge's sliding window
+    int batch_seqs = 8;     // windows scored per ScoreFn call
+    long max_tokens = 0;    // score only the first max_tokens targets; 0 = all
+};
+
+// A window: inputs tokens[start, start + seq_len), targets one further; scored positions
+// [first_scored, seq_len) of the window.
+struct Window {
+    long start = 0;
+    int first_scored = 0;
+};
+std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt);
+
+BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& tokens,
+                        const ByteTables& bytes, const EvalOptions& opt);
+
+}  // namespace pg
