@@ -1,0 +1,100 @@
+#include "model/gemm.cuh"
+
+#include <cstdint>
+
+namespace pg {
+
+namespace {
+
+// Largest power of two (up to 256) dividing every batch entry's start address and every row
+// start: what the heuristic may assume about the operand's alignment.
+unsigned alignment(const void* p, long long ld, long long stride, int batch, size_t elem) {
+    uint64_t bits = reinterpret_cast<uintptr_t>(p) | uint64_t(ld * elem) | 256u;
+    if (batch > 1) bits |= uint64_t(stride * elem);
+    return unsigned(bits & (~bits + 1));
+}
+
+// A row-major [rows, cols] matrix with row stride ld is, to cuBLASLt, column-major [cols, rows].
+cublasLtMatrixLayout_t layout(cudaDataType_t type, int rows, int cols, int ld, int batch, long long stride) {
+    cublasLtMatrixLayout_t l;
+    PG_CHECK(cublasLtMatrixLayoutCreate(&l, type, uint64_t(cols), uint64_t(rows), int64_t(ld)));
+    if (batch > 1) {
+        const int32_t n = batch;
+        const int64_t s = stride;
+        PG_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof n));
+        PG_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s, sizeof s));
+    }
+    return l;
+}
+
+}  // namespace
+
+Gemm::Gemm(size_t workspace_bytes) : workspace_(workspace_bytes) { PG_CHECK(cublasLtCreate(&handle_)); }
+
+Gemm::~Gemm() {
+    for (auto& kv : plans_) {
+        cublasLtMatrixLayoutDestroy(kv.second.a);
+        cublasLtMatrixLayoutDestroy(kv.second.b);
+        cublasLtMatrixLayoutDestroy(kv.second.d);
+        cublasLtMatmulDescDestroy(kv.second.desc);
+    }
+    cublasLtDestroy(handle_);
+}
+
+// Row-major D = op(A) op(B) is column-major D^T = op(B)^T op(A)^T, and cuBLASLt sees each
+// row-major operand as its transpose already: so it gets (b, a) in that order, flags unchanged.
+const Gemm::Plan& Gemm::plan(const Key& key) {
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    const auto [M, N, K, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, out, al_a, al_b, al_c, al_d] = key;
+    const cudaDataType_t dt = out == int(OutType::F32) ? CUDA_R_32F : CUDA_R_16BF;
+    Plan p;
+    PG_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    PG_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
+    PG_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof op_second));
+    p.b = layout(CUDA_R_16BF, tb ? N : K, tb ? K : N, ldb, batch, sb);
+    p.a = layout(CUDA_R_16BF, ta ? K : M, ta ? M : K, lda, batch, sa);
+    p.d = layout(dt, M, N, ldd, batch, sd);
+
+    cublasLtMatmulPreference_t pref;
+    PG_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = workspace_.size();
+    PG_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    const uint32_t aligns[4] = {al_b, al_a, al_c, al_d};  // cuBLASLt's A is our b
+    const cublasLtMatmulPreferenceAttributes_t which[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; ++i)
+        PG_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, which[i], &aligns[i], sizeof aligns[i]));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.d, p.d, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+        fail("cuBLASLt has no algorithm for a %dx%dx%d GEMM (trans_a %d, trans_b %d, batch %d): %s", M, N, K,
+             int(ta), int(tb), batch, cublasGetStatusString(st));
+    p.algo = result.algo;
+    return plans_.emplace(key, p).first->second;
+}
+
+void Gemm::run(const GemmArgs& g, cudaStream_t stream) {
+    PG_CHECK(g.M > 0 && g.N > 0 && g.K > 0 && g.batch > 0 && g.a && g.b && g.d);
+    const size_t out_size = g.out_type == OutType::F32 ? 4 : 2;
+    const int lda = g.lda ? g.lda : (g.trans_a ? g.M : g.K);
+    const int ldb = g.ldb ? g.ldb : (g.trans_b ? g.K : g.N);
+    const int ldd = g.ldd ? g.ldd : g.N;
+    const long long sa = g.stride_a ? g.stride_a : (long long)lda * (g.trans_a ? g.K : g.M);
+    const long long sb = g.stride_b ? g.stride_b : (long long)ldb * (g.trans_b ? g.N : g.K);
+    const long long sd = g.stride_d ? g.stride_d : (long long)ldd * g.M;
+    const void* c = g.c ? g.c : g.d;
+    const Key key{g.M, g.N, g.K, g.trans_a, g.trans_b, lda, ldb, ldd, g.batch, sa, sb, sd, int(g.out_type),
+                  alignment(g.a, lda, sa, g.batch, 2), alignment(g.b, ldb, sb, g.batch, 2),
+                  alignment(c, ldd, sd, g.batch, out_size), alignment(g.d, ldd, sd, g.batch, out_size)};
+    const Plan& p = plan(key);
+    PG_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.b, g.a, p.a, &g.beta, c, p.d, g.d, p.d, &p.algo,
+                            workspace_.get(), workspace_.size(), stream));
+}
+
+}  // namespace pg

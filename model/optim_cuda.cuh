@@ -1,0 +1,102 @@
+// The optimizers on the GPU: the same math as model/optim.h (read its header for every
+// formula), over the same flat layout. fp32 master weights, momentum and Adam moments live on
+// the GPU; after each update the bf16 copy that the forward pass reads is refreshed from the
+// fp32 master. Newton-Schulz runs in bf16 with fp32 accumulation, one batched GEMM per stage
+// for a whole bank (or bank slice). Where the CPU code transposes a tall matrix, this works
+// on it in place instead: A = X^T X and X <- a X + X (b A + c A^2), the same product.
+//
+// Everything is enqueued on one stream and nothing waits for the host, except grad_norm().
+// The clip factor stays on the GPU between the norm and the updates.
+//
+// Parallel Muon: each rank, after a reduce-scatter of its bank slices' gradients, calls
+// grad_sumsq() over the gradients it holds reduced, all-reduces sumsq_device(), calls
+// finish_clip(), then muon_update_bank_slice() for the slices of muon_partition() and
+// adam_update(), and all-gathers the updated fp32 weights (then refresh_bf16()).
+#pragma once
+#include <vector>
+
+#include "common/config.h"
+#include "model/gemm.cuh"
+#include "model/params.h"
+
+namespace pg {
+
+// Orthogonalises `count` row-major [rows, cols] fp32 matrices (back to back) like newton_schulz()
+// in model/optim.h, in bf16. Holds its buffers, sized for calls of at most `max_count` matrices,
+// `max_numel` floats of input and `max_gram` Gram elements (count * min(rows, cols)^2).
+class NewtonSchulzCuda {
+public:
+    NewtonSchulzCuda(size_t max_numel, size_t max_gram, int max_count);
+    // Returns the result, bf16, same layout as U; valid until the next run(). U is not written.
+    const bf16* run(Gemm& gemm, const float* U, int count, int rows, int cols, int steps, cudaStream_t stream);
+
+private:
+    DeviceArray<bf16> x_[2], gram_, poly_;
+    DeviceArray<double> partial_;
+};
+
+class CudaOptimizer {
+public:
+    CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream);
+
+    // One full update of every parameter, as Optimizer::step: params (fp32 master) and
+    // params_bf16 are [layout.total] device buffers, grads (fp32) is read, never written.
+    void step(float* params, bf16* params_bf16, const float* grads, float lr_scale, int step);
+
+    // The pieces of step().
+    // sumsq (device double) = [sumsq +] sum of squares of x[0, n), in a fixed order.
+    void grad_sumsq(const float* x, size_t n, bool accumulate);
+    double* sumsq_device() { return sumsq_.get(); }
+    // norm = sqrt(sumsq) and the clip factor, on the GPU.
+    void finish_clip();
+    void muon_update_bank_slice(int bank, int first, int count, float* params, bf16* params_bf16,
+                                const float* grads, float lr_scale, int step);
+    void adam_update(float* params, bf16* params_bf16, const float* grads, float lr_scale);
+    // params_bf16[offset, offset + n) = bf16(params[...]).
+    void refresh_bf16(const float* params, bf16* params_bf16, size_t offset, size_t n);
+
+    // The last global gradient norm before clipping; waits for the stream.
+    float grad_norm() const;
+    long adam_steps() const { return adam_t_; }
+
+    // A run of consecutive elements of one AdamW parameter: the unit of the AdamW kernel's blocks.
+    struct AdamBlock {
+        unsigned long long param, state;  // offsets into the flat buffer and into the moments
+        int n, embedding;
+    };
+
+private:
+    ParamLayout layout_;
+    TrainConfig cfg_;
+    Gemm& gemm_;
+    cudaStream_t stream_;
+    std::vector<size_t> bank_state_;  // offset of each bank's momentum in muon_m_
+    DeviceArray<float> muon_m_, muon_u_;  // momentum; one bank's Nesterov update (NS input)
+    NewtonSchulzCuda ns_;
+    DeviceArray<AdamBlock> adam_blocks_;
+    int n_adam_blocks_ = 0;
+    DeviceArray<float> adam_m_, adam_v_;
+    long adam_t_ = 0;
+    DeviceArray<double> sumsq_, partial_;
+    DeviceArray<float> clip_;  // {norm, scale}
+};
+
+// EMA and SWA of the weights on the GPU, as WeightAverage (model/optim.h).
+class CudaWeightAverage {
+public:
+    CudaWeightAverage(size_t n, const TrainConfig& cfg, cudaStream_t stream);
+    void update(const float* params, int step, bool swa_active);
+    const float* ema() const { return ema_steps_ > 0 ? ema_.get() : nullptr; }
+    const float* swa() const { return swa_count_ > 0 ? swa_.get() : nullptr; }
+    long swa_count() const { return swa_count_; }
+
+private:
+    size_t n_;
+    float decay_;
+    int swa_every_;
+    cudaStream_t stream_;
+    DeviceArray<float> ema_, swa_;
+    long ema_steps_ = 0, swa_count_ = 0;
+};
+
+}  // namespace pg
