@@ -225,6 +225,7 @@ int pgolf_main(int argc, char** argv) {
     add_tokenizer_commands(app);
     add_eval_commands(app);
     add_quant_commands(app);
+    add_bench_commands(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -11,4 +11,5 @@ void run_training(Config cfg);                 // pgolf train (train.cu)
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train, data export, data inspect
 void add_eval_commands(CLI::App& app);       // bpb, eval
 void add_quant_commands(CLI::App& app);      // size, pack
+void add_bench_commands(CLI::App& app);      // bench attention
 }  // namespace pg

@@ -1,0 +1,37 @@
+// Causal grouped-query flash attention on the GPU, forward and backward (mma.sync bf16 tensor
+// cores, fp32 accumulation and softmax). Same layout and meaning as the CPU oracle in
+// model/attention_ref.h:
+//   q, out, dout, dq: [B, T, Hq, D] bf16    k, v, dk, dv: [B, T, Hkv, D] bf16
+//   lse: [B, Hq, T] fp32, natural-log sum-exp of each query's scores (scale 1/sqrt(D))
+// Query head h reads KV head h / (Hq / Hkv). Supported: D = 64, Hq a multiple of Hkv, any T >= 1.
+// Every pointer must be 16-byte aligned (cudaMalloc's are). Both calls only enqueue work on
+// `stream`; bad arguments end in pg::Error before anything is launched.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace pg {
+
+using bf16 = __nv_bfloat16;
+
+// Writes out and lse (the backward needs both).
+void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse,
+                             int B, int T, int Hq, int Hkv, int D, cudaStream_t stream);
+
+// Bytes of the backward's scratch: an fp32 dq accumulator [B, T, Hq, D] (the key blocks add
+// their dq shares into it) followed by D_i = rowsum(dout * out), [B, Hq, T] fp32.
+size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D);
+
+// Overwrites dq, dk, dv. The GQA sum over the query heads of a group happens inside the kernel
+// (one block owns a key tile of one KV head), so dk and dv need no atomics; dq is summed over
+// key tiles with fp32 atomics in the workspace, so dq may differ between runs in the last bits.
+// `workspace` holds at least flash_attention_backward_workspace_bytes(B, T, Hq, D) bytes, any
+// contents; it may be reused once the stream has passed this call.
+void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out,
+                              const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
+                              void* workspace, int B, int T, int Hq, int Hkv, int D,
+                              cudaStream_t stream);
+
+}  // namespace pg
