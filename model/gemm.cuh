@@ -21,74 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "common/check.h"
-
-// ---- Shared CUDA helpers, meant for common/cuda_check.cuh (until it is merged) ----
-namespace pg {
-inline bool ok(cudaError_t e) { return e == cudaSuccess; }
-inline const char* why(cudaError_t e) { return cudaGetErrorString(e); }
-inline bool ok(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS; }
-inline const char* why(cublasStatus_t s) { return cublasGetStatusString(s); }
-
-// An owned device allocation of n elements of T (no managed memory).
-template <class T>
-class DeviceArray {
-public:
-    DeviceArray() = default;
-    explicit DeviceArray(size_t n) : n_(n) {
-        if (n_) PG_CHECK(cudaMalloc(&p_, n_ * sizeof(T)));
-    }
-    ~DeviceArray() {
-        if (p_) cudaFree(p_);
-    }
-    DeviceArray(DeviceArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
-    DeviceArray& operator=(DeviceArray&& o) noexcept {
-        std::swap(p_, o.p_);
-        std::swap(n_, o.n_);
-        return *this;
-    }
-    DeviceArray(const DeviceArray&) = delete;
-    DeviceArray& operator=(const DeviceArray&) = delete;
-    T* get() const { return p_; }
-    size_t size() const { return n_; }
-
-    // Synchronous copies of the whole array (setup, checkpoints, tests).
-    explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) { upload(host); }
-    void upload(const std::vector<T>& host) {
-        PG_CHECK(host.size() == n_);
-        if (n_) PG_CHECK(cudaMemcpy(p_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-    }
-    std::vector<T> download() const {
-        std::vector<T> host(n_);
-        if (n_) PG_CHECK(cudaMemcpy(host.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-        return host;
-    }
-
-private:
-    T* p_ = nullptr;
-    size_t n_ = 0;
-};
-}  // namespace pg
-#define PG_CHECK_LAUNCH() PG_CHECK(cudaGetLastError())
-
-// Meant for tests/gpu.h: GPU test cases start with PG_REQUIRE_GPU(), which passes with a
-// visible doctest MESSAGE where no CUDA device is visible (CI).
-inline bool gpu_available() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        (void)cudaGetLastError();  // no driver: clear the sticky error for later calls
-        return false;
-    }
-    return n > 0;
-}
-#define PG_REQUIRE_GPU()                             \
-    do {                                             \
-        if (!gpu_available()) {                      \
-            MESSAGE("skipped: no CUDA GPU visible"); \
-            return;                                  \
-        }                                            \
-    } while (0)
-// ---- end of shared helpers ----
+#include "common/cuda_check.cuh"
 
 namespace pg {
 

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "tests/gpu.h"
 #include "model/gemm.cuh"
 
 using namespace pg;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "tests/gpu.h"
 #include "model/optim.h"
 #include "model/optim_cuda.cuh"
 #include "model/params.h"
