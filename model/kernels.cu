@@ -1,0 +1,1159 @@
+// The kernels of model/kernels.cuh. All of them are memory-bound, so they share one shape:
+// each thread moves 8 values at a time (16-byte accesses where the address allows, scalar
+// ones otherwise, so that any row size and offset works), row statistics are reduced with
+// warp shuffles, and parameter gradients that sum over rows go through per-block partial
+// sums and a second pass, both in a fixed order, so that a step is reproducible bit for bit.
+#include "model/kernels.cuh"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "common/cuda_check.cuh"  // PG_CHECK for CUDA calls, DeviceArray
+#include "model/ops_ref.h"  // kRmsEps, kXsaNormFloor: the oracle's constants are the kernels' too
+
+namespace pg {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+// ---- 8 values at a time, as fp32 in registers ----
+
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// v[j] = p[j] for j < cnt, 0 beyond (cnt may be <= 0: nothing is read).
+__device__ __forceinline__ void ld8(float (&v)[8], const float* p, int cnt) {
+    if (cnt >= 8 && aligned16(p)) {
+        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = j < cnt ? p[j] : 0.f;
+    }
+}
+__device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) {
+    if (cnt >= 8 && aligned16(p)) {
+        const uint4 u = *reinterpret_cast<const uint4*>(p);
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float2 f = __bfloat1622float2(h[k]);
+            v[2 * k] = f.x, v[2 * k + 1] = f.y;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = j < cnt ? __bfloat162float(p[j]) : 0.f;
+    }
+}
+
+// p[j] = v[j] for j < cnt.
+__device__ __forceinline__ void st8(float* p, const float (&v)[8], int cnt) {
+    if (cnt >= 8 && aligned16(p)) {
+        reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (j < cnt) p[j] = v[j];
+    }
+}
+__device__ __forceinline__ void st8(bf16* p, const float (&v)[8], int cnt) {
+    if (cnt >= 8 && aligned16(p)) {
+        uint4 u;
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+        *reinterpret_cast<uint4*>(p) = u;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (j < cnt) p[j] = __float2bfloat16_rn(v[j]);
+    }
+}
+
+// p[j] += v[j] for j < cnt (fp32 gradients).
+__device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt) {
+    float d[8];
+    ld8(d, p, cnt);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) d[j] += v[j];
+    st8(p, d, cnt);
+}
+
+__device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) {
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s += a[j] * b[j];
+    return s;
+}
+
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+
+// ---- reductions, all in a fixed order (xor butterflies give every lane the same sum) ----
+
+// Sum over aligned groups of `width` lanes (a power of two up to 32); every lane of the warp
+// must take part.
+__device__ __forceinline__ float group_sum(float v, int width) {
+    for (int o = width / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+    return v;
+}
+
+// Sum over the block, returned to every thread; blockDim.x is a multiple of 32.
+__device__ float block_sum(float v) {
+    __shared__ float sh[32];
+    v = group_sum(v, 32);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = group_sum(lane < int(blockDim.x / 32) ? sh[lane] : 0.f, 32);
+    __syncthreads();  // sh is free for the next call
+    return v;
+}
+
+// The partial sums of the blocks of a rows or heads kernel, [parts][C], into out[c * wstride]
+// (+=): per column when wstride is 1, all into out[0] when it is 0. Block (32, 8).
+__global__ void finish_kernel(float* out, const float* partial, int parts, int C, int wstride) {
+    __shared__ float sh[8][33];
+    const int x = threadIdx.x, y = threadIdx.y, c = blockIdx.x * 32 + x;
+    float s = 0.f;
+    if (wstride) {
+        if (c < C)
+            for (int p = y; p < parts; p += 8) s += partial[size_t(p) * C + c];
+    } else {
+        for (size_t e = size_t(y) * 32 + x; e < size_t(parts) * C; e += 256) s += partial[e];
+    }
+    sh[y][x] = s;
+    __syncthreads();
+    if (y == 0) {
+        s = 0.f;
+        for (int k = 0; k < 8; ++k) s += sh[k][x];
+        if (wstride) {
+            if (c < C) out[c] += s;
+        } else {
+            s = group_sum(s, 32);
+            if (x == 0) out[0] += s;
+        }
+    }
+}
+
+void finish_partials(float* out, const float* partial, int parts, int C, int wstride, cudaStream_t stream) {
+    finish_kernel<<<wstride ? (C + 31) / 32 : 1, dim3(32, 8), 0, stream>>>(out, partial, parts, C, wstride);
+    PG_CHECK_LAUNCH();
+}
+
+// Room for the partial sums: one buffer per device, grown on demand. Growing frees the old
+// buffer (cudaFree waits for the device) and cannot happen inside a graph capture, so a
+// caller that captures runs one step first. Calls that use it are ordered on one stream.
+float* scratch(size_t n) {
+    static std::vector<DeviceArray<float>> buffers;
+    int dev = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    if (buffers.size() <= size_t(dev)) buffers.resize(dev + 1);
+    if (buffers[dev].size() < n) buffers[dev] = DeviceArray<float>(n);
+    return buffers[dev].get();
+}
+
+// ---- flat elementwise passes: op(i, cnt) handles elements [i, i + cnt), cnt <= 8 ----
+
+template <class Op>
+__global__ void __launch_bounds__(kThreads) flat_kernel(const Op op, size_t n) {
+    for (size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8; i < n; i += size_t(gridDim.x) * blockDim.x * 8)
+        op(i, n - i < 8 ? int(n - i) : 8);
+}
+
+template <class Op>
+void launch_flat(const Op& op, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    const size_t blocks = std::min<size_t>((n + kThreads * 8 - 1) / (kThreads * 8), size_t(1) << 16);
+    flat_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(op, n);
+    PG_CHECK_LAUNCH();
+}
+
+template <typename Src, typename Dst>
+struct ConvertOp {
+    Dst* dst;
+    const Src* src;
+    __device__ void operator()(size_t i, int cnt) const {
+        float v[8];
+        ld8(v, src + i, cnt);
+        st8(dst + i, v, cnt);
+    }
+};
+
+template <typename Src>
+struct AccumulateOp {
+    float* dst;
+    const Src* src;
+    __device__ void operator()(size_t i, int cnt) const {
+        float v[8];
+        ld8(v, src + i, cnt);
+        add8(dst + i, v, cnt);
+    }
+};
+
+struct LeakyRelu2Forward {
+    bf16* out;
+    const bf16* inp;
+    float slope;
+    __device__ void operator()(size_t i, int cnt) const {
+        float v[8];
+        ld8(v, inp + i, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float z = v[j] > 0.f ? v[j] : slope * v[j];
+            v[j] = z * z;
+        }
+        st8(out + i, v, cnt);
+    }
+};
+
+struct LeakyRelu2Backward {
+    bf16* dinp;
+    const bf16* dout;
+    const bf16* inp;
+    float slope;
+    __device__ void operator()(size_t i, int cnt) const {
+        float x[8], g[8];
+        ld8(x, inp + i, cnt);
+        ld8(g, dout + i, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) g[j] *= 2.f * x[j] * (x[j] > 0.f ? 1.f : slope * slope);
+        st8(dinp + i, g, cnt);
+    }
+};
+
+// ---- row passes over [N, C]: each thread takes a chunk of 8 columns and a stride of rows ----
+// An op has kGrads (the number of parameter gradients it sums over rows), a per-thread column
+// state `Cols cols(c0, cnt)` (weights read once, not once per row), and
+// op(cols, n, c0, cnt, acc), which does row n's chunk and adds its parameter-gradient terms
+// to acc[g][j]. Threads sum their rows, the block its threads, into partial[g][blockIdx.y][C].
+
+constexpr int kMaxRowParts = 512;
+
+template <int K>
+using Acc = float[K > 0 ? K : 1][8];
+
+struct NoCols {
+    struct Cols {};
+    __device__ Cols cols(int, int) const { return {}; }
+};
+
+// w[(c0 + j) * wstride] for the chunk's columns.
+struct Weights {
+    float v[8];
+};
+__device__ __forceinline__ Weights load_weights(const float* w, int c0, int cnt, int wstride) {
+    Weights r;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r.v[j] = j < cnt ? w[size_t(c0 + j) * wstride] : 0.f;
+    return r;
+}
+
+template <class Op>
+__global__ void __launch_bounds__(kThreads) rows_kernel(const Op op, int N, int C, float* partial) {
+    constexpr int kG = Op::kGrads;
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8, cnt = C - c0;
+    Acc<kG> acc = {};
+    if (cnt > 0) {
+        const typename Op::Cols w = op.cols(c0, cnt);
+        for (int n = blockIdx.y * blockDim.y + threadIdx.y; n < N; n += gridDim.y * blockDim.y) op(w, n, c0, cnt, acc);
+    }
+    if constexpr (kG > 0) {
+        __shared__ float sh[kG][kThreads * 8];
+        const int t = threadIdx.y * blockDim.x + threadIdx.x;
+#pragma unroll
+        for (int g = 0; g < kG; ++g)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) sh[g][t * 8 + j] = acc[g][j];
+        __syncthreads();
+        if (threadIdx.y == 0 && cnt > 0)
+            for (int g = 0; g < kG; ++g)
+                for (int j = 0; j < 8 && j < cnt; ++j) {
+                    float s = 0.f;
+                    for (int y = 0; y < int(blockDim.y); ++y) s += sh[g][(y * blockDim.x + threadIdx.x) * 8 + j];
+                    partial[(size_t(g) * gridDim.y + blockIdx.y) * C + c0 + j] = s;
+                }
+    }
+}
+
+// Launches op over [N, C]; then adds each summed parameter gradient into dw[g][c * wstride].
+// The grid depends on N and C alone, so the summation order does too.
+template <class Op>
+void launch_rows(const Op& op, int N, int C, cudaStream_t stream, std::array<float*, Op::kGrads> dw = {},
+                 int wstride = 1) {
+    if (N <= 0 || C <= 0) return;
+    const int chunks = (C + 7) / 8;
+    int tx = 1;
+    while (tx < chunks && tx < 32) tx *= 2;
+    const int ty = kThreads / tx;
+    const int parts = std::min((N + ty - 1) / ty, kMaxRowParts);
+    float* partial = Op::kGrads ? scratch(size_t(Op::kGrads) * parts * C) : nullptr;
+    rows_kernel<<<dim3((chunks + tx - 1) / tx, parts), dim3(tx, ty), 0, stream>>>(op, N, C, partial);
+    PG_CHECK_LAUNCH();
+    for (int g = 0; g < Op::kGrads; ++g)
+        finish_partials(dw[g], partial + size_t(g) * parts * C, parts, C, wstride, stream);
+}
+
+template <typename Out>
+struct EmbeddingForward : NoCols {
+    static constexpr int kGrads = 0;
+    Out* out;
+    const int32_t* idx;
+    const float* table;
+    int C;
+    __device__ void operator()(Cols, int n, int c0, int cnt, Acc<0>&) const {
+        float v[8];
+        ld8(v, table + size_t(idx[n]) * C + c0, cnt);
+        st8(out + size_t(n) * C + c0, v, cnt);
+    }
+};
+
+template <typename G>
+struct EmbeddingBackward : NoCols {
+    static constexpr int kGrads = 0;
+    float* dtable;
+    const int32_t* idx;
+    const G* dout;
+    int C;
+    __device__ void operator()(Cols, int n, int c0, int cnt, Acc<0>&) const {
+        float v[8];
+        ld8(v, dout + size_t(n) * C + c0, cnt);
+        float* d = dtable + size_t(idx[n]) * C + c0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (j < cnt) atomicAdd(d + j, v[j]);
+    }
+};
+
+// Rows of inp are [a | b], 2 * hidden values; C = hidden.
+struct SwigluForward : NoCols {
+    static constexpr int kGrads = 0;
+    bf16* out;
+    const bf16* inp;
+    int hidden;
+    __device__ void operator()(Cols, int n, int c0, int cnt, Acc<0>&) const {
+        const bf16* a = inp + size_t(n) * 2 * hidden + c0;
+        float va[8], vb[8];
+        ld8(va, a, cnt);
+        ld8(vb, a + hidden, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) va[j] = va[j] * sigm(va[j]) * vb[j];
+        st8(out + size_t(n) * hidden + c0, va, cnt);
+    }
+};
+
+struct SwigluBackward : NoCols {
+    static constexpr int kGrads = 0;
+    bf16* dinp;
+    const bf16* dout;
+    const bf16* inp;
+    int hidden;
+    __device__ void operator()(Cols, int n, int c0, int cnt, Acc<0>&) const {
+        const size_t o = size_t(n) * 2 * hidden + c0;
+        float a[8], b[8], dy[8];
+        ld8(a, inp + o, cnt);
+        ld8(b, inp + o + hidden, cnt);
+        ld8(dy, dout + size_t(n) * hidden + c0, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float s = sigm(a[j]);
+            const float da = dy[j] * b[j] * s * (1.f + a[j] * (1.f - s));
+            b[j] = dy[j] * a[j] * s;
+            a[j] = da;
+        }
+        st8(dinp + o, a, cnt);
+        st8(dinp + o + hidden, b, cnt);
+    }
+};
+
+// g = sigmoid(gate) per column, and g (1 - g), the gate's derivative.
+struct Gates {
+    float g[8], dg[8];
+};
+__device__ __forceinline__ Gates load_gates(const float* gate, int c0, int cnt) {
+    Gates r;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        r.g[j] = j < cnt ? sigm(gate[c0 + j]) : 0.f;
+        r.dg[j] = r.g[j] * (1.f - r.g[j]);
+    }
+    return r;
+}
+
+struct SmearForward {
+    static constexpr int kGrads = 0;
+    using Cols = Gates;
+    float* out;
+    const float* inp;
+    const float* gate;
+    int Tn, C;
+    __device__ Cols cols(int c0, int cnt) const { return load_gates(gate, c0, cnt); }
+    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<0>&) const {
+        const float* x = inp + size_t(n) * C + c0;
+        float v[8], prev[8];
+        ld8(v, x, cnt);
+        ld8(prev, x - C, n % Tn ? cnt : 0);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = (1.f - w.g[j]) * v[j] + w.g[j] * prev[j];
+        st8(out + size_t(n) * C + c0, v, cnt);
+    }
+};
+
+struct SmearBackward {
+    static constexpr int kGrads = 1;
+    using Cols = Gates;
+    float* dinp;
+    const float* dout;
+    const float* inp;
+    const float* gate;
+    int Tn, C;
+    __device__ Cols cols(int c0, int cnt) const { return load_gates(gate, c0, cnt); }
+    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<1>& acc) const {
+        const size_t o = size_t(n) * C + c0;
+        const int t = n % Tn;
+        float dy[8], next[8], x[8], prev[8];
+        ld8(dy, dout + o, cnt);
+        ld8(next, dout + o + C, t + 1 < Tn ? cnt : 0);
+        ld8(x, inp + o, cnt);
+        ld8(prev, inp + o - C, t > 0 ? cnt : 0);
+        float dx[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            dx[j] = (1.f - w.g[j]) * dy[j] + w.g[j] * next[j];
+            acc[0][j] += w.dg[j] * dy[j] * (prev[j] - x[j]);
+        }
+        add8(dinp + o, dx, cnt);
+    }
+};
+
+struct SkipCols {
+    Gates gates;
+    Weights w;
+};
+
+struct SkipMixForward {
+    static constexpr int kGrads = 0;
+    using Cols = SkipCols;
+    float* out;
+    const float *x, *s, *w, *gate;
+    int C;
+    __device__ Cols cols(int c0, int cnt) const { return {load_gates(gate, c0, cnt), load_weights(w, c0, cnt, 1)}; }
+    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<0>&) const {
+        const size_t o = size_t(n) * C + c0;
+        float vx[8], vs[8];
+        ld8(vx, x + o, cnt);
+        ld8(vs, s + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vx[j] = k.gates.g[j] * vx[j] + (1.f - k.gates.g[j]) * k.w.v[j] * vs[j];
+        st8(out + o, vx, cnt);
+    }
+};
+
+struct SkipMixBackward {
+    static constexpr int kGrads = 2;  // dw, dgate
+    using Cols = SkipCols;
+    float *dx, *ds;
+    const float *dout, *x, *s, *w, *gate;
+    int C;
+    __device__ Cols cols(int c0, int cnt) const { return {load_gates(gate, c0, cnt), load_weights(w, c0, cnt, 1)}; }
+    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<2>& acc) const {
+        const size_t o = size_t(n) * C + c0;
+        float dy[8], vx[8], vs[8];
+        ld8(dy, dout + o, cnt);
+        ld8(vx, x + o, cnt);
+        ld8(vs, s + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float g = k.gates.g[j], wj = k.w.v[j];
+            acc[0][j] += (1.f - g) * vs[j] * dy[j];
+            acc[1][j] += k.gates.dg[j] * dy[j] * (vx[j] - wj * vs[j]);
+            vx[j] = g * dy[j];
+            vs[j] = (1.f - g) * wj * dy[j];
+        }
+        add8(dx + o, vx, cnt);
+        add8(ds + o, vs, cnt);
+    }
+};
+
+struct MixCols {
+    Weights a, b;
+};
+
+template <typename T>
+struct MixForward {
+    static constexpr int kGrads = 0;
+    using Cols = MixCols;
+    T* out;
+    const T *a, *b;
+    const float *wa, *wb;
+    int C, wstride;
+    __device__ Cols cols(int c0, int cnt) const {
+        return {load_weights(wa, c0, cnt, wstride), load_weights(wb, c0, cnt, wstride)};
+    }
+    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<0>&) const {
+        const size_t o = size_t(n) * C + c0;
+        float va[8], vb[8];
+        ld8(va, a + o, cnt);
+        ld8(vb, b + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) va[j] = w.a.v[j] * va[j] + w.b.v[j] * vb[j];
+        st8(out + o, va, cnt);
+    }
+};
+
+template <typename T, typename G>
+struct MixBackward {
+    static constexpr int kGrads = 2;  // dwa, dwb
+    using Cols = MixCols;
+    float *da, *db;
+    const G* dout;
+    const T *a, *b;
+    const float *wa, *wb;
+    int C, wstride;
+    __device__ Cols cols(int c0, int cnt) const {
+        return {load_weights(wa, c0, cnt, wstride), load_weights(wb, c0, cnt, wstride)};
+    }
+    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<2>& acc) const {
+        const size_t o = size_t(n) * C + c0;
+        float dy[8], va[8], vb[8];
+        ld8(dy, dout + o, cnt);
+        ld8(va, a + o, cnt);
+        ld8(vb, b + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            acc[0][j] += dy[j] * va[j];
+            acc[1][j] += dy[j] * vb[j];
+            va[j] = w.a.v[j] * dy[j];
+            vb[j] = w.b.v[j] * dy[j];
+        }
+        add8(da + o, va, cnt);
+        add8(db + o, vb, cnt);
+    }
+};
+
+template <typename A>
+struct AddScaledForward {
+    static constexpr int kGrads = 0;
+    using Cols = Weights;
+    float* out;  // may alias x: each element is read, then written, by one thread
+    const float* x;
+    const A* a;
+    const float* w;
+    int C, wstride;
+    __device__ Cols cols(int c0, int cnt) const { return load_weights(w, c0, cnt, wstride); }
+    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<0>&) const {
+        const size_t o = size_t(n) * C + c0;
+        float vx[8], va[8];
+        ld8(vx, x + o, cnt);
+        ld8(va, a + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vx[j] += k.v[j] * va[j];
+        st8(out + o, vx, cnt);
+    }
+};
+
+template <typename A>
+struct AddScaledBackward {
+    static constexpr int kGrads = 1;  // dw
+    using Cols = Weights;
+    float* dx;
+    bf16* da;
+    const float* dout;
+    const A* a;
+    const float* w;
+    int C, wstride;
+    __device__ Cols cols(int c0, int cnt) const { return load_weights(w, c0, cnt, wstride); }
+    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<1>& acc) const {
+        const size_t o = size_t(n) * C + c0;
+        float dy[8], va[8];
+        ld8(dy, dout + o, cnt);
+        ld8(va, a + o, cnt);
+        add8(dx + o, dy, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            acc[0][j] += dy[j] * va[j];
+            va[j] = k.v[j] * dy[j];
+        }
+        st8(da + o, va, cnt);
+    }
+};
+
+// ---- RMSNorm: one block per row; its first 8 * blockDim values stay in registers ----
+
+int norm_threads(int C) { return std::clamp(((C + 7) / 8 + 31) / 32 * 32, 32, 1024); }
+
+template <typename In, typename Out>
+__global__ void rmsnorm_forward_kernel(Out* out, float* rstd, const In* inp, int C, float scale) {
+    const size_t row = blockIdx.x;
+    const In* x = inp + row * C;
+    Out* y = out + row * C;
+    const int c0 = threadIdx.x * 8, stride = blockDim.x * 8;
+    float v[8];
+    ld8(v, x + c0, C - c0);
+    float ss = dot8(v, v);
+    for (int c = c0 + stride; c < C; c += stride) {
+        float t[8];
+        ld8(t, x + c, C - c);
+        ss += dot8(t, t);
+    }
+    const float r = 1.f / sqrtf(block_sum(ss) / C + float(kRmsEps));
+    if (threadIdx.x == 0) rstd[row] = r;
+    auto write = [&](float(&t)[8], int c) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) t[j] *= r * scale;
+        st8(y + c, t, C - c);
+    };
+    write(v, c0);
+    for (int c = c0 + stride; c < C; c += stride) {
+        float t[8];
+        ld8(t, x + c, C - c);
+        write(t, c);
+    }
+}
+
+template <typename In, typename G>
+__global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* inp, const float* rstd, int C,
+                                        float scale) {
+    const size_t row = blockIdx.x;
+    const In* x = inp + row * C;
+    const G* dy = dout + row * C;
+    float* dx = dinp + row * C;
+    const int c0 = threadIdx.x * 8, stride = blockDim.x * 8;
+    float vx[8], vg[8];
+    ld8(vx, x + c0, C - c0);
+    ld8(vg, dy + c0, C - c0);
+    float dot = dot8(vx, vg);
+    for (int c = c0 + stride; c < C; c += stride) {
+        float t[8], u[8];
+        ld8(t, x + c, C - c);
+        ld8(u, dy + c, C - c);
+        dot += dot8(t, u);
+    }
+    const float r = rstd[row];
+    const float k = r * r * block_sum(dot) / C, sr = scale * r;
+    auto write = [&](const float(&tx)[8], float(&tg)[8], int c) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) tg[j] = sr * (tg[j] - tx[j] * k);
+        add8(dx + c, tg, C - c);
+    };
+    write(vx, vg, c0);
+    for (int c = c0 + stride; c < C; c += stride) {
+        float t[8], u[8];
+        ld8(t, x + c, C - c);
+        ld8(u, dy + c, C - c);
+        write(t, u, c);
+    }
+}
+
+// ---- per-head kernels (q/k prep, XSA): a group of tpv lanes (a power of two, hd <= 8 tpv)
+// holds one head vector, 8 dims per lane; a block holds rpb whole rows of `heads` vectors,
+// padded to whole warps (padding lanes compute on zeros and store nothing). ----
+
+constexpr int kMaxHeadBlocks = 1024;
+
+struct HeadLaunch {
+    int tpv, rpb, threads, blocks;
+};
+
+HeadLaunch head_launch(int N, int heads, int hd) {
+    PG_CHECK(hd > 0 && hd <= 256);
+    int tpv = 1;
+    while (tpv * 8 < hd) tpv *= 2;
+    PG_CHECK(heads > 0 && heads * tpv <= 512);
+    const int rpb = std::max(1, kThreads / (heads * tpv));
+    return {tpv, rpb, (rpb * heads * tpv + 31) / 32 * 32, std::min((N + rpb - 1) / rpb, kMaxHeadBlocks)};
+}
+
+// Inverse frequencies of the rotary pairs, computed on the host in double as ops_ref.h does.
+struct Rope {
+    double inv_freq[128];
+    int half, dims;
+};
+
+Rope make_rope(int rope_dims, int hd, float base) {
+    PG_CHECK(rope_dims >= 0 && rope_dims % 2 == 0 && rope_dims <= hd);
+    Rope r{};
+    r.half = rope_dims / 2;
+    r.dims = rope_dims;
+    for (int i = 0; i < r.half; ++i) r.inv_freq[i] = std::pow(double(base), -2.0 * i / rope_dims);
+    return r;
+}
+
+// The angle t * f (up to thousands of radians) is formed and reduced in double, so the fp32
+// sine and cosine are as exact as the oracle's.
+__device__ __forceinline__ void rope_sincos(int t, double f, float& s, float& c) {
+    const double a = t * f;
+    const double r = a - 6.283185307179586 * rint(a * 0.15915494309189535);
+    sincosf(float(r), &s, &c);
+}
+
+// v holds dims c0..c0+7 of the vector whose every value is in sh; turns the pairs (i, i+half)
+// by +angle (sign 1, the forward) or -angle (sign -1, the transposed rotation).
+__device__ __forceinline__ void rope_chunk(float (&v)[8], const float* sh, int c0, int t, const Rope& rope,
+                                           float sign) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int d = c0 + j;
+        if (d < rope.dims) {
+            const int i = d < rope.half ? d : d - rope.half;
+            float s, c;
+            rope_sincos(t, rope.inv_freq[i], s, c);
+            v[j] = d < rope.half ? sh[d] * c + sign * s * sh[d + rope.half] : sh[d] * c - sign * s * sh[i];
+        }
+    }
+}
+
+__global__ void qk_prep_forward_kernel(bf16* out, float* rstd, const bf16* inp, const float* gain, int N, int Tn, int H,
+                                       int hd, int tpv, int rpb, const __grid_constant__ Rope rope, bool norm) {
+    extern __shared__ float sh[];
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, h = vec % H;
+    float* y = sh + size_t(vec) * hd;
+    const float g = gain ? gain[h] : 1.f;
+    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
+        const int n = n0 + vec / H;
+        const int cnt = vec < rpb * H && n < N ? hd - c0 : 0;
+        const size_t o = (size_t(n) * H + h) * hd + c0;
+        float v[8];
+        ld8(v, inp + o, cnt);
+        float r = 1.f;
+        if (norm) {
+            r = 1.f / sqrtf(group_sum(dot8(v, v), tpv) / hd + float(kRmsEps));
+            if (cnt > 0 && c0 == 0) rstd[size_t(n) * H + h] = r;
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            v[j] *= r;
+            if (j < cnt) y[c0 + j] = v[j];
+        }
+        __syncwarp();
+        rope_chunk(v, y, c0, n % Tn, rope, 1.f);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] *= g;
+        st8(out + o, v, cnt);
+        __syncwarp();  // y is rewritten next round
+    }
+}
+
+// partial[blockIdx.x][H]: the block's sum of dout . (rotated normed input) per head, when gain.
+__global__ void qk_prep_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
+                                        const float* rstd, const float* gain, int N, int Tn, int H, int hd, int tpv,
+                                        int rpb, const __grid_constant__ Rope rope, bool norm) {
+    extern __shared__ float sh[];
+    const int nvec = blockDim.x / tpv;
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, h = vec % H;
+    float* y = sh + size_t(vec) * hd;
+    float* dz = sh + size_t(nvec + vec) * hd;
+    float* head_sums = sh + size_t(2 * nvec) * hd;
+    const float g = gain ? gain[h] : 1.f;
+    float gsum = 0.f;
+    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
+        const int n = n0 + vec / H, t = n % Tn;
+        const int cnt = vec < rpb * H && n < N ? hd - c0 : 0;
+        const size_t o = (size_t(n) * H + h) * hd + c0;
+        float vy[8], vd[8];
+        ld8(vy, inp + o, cnt);
+        ld8(vd, dout + o, cnt);
+        const float r = norm && cnt > 0 ? rstd[size_t(n) * H + h] : 1.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            vy[j] *= r;
+            if (j < cnt) y[c0 + j] = vy[j], dz[c0 + j] = g * vd[j];
+        }
+        __syncwarp();
+        if (gain) {
+            float z[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) z[j] = vy[j];
+            rope_chunk(z, y, c0, t, rope, 1.f);
+            gsum += dot8(z, vd);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vd[j] *= g;
+        rope_chunk(vd, dz, c0, t, rope, -1.f);  // vd = d/d(normed input)
+        if (norm) {
+            const float m = group_sum(dot8(vd, vy), tpv) / hd;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) vd[j] = r * (vd[j] - vy[j] * m);
+        }
+        st8(dinp + o, vd, cnt);
+        __syncwarp();
+    }
+    if (!partial) return;
+    gsum = group_sum(gsum, tpv);
+    if (c0 == 0) head_sums[vec] = gsum;
+    __syncthreads();
+    if (threadIdx.x < H) {
+        float s = 0.f;
+        for (int k = threadIdx.x; k < rpb * H; k += H) s += head_sums[k];
+        partial[size_t(blockIdx.x) * H + threadIdx.x] = s;
+    }
+}
+
+// One group of lanes per (row, KV head), looping over the query heads that share it.
+__global__ void xsa_forward_kernel(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, int tpv,
+                                   int rpb) {
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, hk = vec % Hkv, group = H / Hkv;
+    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
+        const int n = n0 + vec / Hkv;
+        const int cnt = vec < rpb * Hkv && n < N ? hd - c0 : 0;
+        float vn[8];
+        ld8(vn, v + (size_t(n) * Hkv + hk) * hd + c0, cnt);
+        const float inv = 1.f / fmaxf(sqrtf(group_sum(dot8(vn, vn), tpv)), float(kXsaNormFloor));
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vn[j] *= inv;
+        for (int h = hk * group; h < (hk + 1) * group; ++h) {
+            const size_t o = (size_t(n) * H + h) * hd + c0;
+            float vy[8];
+            ld8(vy, y + o, cnt);
+            const float d = group_sum(dot8(vy, vn), tpv);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) vy[j] -= d * vn[j];
+            st8(out + o, vy, cnt);
+        }
+    }
+}
+
+__global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H,
+                                    int Hkv, int hd, int tpv, int rpb) {
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, hk = vec % Hkv, group = H / Hkv;
+    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
+        const int n = n0 + vec / Hkv;
+        const int cnt = vec < rpb * Hkv && n < N ? hd - c0 : 0;
+        const size_t ov = (size_t(n) * Hkv + hk) * hd + c0;
+        float vn[8];
+        ld8(vn, v + ov, cnt);
+        const float norm = sqrtf(group_sum(dot8(vn, vn), tpv));
+        const bool floored = norm < float(kXsaNormFloor);
+        const float inv = 1.f / (floored ? float(kXsaNormFloor) : norm);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vn[j] *= inv;
+        float dvn[8] = {};
+        for (int h = hk * group; h < (hk + 1) * group; ++h) {
+            const size_t o = (size_t(n) * H + h) * hd + c0;
+            float vy[8], vg[8];
+            ld8(vy, y + o, cnt);
+            ld8(vg, dout + o, cnt);
+            const float ny = group_sum(dot8(vn, vy), tpv), ng = group_sum(dot8(vn, vg), tpv);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                dvn[j] -= ny * vg[j] + ng * vy[j];
+                vg[j] -= ng * vn[j];
+            }
+            st8(dy + o, vg, cnt);
+        }
+        const float nd = floored ? 0.f : group_sum(dot8(vn, dvn), tpv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) dvn[j] = (dvn[j] - vn[j] * nd) * inv;
+        add8(dv + ov, dvn, cnt);
+    }
+}
+
+// ---- softcap + cross-entropy: one block per row; the first kCeCached * 8 * kCeThreads
+// values (8192) stay in registers between the two passes, longer rows are read again ----
+
+constexpr int kCeThreads = 256, kCeCached = 4;
+
+__device__ __forceinline__ float softcap(float z, float cap) { return cap > 0.f ? cap * tanhf(z / cap) : z; }
+
+// (m, l) = running max and sum of exp(s - m); symmetric, so xor butterflies agree on every lane.
+__device__ __forceinline__ void lse_merge(float& m, float& l, float m2, float l2) {
+    const float mx = fmaxf(m, m2);
+    if (mx == -INFINITY) return;
+    l = l * expf(m - mx) + l2 * expf(m2 - mx);
+    m = mx;
+}
+
+__device__ void block_lse(float& m, float& l) {
+    __shared__ float sm[32], sl[32];
+    for (int o = 16; o > 0; o >>= 1) lse_merge(m, l, __shfl_xor_sync(kFull, m, o), __shfl_xor_sync(kFull, l, o));
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) sm[warp] = m, sl[warp] = l;
+    __syncthreads();
+    const bool have = lane < int(blockDim.x / 32);
+    m = have ? sm[lane] : -INFINITY;
+    l = have ? sl[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) lse_merge(m, l, __shfl_xor_sync(kFull, m, o), __shfl_xor_sync(kFull, l, o));
+}
+
+__global__ void __launch_bounds__(kCeThreads)
+    softcap_ce_kernel(float* losses, bf16* dlogits, const bf16* logits, const int32_t* targets, int V, float cap,
+                      float loss_scale) {
+    const size_t row = blockIdx.x;
+    const bf16* z = logits + row * V;
+    const int target = targets[row];
+    // Read before block_lse's barrier: dlogits may alias logits.
+    const float st = threadIdx.x == 0 ? softcap(__bfloat162float(z[target]), cap) : 0.f;
+    const int stride = kCeThreads * 8;
+    auto load = [&](float(&v)[8], int c) {
+        ld8(v, z + c, V - c);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap);
+    };
+    float m = -INFINITY, l = 0.f;
+    auto absorb = [&](const float(&v)[8], int c) {
+        const int cnt = V - c;
+        if (cnt <= 0) return;
+        float mx = m;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (j < cnt) mx = fmaxf(mx, v[j]);
+        l *= expf(m - mx);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            if (j < cnt) l += expf(v[j] - mx);
+        m = mx;
+    };
+    float s[kCeCached][8];
+#pragma unroll
+    for (int k = 0; k < kCeCached; ++k) {
+        const int c = k * stride + threadIdx.x * 8;
+        load(s[k], c);
+        absorb(s[k], c);
+    }
+    for (int c = kCeCached * stride + threadIdx.x * 8; c < V; c += stride) {
+        float t[8];
+        load(t, c);
+        absorb(t, c);
+    }
+    block_lse(m, l);
+    if (threadIdx.x == 0) losses[row] = m + logf(l) - st;
+    if (!dlogits) return;
+    bf16* dz = dlogits + row * V;
+    const float inv_l = 1.f / l;
+    auto grad = [&](float(&v)[8], int c) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float p = expf(v[j] - m) * inv_l - (c + j == target ? 1.f : 0.f);
+            const float t = v[j] / cap;
+            v[j] = loss_scale * p * (cap > 0.f ? 1.f - t * t : 1.f);
+        }
+        st8(dz + c, v, V - c);
+    };
+#pragma unroll
+    for (int k = 0; k < kCeCached; ++k) grad(s[k], k * stride + threadIdx.x * 8);
+    for (int c = kCeCached * stride + threadIdx.x * 8; c < V; c += stride) {
+        float t[8];
+        load(t, c);
+        grad(t, c);
+    }
+}
+
+__global__ void bigram_hash_kernel(int32_t* buckets, const int32_t* idx, int B, int Tn, int n_buckets) {
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= size_t(B) * Tn) return;
+    if (i % Tn == 0) {
+        buckets[i] = n_buckets - 1;
+        return;
+    }
+    const uint32_t cur = uint32_t(idx[i]), prev = uint32_t(idx[i - 1]);
+    buckets[i] = int32_t(((36313u * cur) ^ (27191u * prev)) % uint32_t(n_buckets - 1));
+}
+
+}  // namespace
+
+// ---- the interface ----
+
+template <typename Src, typename Dst>
+void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream) {
+    launch_flat(ConvertOp<Src, Dst>{dst, src}, n, stream);
+}
+
+template <typename Src>
+void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream) {
+    launch_flat(AccumulateOp<Src>{dst, src}, n, stream);
+}
+
+template <typename Out>
+void embedding_forward(Out* out, const int32_t* idx, const float* table, int N, int C, cudaStream_t stream) {
+    launch_rows(EmbeddingForward<Out>{{}, out, idx, table, C}, N, C, stream);
+}
+
+template <typename G>
+void embedding_backward(float* dtable, const int32_t* idx, const G* dout, int N, int C, cudaStream_t stream) {
+    launch_rows(EmbeddingBackward<G>{{}, dtable, idx, dout, C}, N, C, stream);
+}
+
+void bigram_hash(int32_t* buckets, const int32_t* idx, int B, int Tn, int n_buckets, cudaStream_t stream) {
+    const size_t n = size_t(B) * Tn;
+    if (n == 0) return;
+    PG_CHECK(n_buckets >= 2);
+    bigram_hash_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(buckets, idx, B, Tn,
+                                                                                         n_buckets);
+    PG_CHECK_LAUNCH();
+}
+
+template <typename In, typename Out>
+void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float scale, cudaStream_t stream) {
+    if (N <= 0 || C <= 0) return;
+    rmsnorm_forward_kernel<<<N, norm_threads(C), 0, stream>>>(out, rstd, inp, C, scale);
+    PG_CHECK_LAUNCH();
+}
+
+template <typename In, typename G>
+void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
+                      cudaStream_t stream) {
+    if (N <= 0 || C <= 0) return;
+    rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale);
+    PG_CHECK_LAUNCH();
+}
+
+void qk_prep_forward(bf16* out, float* rstd, const bf16* inp, const float* gain, int B, int Tn, int H, int hd,
+                     int rope_dims, float rope_base, bool norm, cudaStream_t stream) {
+    const int N = B * Tn;
+    if (N <= 0) return;
+    const HeadLaunch L = head_launch(N, H, hd);
+    const size_t smem = size_t(L.threads / L.tpv) * hd * sizeof(float);
+    qk_prep_forward_kernel<<<L.blocks, L.threads, smem, stream>>>(out, rstd, inp, gain, N, Tn, H, hd, L.tpv, L.rpb,
+                                                                  make_rope(rope_dims, hd, rope_base), norm);
+    PG_CHECK_LAUNCH();
+}
+
+void qk_prep_backward(bf16* dinp, float* dgain, const bf16* dout, const bf16* inp, const float* rstd, const float* gain,
+                      int B, int Tn, int H, int hd, int rope_dims, float rope_base, bool norm, cudaStream_t stream) {
+    const int N = B * Tn;
+    if (N <= 0) return;
+    const HeadLaunch L = head_launch(N, H, hd);
+    const int nvec = L.threads / L.tpv;
+    const size_t smem = (size_t(2 * nvec) * hd + nvec) * sizeof(float);
+    float* partial = gain ? scratch(size_t(L.blocks) * H) : nullptr;
+    qk_prep_backward_kernel<<<L.blocks, L.threads, smem, stream>>>(
+        dinp, partial, dout, inp, rstd, gain, N, Tn, H, hd, L.tpv, L.rpb, make_rope(rope_dims, hd, rope_base), norm);
+    PG_CHECK_LAUNCH();
+    if (gain) finish_partials(dgain, partial, L.blocks, H, 1, stream);
+}
+
+void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream) {
+    if (N <= 0) return;
+    PG_CHECK(Hkv > 0 && H % Hkv == 0);
+    const HeadLaunch L = head_launch(N, Hkv, hd);
+    xsa_forward_kernel<<<L.blocks, L.threads, 0, stream>>>(out, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
+    PG_CHECK_LAUNCH();
+}
+
+void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd,
+                  cudaStream_t stream) {
+    if (N <= 0) return;
+    PG_CHECK(Hkv > 0 && H % Hkv == 0);
+    const HeadLaunch L = head_launch(N, Hkv, hd);
+    xsa_backward_kernel<<<L.blocks, L.threads, 0, stream>>>(dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
+    PG_CHECK_LAUNCH();
+}
+
+void leaky_relu2_forward(bf16* out, const bf16* inp, size_t n, float slope, cudaStream_t stream) {
+    launch_flat(LeakyRelu2Forward{out, inp, slope}, n, stream);
+}
+
+void leaky_relu2_backward(bf16* dinp, const bf16* dout, const bf16* inp, size_t n, float slope, cudaStream_t stream) {
+    launch_flat(LeakyRelu2Backward{dinp, dout, inp, slope}, n, stream);
+}
+
+void swiglu_forward(bf16* out, const bf16* inp, int N, int hidden, cudaStream_t stream) {
+    launch_rows(SwigluForward{{}, out, inp, hidden}, N, hidden, stream);
+}
+
+void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int hidden, cudaStream_t stream) {
+    launch_rows(SwigluBackward{{}, dinp, dout, inp, hidden}, N, hidden, stream);
+}
+
+void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream) {
+    launch_rows(SmearForward{out, inp, gate, Tn, C}, B * Tn, C, stream);
+}
+
+void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B, int Tn,
+                    int C, cudaStream_t stream) {
+    launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C}, B * Tn, C, stream, {dgate});
+}
+
+void skip_mix_forward(float* out, const float* x, const float* s, const float* w, const float* gate, int N, int C,
+                      cudaStream_t stream) {
+    launch_rows(SkipMixForward{out, x, s, w, gate, C}, N, C, stream);
+}
+
+void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x, const float* s,
+                       const float* w, const float* gate, int N, int C, cudaStream_t stream) {
+    launch_rows(SkipMixBackward{dx, ds, dout, x, s, w, gate, C}, N, C, stream, {dw, dgate});
+}
+
+template <typename T>
+void mix_forward(T* out, const T* a, const T* b, const float* wa, const float* wb, int N, int C, int wstride,
+                 cudaStream_t stream) {
+    launch_rows(MixForward<T>{out, a, b, wa, wb, C, wstride}, N, C, stream);
+}
+
+template <typename T, typename G>
+void mix_backward(float* da, float* db, float* dwa, float* dwb, const G* dout, const T* a, const T* b, const float* wa,
+                  const float* wb, int N, int C, int wstride, cudaStream_t stream) {
+    launch_rows(MixBackward<T, G>{da, db, dout, a, b, wa, wb, C, wstride}, N, C, stream, {dwa, dwb}, wstride);
+}
+
+template <typename A>
+void add_scaled_forward(float* out, const float* x, const A* a, const float* w, int N, int C, int wstride,
+                        cudaStream_t stream) {
+    launch_rows(AddScaledForward<A>{out, x, a, w, C, wstride}, N, C, stream);
+}
+
+template <typename A>
+void add_scaled_backward(float* dx, bf16* da, float* dw, const float* dout, const A* a, const float* w, int N, int C,
+                         int wstride, cudaStream_t stream) {
+    launch_rows(AddScaledBackward<A>{dx, da, dout, a, w, C, wstride}, N, C, stream, {dw}, wstride);
+}
+
+void softcap_ce(float* losses, bf16* dlogits, const bf16* logits, const int32_t* targets, int n, int V, float cap,
+                float loss_scale, cudaStream_t stream) {
+    if (n <= 0) return;
+    PG_CHECK(V > 0);
+    softcap_ce_kernel<<<n, kCeThreads, 0, stream>>>(losses, dlogits, logits, targets, V, cap, loss_scale);
+    PG_CHECK_LAUNCH();
+}
+
+// ---- instantiations: the types kernels.cuh names ----
+
+template void convert<float, float>(float*, const float*, size_t, cudaStream_t);
+template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t);
+template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t);
+template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t);
+template void accumulate<float>(float*, const float*, size_t, cudaStream_t);
+template void accumulate<bf16>(float*, const bf16*, size_t, cudaStream_t);
+
+template void embedding_forward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
+template void embedding_forward<bf16>(bf16*, const int32_t*, const float*, int, int, cudaStream_t);
+template void embedding_backward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
+template void embedding_backward<bf16>(float*, const int32_t*, const bf16*, int, int, cudaStream_t);
+
+template void rmsnorm_forward<float, float>(float*, float*, const float*, int, int, float, cudaStream_t);
+template void rmsnorm_forward<float, bf16>(bf16*, float*, const float*, int, int, float, cudaStream_t);
+template void rmsnorm_forward<bf16, float>(float*, float*, const bf16*, int, int, float, cudaStream_t);
+template void rmsnorm_forward<bf16, bf16>(bf16*, float*, const bf16*, int, int, float, cudaStream_t);
+template void rmsnorm_backward<float, float>(float*, const float*, const float*, const float*, int, int, float,
+                                             cudaStream_t);
+template void rmsnorm_backward<float, bf16>(float*, const bf16*, const float*, const float*, int, int, float,
+                                            cudaStream_t);
+template void rmsnorm_backward<bf16, float>(float*, const float*, const bf16*, const float*, int, int, float,
+                                            cudaStream_t);
+template void rmsnorm_backward<bf16, bf16>(float*, const bf16*, const bf16*, const float*, int, int, float,
+                                           cudaStream_t);
+
+template void mix_forward<float>(float*, const float*, const float*, const float*, const float*, int, int, int,
+                                 cudaStream_t);
+template void mix_forward<bf16>(bf16*, const bf16*, const bf16*, const float*, const float*, int, int, int,
+                                cudaStream_t);
+template void mix_backward<float, float>(float*, float*, float*, float*, const float*, const float*, const float*,
+                                         const float*, const float*, int, int, int, cudaStream_t);
+template void mix_backward<float, bf16>(float*, float*, float*, float*, const bf16*, const float*, const float*,
+                                        const float*, const float*, int, int, int, cudaStream_t);
+template void mix_backward<bf16, float>(float*, float*, float*, float*, const float*, const bf16*, const bf16*,
+                                        const float*, const float*, int, int, int, cudaStream_t);
+template void mix_backward<bf16, bf16>(float*, float*, float*, float*, const bf16*, const bf16*, const bf16*,
+                                       const float*, const float*, int, int, int, cudaStream_t);
+
+template void add_scaled_forward<float>(float*, const float*, const float*, const float*, int, int, int, cudaStream_t);
+template void add_scaled_forward<bf16>(float*, const float*, const bf16*, const float*, int, int, int, cudaStream_t);
+template void add_scaled_backward<float>(float*, bf16*, float*, const float*, const float*, const float*, int, int, int,
+                                         cudaStream_t);
+template void add_scaled_backward<bf16>(float*, bf16*, float*, const float*, const bf16*, const float*, int, int, int,
+                                        cudaStream_t);
+
+}  // namespace pg
