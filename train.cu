@@ -160,6 +160,11 @@ void run_training(Config cfg) {
     for (;;) {
         const Phases ph = phases_at(st.step, st.elapsed_s, cfg);
         if (ph.done || st.step >= t.iterations) break;
+        if (t.stop_after > 0 && st.step >= t.stop_after) {
+            save_checkpoint(ckpt_path, cfg, st, master, opt, avg, stream, tok);
+            log("stopped after step %d (--stop-after); resume with --resume", st.step);
+            return;
+        }
         const auto t0 = std::chrono::steady_clock::now();
         model.params = master;
         std::fill(model.grads.begin(), model.grads.end(), 0.f);

@@ -149,6 +149,7 @@ std::vector<Field> fields(TrainConfig& t) {
         {"out", &t.out_dir, "run directory (log, checkpoints)"},
         {"checkpoint-every", &t.checkpoint_every, "steps between checkpoints (0 = end only)"},
         {"resume", &t.resume, "resume from <out>/checkpoint.bin"},
+        {"stop-after", &t.stop_after, "stop after this step, as if killed, keeping the full run's schedule (0 = off)"},
         {"seed", &t.seed, "seed of init and data order"},
     };
 }
@@ -187,6 +188,7 @@ std::string to_text(const std::vector<Field>& fs) {
 }
 
 void from_text(const std::vector<Field>& fs, const std::string& text, const std::string& source) {
+    std::vector<bool> seen(fs.size(), false);
     size_t pos = 0;
     while (pos < text.size()) {
         size_t end = text.find('\n', pos);
@@ -198,8 +200,12 @@ void from_text(const std::vector<Field>& fs, const std::string& text, const std:
         if (eq == std::string::npos) fail("%s: bad config line '%s'", source.c_str(), line.c_str());
         const std::string key = line.substr(0, eq), val = line.substr(eq + 1);
         const Field* f = nullptr;
-        for (const Field& c : fs)
-            if (key == c.name) f = &c;
+        for (size_t i = 0; i < fs.size(); ++i)
+            if (key == fs[i].name) {
+                if (seen[i]) fail("%s: config key '%s' appears twice", source.c_str(), key.c_str());
+                seen[i] = true;
+                f = &fs[i];
+            }
         if (!f) fail("%s: unknown config key '%s'", source.c_str(), key.c_str());
         try {
             std::visit(
@@ -218,6 +224,8 @@ void from_text(const std::vector<Field>& fs, const std::string& text, const std:
             fail("%s: bad value '%s' for config key '%s'", source.c_str(), val.c_str(), key.c_str());
         }
     }
+    for (size_t i = 0; i < fs.size(); ++i)
+        if (!seen[i]) fail("%s: config lacks '%s'", source.c_str(), fs[i].name);
 }
 
 }  // namespace pg

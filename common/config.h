@@ -88,6 +88,7 @@ struct TrainConfig {
     std::string out_dir = "runs/default";
     int checkpoint_every = 0;     // steps; 0 = only at the end
     bool resume = false;
+    int stop_after = 0;           // stop after this step as if killed (schedule unchanged); 0 = off
     uint64_t seed = 42;
 };
 
@@ -110,7 +111,8 @@ std::vector<Field> fields(ModelConfig& m);
 std::vector<Field> fields(TrainConfig& t);
 void add_flags(CLI::App& app, const std::vector<Field>& fs);
 std::string to_text(const std::vector<Field>& fs);
-// Parses key=value lines written by to_text; unknown keys and bad values fail naming `source`.
+// Parses key=value lines written by to_text; every field must appear once; unknown keys and
+// bad values fail naming `source`.
 void from_text(const std::vector<Field>& fs, const std::string& text, const std::string& source);
 
 }  // namespace pg

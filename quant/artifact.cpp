@@ -17,95 +17,6 @@
 
 namespace pg {
 
-// The one list of ModelConfig fields. The size check below trips when a field is added to
-// ModelConfig, so that it is added here too and artifacts keep rebuilding the model.
-static_assert(sizeof(ModelConfig) == 108, "ModelConfig changed: list the new field in for_each_field (quant/artifact.cpp)");
-template <class M, class F>
-static void for_each_field(M& m, F&& f) {
-    f("vocab_size", m.vocab_size);
-    f("model_dim", m.model_dim);
-    f("n_layers", m.n_layers);
-    f("n_heads", m.n_heads);
-    f("n_kv_heads", m.n_kv_heads);
-    f("head_dim", m.head_dim);
-    f("mlp_mult", m.mlp_mult);
-    f("swiglu", m.swiglu);
-    f("leaky_slope", m.leaky_slope);
-    f("rope_dims", m.rope_dims);
-    f("rope_base", m.rope_base);
-    f("qk_norm", m.qk_norm);
-    f("qk_gain_init", m.qk_gain_init);
-    f("logit_softcap", m.logit_softcap);
-    f("bigram_buckets", m.bigram_buckets);
-    f("bigram_dim", m.bigram_dim);
-    f("smear_gate", m.smear_gate);
-    f("value_residual", m.value_residual);
-    f("xsa_last", m.xsa_last);
-    f("ln_scale", m.ln_scale);
-    f("unet_skips", m.unet_skips);
-    f("recur_start", m.recur_start);
-    f("recur_end", m.recur_end);
-    f("recur_repeats", m.recur_repeats);
-    f("recur_from", m.recur_from);
-    f("parallel_from", m.parallel_from);
-    f("ortho_init", m.ortho_init);
-    f("embed_init_std", m.embed_init_std);
-    f("seq_len", m.seq_len);
-}
-
-std::string model_config_to_text(const ModelConfig& m) {
-    std::string s;
-    for_each_field(m, [&](const char* key, const auto& v) {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, float>)
-            s += format("%s=%.9g\n", key, double(v));  // 9 digits: exact float round trip
-        else
-            s += format("%s=%d\n", key, int(v));
-    });
-    return s;
-}
-
-ModelConfig model_config_from_text(const std::string& text, const std::string& source) {
-    std::map<std::string, std::string> kv;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.empty()) continue;
-        const size_t eq = line.find('=');
-        if (eq == std::string::npos) fail("%s: bad model config line '%s'", source.c_str(), line.c_str());
-        if (!kv.emplace(line.substr(0, eq), line.substr(eq + 1)).second)
-            fail("%s: model config key '%s' appears twice", source.c_str(), line.substr(0, eq).c_str());
-    }
-    ModelConfig m;
-    for_each_field(m, [&](const char* key, auto& v) {
-        auto it = kv.find(key);
-        if (it == kv.end()) fail("%s: model config lacks '%s'", source.c_str(), key);
-        const char* s = it->second.c_str();
-        char* end = nullptr;
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, float>) {
-            v = std::strtof(s, &end);
-        } else {
-            const long x = std::strtol(s, &end, 10);
-            if constexpr (std::is_same_v<T, bool>) {
-                if (x != 0 && x != 1) end = nullptr;
-                v = x != 0;
-            } else {
-                v = static_cast<T>(x);
-            }
-        }
-        if (!end || end == s || *end != '\0')
-            fail("%s: bad value '%s' for model config '%s'", source.c_str(), s, key);
-        kv.erase(it);
-    });
-    if (!kv.empty()) fail("%s: unknown model config key '%s'", source.c_str(), kv.begin()->first.c_str());
-    try {
-        m.validate();
-    } catch (const Error& e) {
-        fail("%s: %s", source.c_str(), e.what());
-    }
-    return m;
-}
 
 size_t ArtifactTensor::numel() const {
     size_t n = 1;
@@ -229,7 +140,8 @@ std::vector<uint8_t> sha256_bytes(const uint8_t* p, size_t n) {
 
 std::vector<uint8_t> encode_body(const Artifact& a) {
     std::vector<uint8_t> body;
-    const std::string cfg = model_config_to_text(a.config);
+    ModelConfig cfg_copy = a.config;
+    const std::string cfg = to_text(fields(cfg_copy));
     put<uint32_t>(body, uint32_t(cfg.size()));
     body.insert(body.end(), cfg.begin(), cfg.end());
     put<uint32_t>(body, uint32_t(a.tensors.size()));
@@ -282,7 +194,12 @@ Artifact decode_body(const std::vector<uint8_t>& body, const std::string& source
     Artifact a;
     const uint32_t cfg_len = r.get<uint32_t>();
     const uint8_t* cfg = r.take(cfg_len);
-    a.config = model_config_from_text(std::string(cfg, cfg + cfg_len), source);
+    from_text(fields(a.config), std::string(cfg, cfg + cfg_len), source);
+    try {
+        a.config.validate();
+    } catch (const Error& e) {
+        fail("%s: %s", source.c_str(), e.what());
+    }
     const uint32_t count = r.get<uint32_t>();
     std::set<std::string> names;
     size_t need = 0;

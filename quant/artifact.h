@@ -50,8 +50,6 @@ std::string dtype_name(DType dtype, int bits);  // "f16", "int6", ...
 const char* codec_name(Codec codec);
 
 // Every ModelConfig field as key=value lines; the parser wants exactly those keys, then validates.
-std::string model_config_to_text(const ModelConfig& m);
-ModelConfig model_config_from_text(const std::string& text, const std::string& source);
 
 std::vector<uint8_t> encode_artifact(const Artifact& a, Codec codec);
 // source names the file in error messages.
