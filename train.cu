@@ -23,6 +23,7 @@
 #include "model/model_ref.h"
 #include "model/optim.h"
 #include "model/schedule.h"
+#include "quant/export.h"
 #include "tokenizer/loader.h"
 #include "tokenizer/sp.h"
 
@@ -75,6 +76,7 @@ static void save_checkpoint(const std::string& path, Config cfg, const TrainStat
     Checkpoint ck;
     ck.put_text("config.model", to_text(fields(cfg.model)));
     ck.put_text("config.train", to_text(fields(cfg.train)));
+    ck.put_text("config.quant", to_text(fields(cfg.quant)));
     ck.put_text("tokenizer.sha256", tok.sha256());
     ck.put_vec("state", std::vector<double>{double(st.step), st.elapsed_s});
     ck.put_vec("stream", std::vector<uint64_t>{uint64_t(stream.position().shard), stream.position().offset});
@@ -166,7 +168,12 @@ void run_training(Config cfg) {
             return;
         }
         const auto t0 = std::chrono::steady_clock::now();
-        model.params = master;
+        // STE QAT: the forward and backward see the quantized weights, the gradient lands on
+        // the fp32 master weights as if quantization were the identity.
+        if (ph.qat)
+            fake_quantize_model(L, cfg.quant, master.data(), model.params.data());
+        else
+            model.params = master;
         std::fill(model.grads.begin(), model.grads.end(), 0.f);
         double loss = 0;
         for (int a = 0; a < grad_accum; ++a) {
@@ -184,8 +191,8 @@ void run_training(Config cfg) {
         st.elapsed_s += dt;
         ++st.step;
         if (st.step % t.log_every == 0 || st.step == 1)
-            log("step %d loss %.6f gnorm %.3f lr %.3f%s%s tok/s %.0f elapsed %.1fs", st.step, loss, gnorm,
-                ph.lr_scale, ph.recur ? " recur" : "", ph.swa ? " swa" : "", t.batch_tokens / dt, st.elapsed_s);
+            log("step %d loss %.6f gnorm %.3f lr %.3f%s%s%s tok/s %.0f elapsed %.1fs", st.step, loss, gnorm,
+                ph.lr_scale, ph.recur ? " recur" : "", ph.qat ? " qat" : "", ph.swa ? " swa" : "", t.batch_tokens / dt, st.elapsed_s);
         if (t.val_every > 0 && st.step % t.val_every == 0) {
             const BpbAccumulator v = validate(master, ph.recur);
             log("val step %d loss %.4f bpb %.4f (%ld tokens)", st.step, v.loss(), v.bpb(), v.tokens);
@@ -218,6 +225,7 @@ static void add_train_command(CLI::App& app, Config& cfg) {
         ->trigger_on_parse();
     add_flags(*sub, fields(cfg.model));
     add_flags(*sub, fields(cfg.train));
+    add_flags(*sub, fields(cfg.quant));
     sub->callback([&] { run_training(cfg); });
 }
 

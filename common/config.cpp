@@ -141,8 +141,6 @@ std::vector<Field> fields(TrainConfig& t) {
         {"swa-from", &t.swa_from, "fraction of training after which SWA averages (0 = off)"},
         {"swa-every", &t.swa_every, "steps between SWA snapshots"},
         {"qat-from", &t.qat_from, "fraction of training after which STE QAT is on (1 = off)"},
-        {"qat-bits-mlp", &t.qat_bits_mlp, "QAT bits of MLP matrices"},
-        {"qat-bits-attn", &t.qat_bits_attn, "QAT bits of attention matrices"},
         {"log-every", &t.log_every, "steps between log lines"},
         {"val-every", &t.val_every, "steps between val evaluations (0 = end only)"},
         {"val-tokens", &t.val_tokens, "val tokens to evaluate during training (0 = all)"},
@@ -151,6 +149,23 @@ std::vector<Field> fields(TrainConfig& t) {
         {"resume", &t.resume, "resume from <out>/checkpoint.bin"},
         {"stop-after", &t.stop_after, "stop after this step, as if killed, keeping the full run's schedule (0 = off)"},
         {"seed", &t.seed, "seed of init and data order"},
+    };
+}
+
+std::vector<Field> fields(QuantConfig& q) {
+    return {
+        {"attn-bits", &q.attn_bits, "bits of attention matrices (QAT and export)"},
+        {"mlp-bits", &q.mlp_bits, "bits of MLP matrices (QAT and export)"},
+        {"embed-bits", &q.embed_bits, "bits of embedding tables"},
+        {"attn-clip", &q.attn_clip, "SDClip k of attention matrices"},
+        {"mlp-clip", &q.mlp_clip, "SDClip k of MLP matrices"},
+        {"embed-clip", &q.embed_clip, "SDClip k of embedding tables"},
+        {"vector-dtype", &q.vector_dtype, "storage of gains, gates and mixes: f16 | bf16 | f32"},
+        {"calib-seqs", &q.calib_seqs, "training sequences for GPTQ Hessians (0 = round-to-nearest)"},
+        {"gptq-block", &q.gptq_block, "GPTQ lazy-batch columns"},
+        {"gptq-damp", &q.gptq_damp, "GPTQ damping, fraction of mean diag(H)"},
+        {"gptq-act-order", &q.gptq_act_order, "GPTQ in decreasing diag(H) order"},
+        {"codec", &q.codec, "artifact compression: lzma | zlib"},
     };
 }
 

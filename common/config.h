@@ -81,7 +81,6 @@ struct TrainConfig {
     float swa_from = 0.0f;        // fraction of training after which SWA averages; 0 = off
     int swa_every = 50;
     float qat_from = 0.85f;       // fraction of training after which STE QAT is on; 1 = off
-    int qat_bits_mlp = 5, qat_bits_attn = 6;
     int log_every = 10;
     int val_every = 0;            // steps between val evaluations; 0 = only at the end
     long val_tokens = 0;          // 0 = the whole val split
@@ -92,9 +91,25 @@ struct TrainConfig {
     uint64_t seed = 42;
 };
 
+// How weights are quantized, both under STE QAT during training and at export, so the two
+// agree exactly (the same fake_quantize).
+struct QuantConfig {
+    int attn_bits = 6, mlp_bits = 5, embed_bits = 8;
+    // SDClip: row scale = clip * rms(row) / qmax. 12.85 / 31 for attention and 20 / 127 for
+    // embeddings follow the record; 6.5 / 15 gives the MLP a similar step.
+    float attn_clip = 12.85f, mlp_clip = 6.5f, embed_clip = 20.0f;
+    std::string vector_dtype = "f16";  // gains, gates, mixes: f16 | bf16 | f32
+    int calib_seqs = 32;               // training sequences for GPTQ Hessians; 0 = round-to-nearest
+    int gptq_block = 128;
+    float gptq_damp = 0.01f;
+    bool gptq_act_order = true;
+    std::string codec = "lzma";        // lzma | zlib
+};
+
 struct Config {
     ModelConfig model;
     TrainConfig train;
+    QuantConfig quant;
 };
 
 // Presets: "tiny" (CPU-sized, the default of `pgolf train`) and "record".
@@ -109,6 +124,7 @@ struct Field {
 };
 std::vector<Field> fields(ModelConfig& m);
 std::vector<Field> fields(TrainConfig& t);
+std::vector<Field> fields(QuantConfig& q);
 void add_flags(CLI::App& app, const std::vector<Field>& fs);
 std::string to_text(const std::vector<Field>& fs);
 // Parses key=value lines written by to_text; every field must appear once; unknown keys and

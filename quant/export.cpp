@@ -10,20 +10,46 @@
 
 namespace pg {
 
-int QuantRecipe::bits(QuantGroup g) const {
-    return g == QuantGroup::Attn ? attn_bits : g == QuantGroup::Mlp ? mlp_bits : embed_bits;
+int quant_bits(const QuantConfig& q, QuantGroup g) {
+    return g == QuantGroup::Attn ? q.attn_bits : g == QuantGroup::Mlp ? q.mlp_bits : q.embed_bits;
 }
 
-float QuantRecipe::clip(QuantGroup g) const {
-    return g == QuantGroup::Attn ? attn_clip : g == QuantGroup::Mlp ? mlp_clip : embed_clip;
+float quant_clip(const QuantConfig& q, QuantGroup g) {
+    return g == QuantGroup::Attn ? q.attn_clip : g == QuantGroup::Mlp ? q.mlp_clip : q.embed_clip;
+}
+
+Codec quant_codec(const QuantConfig& q) {
+    if (q.codec == "lzma") return Codec::Lzma;
+    if (q.codec == "zlib") return Codec::Zlib;
+    fail("unknown codec '%s' (lzma | zlib)", q.codec.c_str());
+}
+
+static DType vector_dtype(const QuantConfig& q) {
+    if (q.vector_dtype == "f16") return DType::F16;
+    if (q.vector_dtype == "bf16") return DType::BF16;
+    if (q.vector_dtype == "f32") return DType::F32;
+    fail("unknown vector dtype '%s' (f16 | bf16 | f32)", q.vector_dtype.c_str());
 }
 
 static std::vector<int> shape_of(const ParamSpec& p) {
     return p.rows == 1 ? std::vector<int>{p.cols} : std::vector<int>{p.rows, p.cols};
 }
 
+void fake_quantize_model(const ParamLayout& layout, const QuantConfig& q, const float* params, float* out) {
+    std::copy(params, params + layout.total, out);
+    for (const ParamSpec& p : layout.params)
+        if (p.quant == QuantGroup::Attn || p.quant == QuantGroup::Mlp)
+            fake_quantize(params + p.offset, p.rows, p.cols, quant_clip(q, p.quant), quant_bits(q, p.quant),
+                          out + p.offset);
+}
+
 Artifact quantize_model(const ModelConfig& cfg, const ParamLayout& layout, const float* params,
-                        const QuantRecipe& recipe, const HessianMap& hessians) {
+                        const QuantConfig& recipe, const HessianMap& hessians) {
+    const DType vdt = vector_dtype(recipe);
+    GptqOptions gopt;
+    gopt.block_size = recipe.gptq_block;
+    gopt.percdamp = recipe.gptq_damp;
+    gopt.act_order = recipe.gptq_act_order;
     Artifact a;
     a.config = cfg;
     for (const ParamSpec& p : layout.params) {
@@ -32,22 +58,22 @@ Artifact quantize_model(const ModelConfig& cfg, const ParamLayout& layout, const
         t.shape = shape_of(p);
         const float* w = params + p.offset;
         if (p.quant == QuantGroup::None) {
-            t.dtype = recipe.vector_dtype;
+            t.dtype = vdt;
             t.values.assign(w, w + p.numel());
             // Rounded here so the in-memory artifact is exactly what the file stores.
             for (float& v : t.values)
                 v = t.dtype == DType::F16 ? round_to_f16(v) : t.dtype == DType::BF16 ? bf16_to_f32(f32_to_bf16(v)) : v;
         } else {
             t.dtype = DType::Int;
-            t.bits = recipe.bits(p.quant);
+            t.bits = quant_bits(recipe, p.quant);
             t.scales.resize(p.rows);
             t.q.resize(p.numel());
-            sdclip_scales(w, p.rows, p.cols, recipe.clip(p.quant), t.bits, t.scales.data());
+            sdclip_scales(w, p.rows, p.cols, quant_clip(recipe, p.quant), t.bits, t.scales.data());
             auto h = hessians.find(p.name);
             if (h != hessians.end()) {
                 if (h->second->size() != size_t(p.cols) * p.cols)
                     fail("GPTQ: Hessian of %s is not %dx%d", p.name.c_str(), p.cols, p.cols);
-                gptq_quantize(w, p.rows, p.cols, h->second->data(), t.scales.data(), t.bits, recipe.gptq, t.q.data());
+                gptq_quantize(w, p.rows, p.cols, h->second->data(), t.scales.data(), t.bits, gopt, t.q.data());
             } else {
                 quantize_rows(w, p.rows, p.cols, t.scales.data(), t.bits, t.q.data());
             }

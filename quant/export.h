@@ -13,23 +13,21 @@
 
 namespace pg {
 
-struct QuantRecipe {
-    int attn_bits = 6, mlp_bits = 5, embed_bits = 8;
-    // SDClip k per group. The step is k / qmax standard deviations: 12.85 / 31 for attention
-    // and 20 / 127 for embeddings are the record's; 6.5 / 15 gives the MLP a similar step.
-    float attn_clip = 12.85f, mlp_clip = 6.5f, embed_clip = 20.0f;
-    DType vector_dtype = DType::F16;
-    GptqOptions gptq;
-
-    int bits(QuantGroup g) const;
-    float clip(QuantGroup g) const;
-};
+// The bits and SDClip k of a quantized group (Attn, Mlp, Embed) under a QuantConfig.
+int quant_bits(const QuantConfig& q, QuantGroup g);
+float quant_clip(const QuantConfig& q, QuantGroup g);
+Codec quant_codec(const QuantConfig& q);  // pg::fail on an unknown name
 
 // H = X^T X of a matrix's inputs, by parameter name (several names may share one).
 using HessianMap = std::map<std::string, const std::vector<double>*>;
 
 Artifact quantize_model(const ModelConfig& cfg, const ParamLayout& layout, const float* params,
-                        const QuantRecipe& recipe, const HessianMap& hessians = {});
+                        const QuantConfig& recipe, const HessianMap& hessians = {});
+
+// STE QAT's forward weights: out = params with every Attn and Mlp matrix replaced by its
+// quantize-dequantize under q (the same rounding as the export). Embeddings and vectors are
+// copied: the int8 embedding step is small enough to leave to the export.
+void fake_quantize_model(const ParamLayout& layout, const QuantConfig& q, const float* params, float* out);
 
 // Fills params (layout.total floats) with the artifact's weights, dequantized. Every
 // parameter of the layout must be present with its shape, and nothing else.

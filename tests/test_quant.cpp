@@ -194,7 +194,7 @@ TEST_CASE("quant: model export stores each group as its recipe says and loads ba
     const ModelConfig cfg = small_model();
     const ParamLayout L = make_layout(cfg);
     const std::vector<float> params = random_params(L, rng);
-    QuantRecipe recipe;
+    QuantConfig recipe;
     const Artifact a = quantize_model(cfg, L, params.data(), recipe);
     REQUIRE(a.tensors.size() == L.params.size());
     for (const ParamSpec& p : L.params) {
@@ -205,9 +205,9 @@ TEST_CASE("quant: model export stores each group as its recipe says and loads ba
             for (size_t i = 0; i < p.numel(); ++i) CHECK(t.values[i] == round_to_f16(params[p.offset + i]));
         } else {
             CHECK(t.dtype == DType::Int);
-            CHECK(t.bits == recipe.bits(p.quant));
+            CHECK(t.bits == quant_bits(recipe, p.quant));
             std::vector<float> fake(p.numel());
-            fake_quantize(params.data() + p.offset, p.rows, p.cols, recipe.clip(p.quant), t.bits, fake.data());
+            fake_quantize(params.data() + p.offset, p.rows, p.cols, quant_clip(recipe, p.quant), t.bits, fake.data());
             CHECK(t.dequantize() == fake);  // export = QAT's forward
         }
     }
@@ -221,6 +221,16 @@ TEST_CASE("quant: model export stores each group as its recipe says and loads ba
     dequantize_model(a, L, from_mem.data(), "mem");
     dequantize_model(b, L, from_file.data(), "model.bin");
     CHECK(from_mem == from_file);
+
+    // QAT's forward weights are the export's for Attn/Mlp, the originals elsewhere.
+    std::vector<float> qat(L.total);
+    fake_quantize_model(L, recipe, params.data(), qat.data());
+    for (const ParamSpec& p : L.params) {
+        CAPTURE(p.name);
+        const bool quantized = p.quant == QuantGroup::Attn || p.quant == QuantGroup::Mlp;
+        for (size_t i = p.offset; i < p.offset + p.numel(); ++i)
+            REQUIRE(qat[i] == (quantized ? from_mem[i] : params[i]));
+    }
 
     ModelConfig other = cfg;
     other.model_dim = 96;
@@ -238,7 +248,7 @@ TEST_CASE("quant: selective pruning zeroes the cheapest +-1 values until the art
     const ModelConfig cfg = small_model();
     const ParamLayout L = make_layout(cfg);
     const std::vector<float> params = random_params(L, rng);
-    QuantRecipe recipe;
+    QuantConfig recipe;
     const Artifact orig = quantize_model(cfg, L, params.data(), recipe);
     const size_t full = encode_artifact(orig, Codec::Zlib).size();
 
@@ -361,7 +371,7 @@ TEST_CASE("quant: record-shaped artifact measurement" * doctest::skip()) {
         for (size_t i = 0; i < s.numel(); ++i)
             p[s.offset + i] = s.quant == QuantGroup::None ? 1.0f + 0.1f * nd(rng) : 0.02f * t5(rng);
     const auto t0 = std::chrono::steady_clock::now();
-    const Artifact a = quantize_model(c.model, L, p.data(), QuantRecipe{});
+    const Artifact a = quantize_model(c.model, L, p.data(), QuantConfig{});
     const auto t1 = std::chrono::steady_clock::now();
     const ArtifactSizes sz = artifact_sizes(a);
     const auto t2 = std::chrono::steady_clock::now();
