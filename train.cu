@@ -84,6 +84,7 @@ static void save_checkpoint(const std::string& path, Config cfg, const TrainStat
     ck.put("optimizer", opt.save_state());
     ck.put("average", avg.save_state());
     if (avg.ema()) ck.put_vec("params.ema", std::vector<float>(avg.ema(), avg.ema() + master.size()));
+    if (avg.swa()) ck.put_vec("params.swa", std::vector<float>(avg.swa(), avg.swa() + master.size()));
     ck.save(path);
 }
 

@@ -65,6 +65,7 @@ void apply_preset(Config& c, const std::string& name) {
         t.matrix_lr = 0.04f;
         t.embed_lr = 0.05f;
         t.scalar_lr = 0.04f;
+        t.ema_decay = 0.95f;  // a run of ~150 steps: an EMA horizon of ~20 steps
         t.val_every = 100;
         t.val_tokens = 65536;
         t.out_dir = "runs/tiny";
@@ -181,6 +182,19 @@ void add_flags(CLI::App& app, const std::vector<Field>& fs) {
                     app.add_option(name, *p, f.help)->capture_default_str();
             },
             f.ptr);
+    }
+}
+
+void overlay_given(const CLI::App& app, const std::vector<Field>& parsed, const std::vector<Field>& target) {
+    for (size_t i = 0; i < parsed.size(); ++i) {
+        const CLI::Option* o = app.get_option_no_throw(std::string("--") + parsed[i].name);
+        if (!o || o->count() == 0) continue;
+        std::visit(
+            [&](auto* src) {
+                using V = std::remove_pointer_t<decltype(src)>;
+                *std::get<V*>(target[i].ptr) = *src;
+            },
+            parsed[i].ptr);
     }
 }
 

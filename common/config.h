@@ -127,6 +127,10 @@ std::vector<Field> fields(TrainConfig& t);
 std::vector<Field> fields(QuantConfig& q);
 void add_flags(CLI::App& app, const std::vector<Field>& fs);
 std::string to_text(const std::vector<Field>& fs);
+// After app parsed its flags into `parsed`: copies into `target` (fields of the same struct
+// type) the values whose flags were given explicitly. Lets a command start from a config
+// stored in a file and change only what the user asked for.
+void overlay_given(const CLI::App& app, const std::vector<Field>& parsed, const std::vector<Field>& target);
 // Parses key=value lines written by to_text; every field must appear once; unknown keys and
 // bad values fail naming `source`.
 void from_text(const std::vector<Field>& fs, const std::string& text, const std::string& source);

@@ -1,12 +1,17 @@
-// pgolf bpb: the byte accounting of a tokenized val split, and the unigram baseline.
+// pgolf bpb (the byte accounting of a val split, and the unigram baseline) and pgolf eval
+// (val_loss / val_bpb of a checkpoint or an artifact).
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 
 #include "common/check.h"
 #include "common/cli.h"
 #include "common/io.h"
 #include "eval/bpb.h"
+#include "eval/evaluate.h"
+#include "model/model_ref.h"
+#include "quant/weights.h"
 #include "tokenizer/loader.h"
 #include "tokenizer/shard.h"
 #include "tokenizer/sp.h"
@@ -44,9 +49,66 @@ void run_bpb(const BpbArgs& a) {
                 train_tokens, u.loss(), u.bpb());
 }
 
+struct EvalArgs {
+    std::string artifact, checkpoint, weights = "ema", data, tokenizer;
+    std::string val_pattern = "fineweb_val_*.bin";
+    int stride = 64, seq_len = 0, batch_seqs = 8;
+    long max_tokens = 0;
+};
+
+void run_eval(const EvalArgs& a) {
+    if (a.artifact.empty() == a.checkpoint.empty()) fail("eval: give exactly one of --artifact and --checkpoint");
+    const Weights w = a.artifact.empty() ? load_checkpoint_weights(a.checkpoint, a.weights)
+                                         : load_artifact_weights(a.artifact);
+    const ModelConfig& m = w.config.model;
+    // A checkpoint knows its data; an artifact holds only the model, so data comes from the flags.
+    const std::string data = !a.data.empty() ? a.data : !w.config.train.data_dir.empty() ? w.config.train.data_dir : "data/sample";
+    const std::string tok_path = !a.tokenizer.empty() ? a.tokenizer : data + "/tokenizer.model";
+    const Tokenizer tok(tok_path);
+    check_tokenizer_vocab(tok, m.vocab_size);
+    const ByteTables bytes = build_byte_tables(tok, m.vocab_size);
+    const std::vector<uint16_t> val = load_tokens(data, a.val_pattern, m.vocab_size);
+
+    RefModel<float> model(m);
+    model.params = w.params;
+    EvalOptions eo;
+    eo.seq_len = a.seq_len > 0 ? a.seq_len : m.seq_len;
+    eo.stride = std::min(a.stride, eo.seq_len);
+    eo.batch_seqs = a.batch_seqs;
+    eo.max_tokens = a.max_tokens;
+    const bool recur = eval_recur(m);
+    std::printf("eval: %s, %zu val tokens, window %d stride %d, recurrence %s, device CPU (reference)\n",
+                a.artifact.empty() ? (a.checkpoint + " (" + a.weights + ")").c_str() : a.artifact.c_str(), val.size(),
+                eo.seq_len, eo.stride, recur ? "on" : "off");
+    const auto t0 = std::chrono::steady_clock::now();
+    const BpbAccumulator r = evaluate(
+        [&](const int32_t* in, const int32_t* tg, int rows, int seq, float* nll) {
+            model.forward(in, tg, rows, seq, recur, nll);
+        },
+        val, bytes, eo);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("val_loss %.6f val_bpb %.6f (%ld tokens, %ld bytes, %.1f s)\n", r.loss(), r.bpb(), r.tokens, r.bytes,
+                secs);
+    std::printf("RESULT val_loss=%.6f val_bpb=%.6f tokens=%ld eval_seconds=%.1f\n", r.loss(), r.bpb(), r.tokens, secs);
+}
+
 }  // namespace
 
 void add_eval_commands(CLI::App& app) {
+    auto e = std::make_shared<EvalArgs>();
+    CLI::App* ev = app.add_subcommand("eval", "val_loss and val_bpb of a checkpoint or an artifact");
+    ev->add_option("--artifact", e->artifact, "packed artifact (weights dequantized from it alone)");
+    ev->add_option("--checkpoint", e->checkpoint, "training checkpoint");
+    ev->add_option("--weights", e->weights, "with --checkpoint: ema | swa | raw")->capture_default_str();
+    ev->add_option("--data,--val", e->data, "directory of val shards (default: the checkpoint's data, else data/sample)");
+    ev->add_option("--tokenizer", e->tokenizer, "SentencePiece model (default: <data>/tokenizer.model)");
+    ev->add_option("--val-pattern", e->val_pattern)->capture_default_str();
+    ev->add_option("--stride", e->stride, "sliding-window stride (= seq-len for plain chunks)")->capture_default_str();
+    ev->add_option("--seq-len", e->seq_len, "window length (default: the model's seq_len)");
+    ev->add_option("--batch-seqs", e->batch_seqs, "windows per forward pass")->capture_default_str();
+    ev->add_option("--max-tokens", e->max_tokens, "score only the first N targets (0 = all)")->capture_default_str();
+    ev->callback([e] { run_eval(*e); });
+
     auto a = std::make_shared<BpbArgs>();
     CLI::App* bpb = app.add_subcommand("bpb", "val bytes per token and the unigram val_bpb baseline");
     bpb->add_option("--tokenizer", a->tokenizer, "SentencePiece model")->required()->check(CLI::ExistingFile);

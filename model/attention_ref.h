@@ -18,7 +18,8 @@ void attention_forward_ref(const T* q, const T* k, const T* v, T* out, T* lse, i
                            int Hq, int Hkv, int D) {
     const int group = Hq / Hkv;
     const T scale = T(1) / std::sqrt(T(D));
-#pragma omp parallel for collapse(2) schedule(static)
+// Small problems (gradient checks) stay serial: starting threads would cost more than the work.
+#pragma omp parallel for collapse(2) schedule(static) if (size_t(B) * Hq * Tn * Tn * D > (1u << 18))
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < Hq; ++h) {
             std::vector<T> p(Tn);
@@ -29,6 +30,7 @@ void attention_forward_ref(const T* q, const T* k, const T* v, T* out, T* lse, i
                 for (int j = 0; j <= i; ++j) {
                     const T* kj = k + ((size_t(b) * Tn + j) * Hkv + hk) * D;
                     T s = 0;
+#pragma omp simd reduction(+ : s)
                     for (int d = 0; d < D; ++d) s += qi[d] * kj[d];
                     p[j] = s * scale;
                     mx = std::max(mx, p[j]);
@@ -60,7 +62,7 @@ void attention_backward_ref(const T* q, const T* k, const T* v, const T* out, co
     std::fill(dk, dk + size_t(B) * Tn * Hkv * D, T(0));
     std::fill(dv, dv + size_t(B) * Tn * Hkv * D, T(0));
     // Parallel over (batch, kv head): each task owns its dk/dv slice, so no races.
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (size_t(B) * Hq * Tn * Tn * D > (1u << 18))
     for (int b = 0; b < B; ++b)
         for (int hk = 0; hk < Hkv; ++hk)
             for (int h = hk * group; h < (hk + 1) * group; ++h)
@@ -74,6 +76,7 @@ void attention_backward_ref(const T* q, const T* k, const T* v, const T* out, co
                     for (int j = 0; j <= i; ++j) {
                         const size_t ko = ((size_t(b) * Tn + j) * Hkv + hk) * D;
                         T s = 0, dp = 0;
+#pragma omp simd reduction(+ : s, dp)
                         for (int d = 0; d < D; ++d) {
                             s += qi[d] * k[ko + d];
                             dp += doi[d] * v[ko + d];

@@ -1,8 +1,16 @@
+// pgolf size (the budget check) and pgolf pack (checkpoint -> artifact).
 #include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
 
 #include "common/check.h"
 #include "common/cli.h"
+#include "common/io.h"
 #include "quant/budget.h"
+#include "quant/calibrate.h"
+#include "quant/export.h"
+#include "quant/weights.h"
 
 namespace pg {
 
@@ -23,6 +31,70 @@ static void add_size_command(CLI::App& app) {
     });
 }
 
-void add_quant_commands(CLI::App& app) { add_size_command(app); }
+struct PackOpts {
+    std::string checkpoint, out, weights = "ema", code;
+    QuantConfig quant;  // flags given here override the checkpoint's recipe
+};
+
+static void run_pack(const CLI::App& sub, PackOpts& o) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Weights w = load_checkpoint_weights(o.checkpoint, o.weights);
+    QuantConfig q = w.config.quant;
+    overlay_given(sub, fields(o.quant), fields(q));
+    const ModelConfig& m = w.config.model;
+    const ParamLayout L = make_layout(m);
+    std::printf("pack: %s (%s weights, %zu parameters) -> %s\n", o.checkpoint.c_str(), o.weights.c_str(), L.total,
+                o.out.c_str());
+
+    std::map<std::string, std::vector<double>> hess;
+    if (q.calib_seqs > 0) {
+        RefModel<float> model(m);
+        model.params = w.params;
+        TokenStream stream(w.config.train.data_dir, w.config.train.train_pattern, m.vocab_size);
+        hess = collect_hessians(model, stream, q.calib_seqs, 8, eval_recur(m));
+        std::printf("GPTQ: Hessians of %zu matrices from %d training sequences of %d\n", hess.size(), q.calib_seqs,
+                    m.seq_len);
+    }
+    HessianMap hm;
+    for (const auto& [name, h] : hess) hm[name] = &h;
+    Artifact a = quantize_model(m, L, w.params.data(), q, hm);
+
+    const Codec codec = quant_codec(q);
+    const std::string code = o.code.empty() ? default_code_path() : o.code;
+    if (!file_exists(code)) fail("%s: code archive not found (build it with `make`, or pass --code FILE)", code.c_str());
+    const long long code_bytes = (long long)read_file(code).size();
+    std::vector<uint8_t> bytes = encode_artifact(a, codec);
+    if (codec == Codec::Lzma)  // zlib is cheap to add for comparison; lzma-9e takes seconds per MB
+        std::printf("encoded %zu bytes with lzma-9e (zlib-9 would give %zu)\n", bytes.size(),
+                    encode_artifact(a, Codec::Zlib).size());
+    if (!check_budget((long long)bytes.size(), code_bytes).fits()) {
+        const long long over = (long long)bytes.size() + code_bytes - kBudgetBytes;
+        const PruneReport r = prune_to_fit(a, L, w.params.data(), size_t(kBudgetBytes - code_bytes), codec);
+        std::printf("over budget by %lld bytes: pruned %zu of %zu +-1 values -> %zu bytes\n", over, r.pruned,
+                    r.candidates, r.bytes);
+        bytes = encode_artifact(a, codec);
+    }
+    write_file_atomic(o.out, bytes.data(), bytes.size());
+    const Budget b = size_report(o.out, code, stdout);
+    std::printf("pack took %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::printf("RESULT artifact_bytes=%lld code_bytes=%lld total_bytes=%lld fits=%d\n", b.model_bytes, b.code_bytes,
+                b.total, int(b.fits()));
+}
+
+static void add_pack_command(CLI::App& app) {
+    auto o = std::make_shared<PackOpts>();
+    CLI::App* sub = app.add_subcommand("pack", "quantize a checkpoint (GPTQ, int5/int6/int8) into a budget-checked artifact");
+    sub->add_option("CHECKPOINT", o->checkpoint, "training checkpoint")->required();
+    sub->add_option("-o,--out", o->out, "artifact to write")->required();
+    sub->add_option("--weights", o->weights, "ema | swa | raw")->capture_default_str();
+    sub->add_option("--code", o->code, "compressed code archive (default: code.tar.xz next to the binary)");
+    add_flags(*sub, fields(o->quant));
+    sub->callback([sub, o] { run_pack(*sub, *o); });
+}
+
+void add_quant_commands(CLI::App& app) {
+    add_size_command(app);
+    add_pack_command(app);
+}
 
 }  // namespace pg
