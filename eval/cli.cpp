@@ -89,7 +89,7 @@ void run_eval(const EvalArgs& a) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("val_loss %.6f val_bpb %.6f (%ld tokens, %ld bytes, %.1f s)\n", r.loss(), r.bpb(), r.tokens, r.bytes,
                 secs);
-    std::printf("RESULT val_loss=%.6f val_bpb=%.6f tokens=%ld eval_seconds=%.1f\n", r.loss(), r.bpb(), r.tokens, secs);
+    std::printf("RESULT val_loss=%.8f val_bpb=%.8f tokens=%ld eval_seconds=%.1f\n", r.loss(), r.bpb(), r.tokens, secs);
 }
 
 }  // namespace
