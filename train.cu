@@ -81,8 +81,8 @@ static void save_checkpoint(const std::string& path, Config cfg, const TrainStat
     ck.put_vec("state", std::vector<double>{double(st.step), st.elapsed_s});
     ck.put_vec("stream", std::vector<uint64_t>{uint64_t(stream.position().shard), stream.position().offset});
     ck.put_vec("params", master);
-    ck.put("optimizer", opt.save_state());
-    ck.put("average", avg.save_state());
+    ck.put("optimizer", save_state(opt.state()));
+    ck.put("average", save_state(avg.state()));
     if (avg.ema()) ck.put_vec("params.ema", std::vector<float>(avg.ema(), avg.ema() + master.size()));
     if (avg.swa()) ck.put_vec("params.swa", std::vector<float>(avg.swa(), avg.swa() + master.size()));
     ck.save(path);
@@ -135,8 +135,8 @@ void run_training(Config cfg) {
         st.step = int(s[0]);
         st.elapsed_s = s[1];
         stream.seek({int(pos[0]), size_t(pos[1])});
-        opt.load_state(ck.get("optimizer"), ckpt_path);
-        avg.load_state(ck.get("average"), ckpt_path);
+        load_state(opt.state(), ck.get("optimizer"), ckpt_path);
+        load_state(avg.state(), ck.get("average"), ckpt_path);
         log("resumed from %s at step %d (%.1f s of training)", ckpt_path.c_str(), st.step, st.elapsed_s);
     }
     log("model: %zu parameters, %zu layers scheduled (%zu with recurrence); data %s (%zu train shards, %zu val tokens)",

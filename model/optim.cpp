@@ -181,9 +181,9 @@ Optimizer::Optimizer(const ParamLayout& layout, const TrainConfig& cfg) : layout
         adam_state_.push_back(adam_n);
         adam_n += p.numel();
     }
-    muon_m_.assign(muon_n, 0.f);
-    adam_m_.assign(adam_n, 0.f);
-    adam_v_.assign(adam_n, 0.f);
+    st_.muon_m.assign(muon_n, 0.f);
+    st_.adam_m.assign(adam_n, 0.f);
+    st_.adam_v.assign(adam_n, 0.f);
 }
 
 float Optimizer::step(float* params, const float* grads, float lr_scale, int step) {
@@ -203,7 +203,7 @@ void Optimizer::muon_update_bank_slice(int bank, int first, int count, float* pa
     if (count == 0) return;
     const int cols = B.cols;
     const size_t numel = size_t(B.rows) * cols, begin = B.offset + size_t(first) * numel;
-    float* mom = muon_m_.data() + bank_state_[bank] + size_t(first) * numel;
+    float* mom = st_.muon_m.data() + bank_state_[bank] + size_t(first) * numel;
     const float mu = muon_momentum_at(step, cfg_);
     const bool row_norm = cfg_.muon_row_norm;
 
@@ -236,18 +236,18 @@ void Optimizer::muon_update_bank_slice(int bank, int first, int count, float* pa
 }
 
 void Optimizer::adam_update(float* params, const float* grads, float lr_scale, float grad_scale) {
-    ++adam_t_;
+    ++st_.adam_t;
     const float b1 = cfg_.adam_beta1, b2 = cfg_.adam_beta2, eps = cfg_.adam_eps;
-    const float bc1 = float(1.0 - std::pow(double(b1), double(adam_t_)));
-    const float bc2 = float(1.0 - std::pow(double(b2), double(adam_t_)));
+    const float bc1 = float(1.0 - std::pow(double(b1), double(st_.adam_t)));
+    const float bc2 = float(1.0 - std::pow(double(b2), double(st_.adam_t)));
     for (size_t i = 0; i < adam_params_.size(); ++i) {
         const ParamSpec& P = layout_.params[adam_params_[i]];
         const float lr = (P.kind == ParamKind::Embedding ? cfg_.embed_lr : cfg_.scalar_lr) * lr_scale;
         const float decay = 1.f - lr * cfg_.adam_wd;
         float* p = params + P.offset;
         const float* g = grads + P.offset;
-        float* m = adam_m_.data() + adam_state_[i];
-        float* v = adam_v_.data() + adam_state_[i];
+        float* m = st_.adam_m.data() + adam_state_[i];
+        float* v = st_.adam_v.data() + adam_state_[i];
         const long n = long(P.numel());
 #pragma omp parallel for schedule(static) if (n > 4096)
         for (long e = 0; e < n; ++e) {
@@ -259,71 +259,71 @@ void Optimizer::adam_update(float* params, const float* grads, float lr_scale, f
     }
 }
 
-std::vector<uint8_t> Optimizer::save_state() const {
+std::vector<uint8_t> save_state(const OptimizerState& s) {
     Writer w;
     w.raw(kOptimTag, 8);
-    w.u64(uint64_t(adam_t_));
-    w.floats(muon_m_);
-    w.floats(adam_m_);
-    w.floats(adam_v_);
+    w.u64(uint64_t(s.adam_t));
+    w.floats(s.muon_m);
+    w.floats(s.adam_m);
+    w.floats(s.adam_v);
     return std::move(w.out);
 }
 
-void Optimizer::load_state(const std::vector<uint8_t>& bytes, const std::string& source) {
+void load_state(OptimizerState& into, const std::vector<uint8_t>& bytes, const std::string& source) {
     Reader r{bytes, source, "optimizer"};
     r.magic(kOptimTag);
-    adam_t_ = long(r.u64());
-    r.floats(muon_m_);
-    r.floats(adam_m_);
-    r.floats(adam_v_);
+    into.adam_t = long(r.u64());
+    r.floats(into.muon_m);
+    r.floats(into.adam_m);
+    r.floats(into.adam_v);
     r.end();
 }
 
 WeightAverage::WeightAverage(size_t n, const TrainConfig& cfg)
     : n_(n), decay_(cfg.ema_decay), swa_every_(cfg.swa_every) {
     if (!(decay_ >= 0 && decay_ < 1)) fail("--ema-decay must be in [0, 1) (got %g)", double(decay_));
-    if (decay_ > 0) ema_.assign(n_, 0.f);
+    if (decay_ > 0) st_.ema.assign(n_, 0.f);
     if (cfg.swa_from > 0) {
         if (swa_every_ < 1) fail("--swa-every must be >= 1 (got %d)", swa_every_);
-        swa_.assign(n_, 0.f);
+        st_.swa.assign(n_, 0.f);
     }
 }
 
 void WeightAverage::update(const float* params, int step, bool swa_active) {
     const long n = long(n_);
-    if (!ema_.empty()) {
-        const float d = ema_steps_ == 0 ? 0.f : decay_;
-        float* e = ema_.data();
+    if (!st_.ema.empty()) {
+        const float d = st_.ema_steps == 0 ? 0.f : decay_;
+        float* e = st_.ema.data();
 #pragma omp parallel for schedule(static)
         for (long i = 0; i < n; ++i) e[i] = d * e[i] + (1.f - d) * params[i];
-        ++ema_steps_;
+        ++st_.ema_steps;
     }
-    if (!swa_.empty() && swa_active && step % swa_every_ == 0) {
-        ++swa_count_;
-        const float w = 1.f / float(swa_count_);
-        float* s = swa_.data();
+    if (!st_.swa.empty() && swa_active && step % swa_every_ == 0) {
+        ++st_.swa_count;
+        const float w = 1.f / float(st_.swa_count);
+        float* s = st_.swa.data();
 #pragma omp parallel for schedule(static)
         for (long i = 0; i < n; ++i) s[i] += (params[i] - s[i]) * w;
     }
 }
 
-std::vector<uint8_t> WeightAverage::save_state() const {
+std::vector<uint8_t> save_state(const AverageState& s) {
     Writer w;
     w.raw(kAverageTag, 8);
-    w.u64(uint64_t(ema_steps_));
-    w.u64(uint64_t(swa_count_));
-    w.floats(ema_);
-    w.floats(swa_);
+    w.u64(uint64_t(s.ema_steps));
+    w.u64(uint64_t(s.swa_count));
+    w.floats(s.ema);
+    w.floats(s.swa);
     return std::move(w.out);
 }
 
-void WeightAverage::load_state(const std::vector<uint8_t>& bytes, const std::string& source) {
+void load_state(AverageState& into, const std::vector<uint8_t>& bytes, const std::string& source) {
     Reader r{bytes, source, "weight-average"};
     r.magic(kAverageTag);
-    ema_steps_ = long(r.u64());
-    swa_count_ = long(r.u64());
-    r.floats(ema_);
-    r.floats(swa_);
+    into.ema_steps = long(r.u64());
+    into.swa_count = long(r.u64());
+    r.floats(into.ema);
+    r.floats(into.swa);
     r.end();
 }
 

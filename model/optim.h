@@ -60,6 +60,27 @@ struct BankSlice {
 // Equal chunk sizes are what a reduce-scatter over the (padded) bank needs.
 std::vector<BankSlice> muon_partition(const ParamLayout& layout, int rank, int world);
 
+// What the optimizer carries from step to step. The CPU and GPU optimizers hold the same
+// layout (momentum bank by bank; Adam moments parameter by parameter in layout order), so a
+// checkpoint written on either resumes on either.
+struct OptimizerState {
+    long adam_t = 0;  // Adam updates so far (bias correction)
+    std::vector<float> muon_m, adam_m, adam_v;
+};
+
+// EMA / SWA accumulators (empty vectors when off).
+struct AverageState {
+    long ema_steps = 0, swa_count = 0;
+    std::vector<float> ema, swa;
+};
+
+// Exact byte forms for checkpoints. load_* fail with a message naming `source` when the
+// bytes do not match the sizes already in `into`.
+std::vector<uint8_t> save_state(const OptimizerState& s);
+void load_state(OptimizerState& into, const std::vector<uint8_t>& bytes, const std::string& source);
+std::vector<uint8_t> save_state(const AverageState& s);
+void load_state(AverageState& into, const std::vector<uint8_t>& bytes, const std::string& source);
+
 class Optimizer {
 public:
     Optimizer(const ParamLayout& layout, const TrainConfig& cfg);
@@ -74,22 +95,18 @@ public:
                                 float lr_scale, int step, float grad_scale);
     void adam_update(float* params, const float* grads, float lr_scale, float grad_scale);
 
-    // Momentum, Adam moments and the Adam step count, exactly. load_state fails with a
-    // message naming `source` when the bytes do not fit this layout.
-    std::vector<uint8_t> save_state() const;
-    void load_state(const std::vector<uint8_t>& bytes, const std::string& source);
-
-    long adam_steps() const { return adam_t_; }
+    // Momentum, Adam moments and the Adam step count (save_state / load_state above).
+    OptimizerState& state() { return st_; }
+    const OptimizerState& state() const { return st_; }
+    long adam_steps() const { return st_.adam_t; }
 
 private:
     ParamLayout layout_;
     TrainConfig cfg_;
-    std::vector<size_t> bank_state_;  // offset of each bank's momentum in muon_m_
-    std::vector<float> muon_m_;
+    std::vector<size_t> bank_state_;  // offset of each bank's momentum in st_.muon_m
     std::vector<int> adam_params_;     // indices of Embedding / Vector params
-    std::vector<size_t> adam_state_;   // offset of each of those in adam_m_ / adam_v_
-    std::vector<float> adam_m_, adam_v_;
-    long adam_t_ = 0;
+    std::vector<size_t> adam_state_;   // offset of each of those in st_.adam_m / st_.adam_v
+    OptimizerState st_;
 };
 
 // EMA and SWA of the weights, over the flat buffer. Call update() after every optimizer step.
@@ -101,19 +118,17 @@ public:
     WeightAverage(size_t n, const TrainConfig& cfg);
 
     void update(const float* params, int step, bool swa_active);
-    const float* ema() const { return ema_steps_ > 0 ? ema_.data() : nullptr; }
-    const float* swa() const { return swa_count_ > 0 ? swa_.data() : nullptr; }
-    long swa_count() const { return swa_count_; }
-
-    std::vector<uint8_t> save_state() const;
-    void load_state(const std::vector<uint8_t>& bytes, const std::string& source);
+    const float* ema() const { return st_.ema_steps > 0 ? st_.ema.data() : nullptr; }
+    const float* swa() const { return st_.swa_count > 0 ? st_.swa.data() : nullptr; }
+    long swa_count() const { return st_.swa_count; }
+    AverageState& state() { return st_; }
+    const AverageState& state() const { return st_; }
 
 private:
     size_t n_;
     float decay_;
     int swa_every_;
-    std::vector<float> ema_, swa_;
-    long ema_steps_ = 0, swa_count_ = 0;
+    AverageState st_;
 };
 
 }  // namespace pg
