@@ -1,5 +1,5 @@
 // pgolf bpb (the byte accounting of a val split, and the unigram baseline) and pgolf eval
-// (val_loss / val_bpb of a checkpoint or an artifact).
+// (val_loss / val_bpb of a checkpoint or an artifact, optionally with score-first TTT).
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -10,6 +10,7 @@
 #include "common/io.h"
 #include "eval/bpb.h"
 #include "eval/evaluate.h"
+#include "eval/ttt.h"
 #include "model/model_ref.h"
 #include "quant/weights.h"
 #include "tokenizer/loader.h"
@@ -54,7 +55,13 @@ struct EvalArgs {
     std::string val_pattern = "fineweb_val_*.bin";
     int stride = 64, seq_len = 0, batch_seqs = 8;
     long max_tokens = 0;
+    bool ttt = false, plain = false;
+    TttOptions ttt_opt;  // its eval part comes from the flags above
 };
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 void run_eval(const EvalArgs& a) {
     if (a.artifact.empty() == a.checkpoint.empty()) fail("eval: give exactly one of --artifact and --checkpoint");
@@ -76,20 +83,49 @@ void run_eval(const EvalArgs& a) {
     eo.stride = std::min(a.stride, eo.seq_len);
     eo.batch_seqs = a.batch_seqs;
     eo.max_tokens = a.max_tokens;
+    TttOptions to = a.ttt_opt;
+    to.eval = eo;
+    if (a.ttt) check_ttt_options(to);
     const bool recur = eval_recur(m);
     std::printf("eval: %s, %zu val tokens, window %d stride %d, recurrence %s, device CPU (reference)\n",
                 a.artifact.empty() ? (a.checkpoint + " (" + a.weights + ")").c_str() : a.artifact.c_str(), val.size(),
                 eo.seq_len, eo.stride, recur ? "on" : "off");
+    RefTttModel ttt_model(model, recur);
+    if (!a.ttt || a.plain) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const BpbAccumulator r = evaluate(
+            [&](const int32_t* in, const int32_t* tg, int rows, int seq, float* nll) {
+                ttt_model.score(in, tg, rows, seq, nll);
+            },
+            val, bytes, eo);
+        const double secs = seconds_since(t0);
+        std::printf("%sval_loss %.6f val_bpb %.6f (%ld tokens, %ld bytes, %.1f s)\n", a.ttt ? "plain: " : "", r.loss(),
+                    r.bpb(), r.tokens, r.bytes, secs);
+        if (!a.ttt) {
+            std::printf("RESULT val_loss=%.8f val_bpb=%.8f tokens=%ld eval_seconds=%.1f\n", r.loss(), r.bpb(),
+                        r.tokens, secs);
+            return;
+        }
+    }
+    std::printf("ttt: chunks of %ld targets, %d epochs, lr %g (cosine across chunks), momentum %g, clip %g, %d seqs a step\n",
+                to.chunk_tokens, to.epochs, double(to.lr), double(to.momentum), double(to.clip), to.batch_seqs);
     const auto t0 = std::chrono::steady_clock::now();
-    const BpbAccumulator r = evaluate(
-        [&](const int32_t* in, const int32_t* tg, int rows, int seq, float* nll) {
-            model.forward(in, tg, rows, seq, recur, nll);
-        },
-        val, bytes, eo);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("val_loss %.6f val_bpb %.6f (%ld tokens, %ld bytes, %.1f s)\n", r.loss(), r.bpb(), r.tokens, r.bytes,
-                secs);
-    std::printf("RESULT val_loss=%.8f val_bpb=%.8f tokens=%ld eval_seconds=%.1f\n", r.loss(), r.bpb(), r.tokens, secs);
+    long n_chunks = 0;
+    const TttResult r = evaluate_ttt(ttt_model, val, bytes, to, [&](const TttChunk& c) {
+        std::printf("ttt chunk %ld: targets [%ld, %ld) val_loss %.6f val_bpb %.6f | score %.2f s", ++n_chunks,
+                    c.first_target, c.first_target + c.targets, c.score.loss(), c.score.bpb(), c.score_seconds);
+        if (c.steps > 0)
+            std::printf(" | lr %.3g, %d steps, last-epoch train_loss %.4f, train %.2f s\n", double(c.lr), c.steps,
+                        double(c.train_loss), c.train_seconds);
+        else
+            std::printf(" | not trained\n");
+        std::fflush(stdout);
+    });
+    const double secs = seconds_since(t0);
+    std::printf("ttt: val_loss %.6f val_bpb %.6f (%ld tokens, %ld bytes, %zu chunks, %.1f s)\n", r.total.loss(),
+                r.total.bpb(), r.total.tokens, r.total.bytes, r.chunks.size(), secs);
+    std::printf("RESULT val_loss=%.8f val_bpb=%.8f tokens=%ld eval_seconds=%.1f ttt=1\n", r.total.loss(), r.total.bpb(),
+                r.total.tokens, secs);
 }
 
 }  // namespace
@@ -107,6 +143,15 @@ void add_eval_commands(CLI::App& app) {
     ev->add_option("--seq-len", e->seq_len, "window length (default: the model's seq_len)");
     ev->add_option("--batch-seqs", e->batch_seqs, "windows per forward pass")->capture_default_str();
     ev->add_option("--max-tokens", e->max_tokens, "score only the first N targets (0 = all)")->capture_default_str();
+    CLI::Option* ttt = ev->add_flag("--ttt", e->ttt, "legal score-first test-time training (eval/ttt.h)");
+    ev->add_flag("--plain", e->plain, "with --ttt: print the plain sliding-window numbers first")->needs(ttt);
+    TttOptions& t = e->ttt_opt;
+    ev->add_option("--ttt-lr", t.lr, "TTT SGD learning rate (cosine-decayed across chunks)")->capture_default_str()->needs(ttt);
+    ev->add_option("--ttt-momentum", t.momentum, "TTT SGD momentum")->capture_default_str()->needs(ttt);
+    ev->add_option("--ttt-epochs", t.epochs, "TTT passes over each scored chunk (0 = plain eval)")->capture_default_str()->needs(ttt);
+    ev->add_option("--ttt-chunk", t.chunk_tokens, "TTT chunk, in targets (>= seq-len)")->capture_default_str()->needs(ttt);
+    ev->add_option("--ttt-clip", t.clip, "TTT global gradient-norm clip (0 = off)")->capture_default_str()->needs(ttt);
+    ev->add_option("--ttt-batch-seqs", t.batch_seqs, "TTT training sequences a step")->capture_default_str()->needs(ttt);
     ev->callback([e] { run_eval(*e); });
 
     auto a = std::make_shared<BpbArgs>();

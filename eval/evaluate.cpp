@@ -1,6 +1,8 @@
 #include "eval/evaluate.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "common/check.h"
 
@@ -24,11 +26,9 @@ std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt) {
     return w;
 }
 
-BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& tokens,
-                        const ByteTables& bytes, const EvalOptions& opt) {
-    const std::vector<Window> windows = make_windows(long(tokens.size()), opt);
+void score_windows(const ScoreFn& score, const std::vector<uint16_t>& tokens, const std::vector<Window>& windows,
+                   const EvalOptions& opt, long target_end, const LossFn& on_loss) {
     const int L = opt.seq_len;
-    BpbAccumulator acc;
     std::vector<int32_t> in, tg;
     std::vector<float> nll;
     for (size_t w0 = 0; w0 < windows.size(); w0 += opt.batch_seqs) {
@@ -45,14 +45,21 @@ BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& token
         score(in.data(), tg.data(), rows, L, nll.data());
         for (int r = 0; r < rows; ++r) {
             const Window& win = windows[w0 + r];
-            for (int t = win.first_scored; t < L; ++t) {
-                const long i = win.start + t + 1;  // index of the target token
+            const int end = int(std::min<long>(L, target_end - win.start));
+            for (int t = win.first_scored; t < end; ++t) {
                 const float l = nll[size_t(r) * L + t];
-                if (!std::isfinite(l)) fail("eval: non-finite loss at token %ld", i);
-                acc.add(l, bytes.bytes(tokens[i], tokens[i - 1]), 1);
+                if (!std::isfinite(l)) fail("eval: non-finite loss at token %ld", win.start + t + 1);
+                on_loss(win.start + t, l);
             }
         }
     }
+}
+
+BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& tokens, const ByteTables& bytes,
+                        const EvalOptions& opt) {
+    BpbAccumulator acc;
+    score_windows(score, tokens, make_windows(long(tokens.size()), opt), opt, std::numeric_limits<long>::max(),
+                  [&](long j, float l) { acc.add(l, bytes.bytes(tokens[j + 1], tokens[j]), 1); });
     return acc;
 }
 

@@ -32,6 +32,14 @@ struct Window {
 };
 std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt);
 
+// Runs `windows` through `score`, opt.batch_seqs at a time, and reports the loss of each
+// scored target j (token j + 1) below target_end, in window order; fails on a non-finite
+// loss. evaluate() and score-first TTT (eval/ttt.h, which cuts windows at chunk ends)
+// share it, so both score a target from the same window with the same arithmetic.
+using LossFn = std::function<void(long target, float nll)>;
+void score_windows(const ScoreFn& score, const std::vector<uint16_t>& tokens, const std::vector<Window>& windows,
+                   const EvalOptions& opt, long target_end, const LossFn& on_loss);
+
 BpbAccumulator evaluate(const ScoreFn& score, const std::vector<uint16_t>& tokens,
                         const ByteTables& bytes, const EvalOptions& opt);
 

@@ -1,0 +1,303 @@
+// Score-first test-time training: legality (nothing is trained on before it is scored, and
+// later tokens cannot change earlier scores), that it adapts, that it reduces to plain
+// sliding evaluation without training, and its flags through the binary.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <random>
+
+#include "common/checkpoint.h"
+#include "common/config.h"
+#include "eval/ttt.h"
+#include "tests/tmp_dir.h"
+
+using namespace pg;
+
+namespace {
+
+// Byte tables where token t stands for (t % 3) + 1 bytes and nothing is a boundary.
+ByteTables toy_tables(int vocab) {
+    ByteTables b;
+    for (int t = 0; t < vocab; ++t) {
+        b.base.push_back(t % 3 + 1);
+        b.leading_space.push_back(t % 2);
+        b.boundary.push_back(0);
+    }
+    return b;
+}
+
+// 2 layers x 32 dims with every feature on, recurrence included.
+ModelConfig tiny_model(int vocab) {
+    ModelConfig c;
+    c.vocab_size = vocab;
+    c.model_dim = 32;
+    c.n_layers = 2;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 16;
+    c.mlp_mult = 2;
+    c.rope_dims = 8;
+    c.bigram_buckets = 32;
+    c.bigram_dim = 8;
+    c.xsa_last = 1;
+    c.recur_start = c.recur_end = 1;
+    c.parallel_from = 1;
+    c.seq_len = 32;
+    c.validate();
+    return c;
+}
+
+std::vector<uint16_t> random_stream(size_t n, int vocab, std::mt19937& g) {
+    std::vector<uint16_t> t(n);
+    for (auto& x : t) x = uint16_t(g() % vocab);
+    return t;
+}
+
+TttOptions small_options() {
+    TttOptions o;
+    o.eval.seq_len = 32;
+    o.eval.stride = 12;  // windows cross chunk ends: 256 - 32 is not a multiple of 12
+    o.eval.batch_seqs = 5;
+    o.chunk_tokens = 256;
+    o.batch_seqs = 3;
+    return o;
+}
+
+// TTT with the reference model from the given weights.
+TttResult run_ref(const ModelConfig& c, const std::vector<float>& w, const std::vector<uint16_t>& tokens,
+                  const ByteTables& bt, const TttOptions& o, const LossFn& on_loss = nullptr) {
+    RefModel<float> m(c);
+    m.params = w;
+    RefTttModel tm(m, true);
+    return evaluate_ttt(tm, tokens, bt, o, nullptr, on_loss);
+}
+
+// A model that sees token i at position i (tokens[i] == i), so it knows which targets it
+// scores and trains on. Its loss is 1 + steps / 1000: which weights scored a target.
+struct TracingModel : TttModel {
+    std::vector<uint8_t> scored, trained;
+    int steps = 0;
+    explicit TracingModel(long n_targets) : scored(n_targets, 0), trained(n_targets, 0) {}
+    void score(const int32_t*, const int32_t*, int rows, int seq, float* nll) override {
+        for (int i = 0; i < rows * seq; ++i) nll[i] = 1.f + float(steps) / 1000.f;
+    }
+    float train_step(const int32_t*, const int32_t* tg, int rows, int seq, float, float, float) override {
+        for (int i = 0; i < rows * seq; ++i) {
+            const long j = tg[i] - 1;
+            REQUIRE(scored[j]);  // never trained on before it is scored
+            trained[j] = 1;
+        }
+        ++steps;
+        return 1.f;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("ttt scores every target exactly once, with the weights of all earlier chunks, before training on it") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 g(seed);
+    for (int trial = 0; trial < 40; ++trial) {
+        TttOptions o;
+        o.eval.seq_len = 1 + int(g() % 40);
+        o.eval.stride = 1 + int(g() % o.eval.seq_len);
+        o.eval.batch_seqs = 1 + int(g() % 6);
+        o.chunk_tokens = o.eval.seq_len + long(g() % 200);
+        o.epochs = 1 + int(g() % 3);
+        o.batch_seqs = 1 + int(g() % 4);
+        const long n = o.eval.seq_len + 2 + long(g() % 2000);
+        INFO("trial " << trial << ": seq " << o.eval.seq_len << " stride " << o.eval.stride << " chunk "
+                      << o.chunk_tokens << " tokens " << n);
+        std::vector<uint16_t> tokens(n);
+        for (long i = 0; i < n; ++i) tokens[i] = uint16_t(i);
+        TracingModel m(n - 1);
+        std::vector<int> hits(n - 1, 0);
+        std::vector<float> nll(n - 1, 0.f);
+        const TttResult r = evaluate_ttt(m, tokens, toy_tables(int(n)), o, nullptr, [&](long j, float l) {
+            REQUIRE(!m.trained[j]);
+            m.scored[j] = 1;
+            hits[j]++;
+            nll[j] = l;
+        });
+        for (long j = 0; j < n - 1; ++j) REQUIRE(hits[j] == 1);
+        CHECK(r.total.tokens == n - 1);
+        REQUIRE(long(r.chunks.size()) == (n - 1 + o.chunk_tokens - 1) / o.chunk_tokens);
+        int steps_before = 0;
+        for (size_t c = 0; c < r.chunks.size(); ++c) {
+            const TttChunk& ch = r.chunks[c];
+            const bool last = c + 1 == r.chunks.size();
+            CHECK(ch.first_target == long(c) * o.chunk_tokens);
+            CHECK(ch.score.tokens == ch.targets);
+            const long full = ch.targets / o.eval.seq_len * o.eval.seq_len;  // the trained part
+            for (long j = ch.first_target; j < ch.first_target + ch.targets; ++j) {
+                REQUIRE(nll[j] == 1.f + float(steps_before) / 1000.f);
+                REQUIRE(m.trained[j] == (!last && j < ch.first_target + full));
+            }
+            CHECK(ch.steps == (last ? 0 : o.epochs * int((full / o.eval.seq_len + o.batch_seqs - 1) / o.batch_seqs)));
+            steps_before += ch.steps;
+        }
+    }
+}
+
+TEST_CASE("ttt legality: poisoning the tokens after a chunk leaves it and all earlier chunks bit-exact") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 g(seed);
+    const int vocab = 64;
+    const ModelConfig c = tiny_model(vocab);
+    RefModel<float> init(c);
+    init.init(g());
+    const ByteTables bt = toy_tables(vocab);
+    const TttOptions o = small_options();
+    const std::vector<uint16_t> tokens = random_stream(4 * 256 + 100, vocab, g);  // 5 chunks, the last partial
+    const TttResult base = run_ref(c, init.params, tokens, bt, o);
+    REQUIRE(base.chunks.size() == 5);
+
+    // The first chunk is scored by the loaded weights: the same as plain sliding evaluation.
+    double plain0 = 0;
+    RefModel<float> plain(c);
+    plain.params = init.params;
+    score_windows([&](const int32_t* in, const int32_t* tg, int rows, int seq,
+                      float* nll) { plain.forward(in, tg, rows, seq, true, nll); },
+                  tokens, make_windows(long(tokens.size()), o.eval), o.eval, std::numeric_limits<long>::max(),
+                  [&](long j, float l) {
+                      if (j < o.chunk_tokens) plain0 += l;
+                  });
+    CHECK(base.chunks[0].score.loss_nats == plain0);
+
+    for (size_t k = 0; k + 1 < base.chunks.size(); ++k) {
+        CAPTURE(k);
+        const long end = base.chunks[k].first_target + base.chunks[k].targets;  // targets < end are chunks <= k
+        std::vector<uint16_t> poisoned = tokens;
+        for (size_t i = end + 1; i < poisoned.size(); ++i) poisoned[i] = uint16_t(g() % vocab);
+        const TttResult p = run_ref(c, init.params, poisoned, bt, o);
+        for (size_t j = 0; j <= k; ++j) {
+            CHECK(p.chunks[j].score.loss_nats == base.chunks[j].score.loss_nats);
+            CHECK(p.chunks[j].score.bytes == base.chunks[j].score.bytes);
+            CHECK(p.chunks[j].train_loss == base.chunks[j].train_loss);
+        }
+        CHECK(p.chunks[k + 1].score.loss_nats != base.chunks[k + 1].score.loss_nats);  // the poison took
+    }
+}
+
+TEST_CASE("ttt adapts: on a repeated chunk, later chunks score better than without TTT") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 g(seed);
+    const int vocab = 64;
+    const ModelConfig c = tiny_model(vocab);
+    RefModel<float> init(c);
+    init.init(g());
+    const ByteTables bt = toy_tables(vocab);
+    TttOptions o = small_options();
+    const std::vector<uint16_t> once = random_stream(256, vocab, g);
+    std::vector<uint16_t> tokens;
+    for (int r = 0; r < 4; ++r) tokens.insert(tokens.end(), once.begin(), once.end());
+    tokens.push_back(once[0]);  // 4 chunks of 256 targets, each the same text
+
+    o.epochs = 0;
+    const TttResult plain = run_ref(c, init.params, tokens, bt, o);
+    o.epochs = 3;
+    const TttResult ttt = run_ref(c, init.params, tokens, bt, o);
+    REQUIRE(ttt.chunks.size() == 4);
+    CHECK(ttt.chunks[0].score.loss_nats == plain.chunks[0].score.loss_nats);
+    for (size_t k = 1; k < 4; ++k) {
+        CAPTURE(k);
+        INFO("chunk " << k << ": plain " << plain.chunks[k].score.loss() << " nats, TTT " << ttt.chunks[k].score.loss());
+        CHECK(ttt.chunks[k].score.loss() < plain.chunks[k].score.loss() - 0.01);
+        CHECK(ttt.chunks[k].score.loss() < ttt.chunks[k - 1].score.loss());
+    }
+    CHECK(ttt.total.bpb() < plain.total.bpb());
+}
+
+TEST_CASE("ttt with 0 epochs or lr 0 equals plain sliding evaluation exactly") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 g(seed);
+    const int vocab = 64;
+    const ModelConfig c = tiny_model(vocab);
+    RefModel<float> init(c);
+    init.init(g());
+    const ByteTables bt = toy_tables(vocab);
+    TttOptions o = small_options();
+    o.eval.stride = 1 + int(g() % 32);
+    o.chunk_tokens = 32 + long(g() % 300);
+    CAPTURE(o.eval.stride);
+    CAPTURE(o.chunk_tokens);
+    const std::vector<uint16_t> tokens = random_stream(900 + g() % 200, vocab, g);
+    RefModel<float> m(c);
+    m.params = init.params;
+    const BpbAccumulator plain = evaluate([&](const int32_t* in, const int32_t* tg, int rows, int seq,
+                                              float* nll) { m.forward(in, tg, rows, seq, true, nll); },
+                                          tokens, bt, o.eval);
+    for (int variant = 0; variant < 2; ++variant) {
+        CAPTURE(variant);
+        TttOptions v = o;
+        if (variant == 0) v.epochs = 0;
+        else v.lr = 0;
+        const TttResult r = run_ref(c, init.params, tokens, bt, v);
+        CHECK(r.total.loss_nats == plain.loss_nats);
+        CHECK(r.total.bytes == plain.bytes);
+        CHECK(r.total.tokens == plain.tokens);
+    }
+}
+
+namespace {
+
+int pgolf(const std::string& args, std::string& out) {
+    FILE* p = popen(("build/pgolf " + args + " 2>&1").c_str(), "r");
+    REQUIRE(p != nullptr);
+    out.clear();
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    const int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string result_line(const std::string& out) {
+    const size_t r = out.rfind("RESULT ");
+    REQUIRE(r != std::string::npos);
+    return out.substr(r, out.find('\n', r) - r);
+}
+
+}  // namespace
+
+TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values refused with one line") {
+    TmpDir d;
+    Config cfg;
+    cfg.model = tiny_model(1024);  // the sample tokenizer's vocab
+    RefModel<float> m(cfg.model);
+    m.init(fresh_seed());
+    Checkpoint ck;
+    ck.put_text("config.model", to_text(fields(cfg.model)));
+    ck.put_text("config.train", to_text(fields(cfg.train)));
+    ck.put_text("config.quant", to_text(fields(cfg.quant)));
+    ck.put_vec("params", m.params);
+    ck.save(d / "ck.bin");
+    const std::string base = "eval --checkpoint " + (d / "ck.bin") + " --weights raw --stride 16 --max-tokens 1000 ";
+    std::string out;
+
+    REQUIRE(pgolf(base, out) == 0);
+    const std::string plain = result_line(out);
+    REQUIRE(pgolf(base + "--ttt --ttt-chunk 256 --ttt-epochs 0", out) == 0);
+    CHECK(result_line(out) == plain + " ttt=1");
+
+    REQUIRE(pgolf(base + "--ttt --plain --ttt-chunk 256 --ttt-lr 0.01 --ttt-batch-seqs 4", out) == 0);
+    INFO(out);
+    CHECK(out.find("plain: val_loss") != std::string::npos);
+    CHECK(out.find("ttt chunk 4: targets [768, 1000)") != std::string::npos);
+    CHECK(out.find("ttt chunk 5") == std::string::npos);
+    CHECK(result_line(out).find(" ttt=1") != std::string::npos);
+    CHECK(result_line(out) != plain + " ttt=1");
+
+    for (const char* bad : {"--ttt --ttt-chunk 16", "--ttt --ttt-epochs -1", "--ttt --ttt-momentum 1",
+                            "--ttt --ttt-batch-seqs 0", "--ttt-lr 0.1"}) {
+        CAPTURE(bad);
+        CHECK(pgolf(base + bad, out) != 0);
+        CHECK(out.rfind("pgolf: error: ", 0) == 0);
+        CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    }
+}
