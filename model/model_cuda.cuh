@@ -1,0 +1,132 @@
+// The pgolf model on one GPU: RefModel (model/model_ref.h) op for op, forward and backward,
+// with the precision of model/kernels.cuh: fp32 residual stream, bf16 GEMM operands and
+// attention, fp32 parameters and gradients. Matrices are read from the bf16 copy of the
+// weights (params_bf16(), refreshed by the optimizer), everything else from the fp32 master.
+//
+// Every activation the backward needs is kept per schedule entry, as RefModel keeps them;
+// all buffers are allocated once, for max_rows sequences of cfg.seq_len, so a step allocates
+// nothing and enqueues everything on one stream (forward and backward never wait for the
+// host; loss() and per_token_loss() do). The tied head runs in row chunks: bf16 logits of a
+// chunk -> fused softcap + cross-entropy (loss, and in the backward bf16 dlogits written in
+// place) -> dX and dE products, so the fp32 logits [N, vocab] never exist. The forward keeps
+// only the losses; the backward computes each chunk's logits again (one extra GEMM of
+// N x dim x vocab) because the loss scale is known only then.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "common/config.h"
+#include "common/cuda_check.cuh"
+#include "model/gemm.cuh"
+#include "model/kernels.cuh"
+#include "model/params.h"
+
+namespace pg {
+
+class CudaModel {
+public:
+    // max_rows: sequences of cfg.seq_len per forward (the micro-batch). Needs head_dim 64
+    // (the flash-attention kernels' only head size).
+    CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream = nullptr);
+    ~CudaModel();
+    CudaModel(const CudaModel&) = delete;
+    CudaModel& operator=(const CudaModel&) = delete;
+
+    const ModelConfig& config() const { return cfg_; }
+    const ParamLayout& layout() const { return layout_; }
+    cudaStream_t stream() const { return stream_; }
+    Gemm& gemm() { return gemm_; }  // for the optimizer: one cuBLASLt handle and workspace
+
+    // Device buffers of layout().total values; the optimizer updates params and its bf16 copy.
+    float* params() { return params_.get(); }
+    bf16* params_bf16() { return params_bf16_.get(); }
+    float* grads() { return grads_.get(); }
+    void upload_params(const std::vector<float>& host);  // also refreshes the bf16 copy
+    std::vector<float> download_params() const;
+    std::vector<float> download_grads() const;
+    void zero_grad();
+
+    // inputs / targets: host int32 [B * Tn], B * Tn <= max_rows * seq_len.
+    // Copies them up and enqueues the forward; keeps the activations for backward().
+    void forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active);
+    float loss();                          // mean loss of the last forward (waits for the stream)
+    void per_token_loss(float* host_out);  // [B * Tn] nats of the last forward (waits)
+    // grads += loss_scale * d(mean loss of the last forward)/d(params).
+    void backward(float loss_scale = 1.f);
+
+    // Bytes of every buffer sized by max_rows (activations, backward scratch, head chunk,
+    // attention workspace); parameters, gradients and their bf16 copy not included.
+    size_t activation_bytes() const { return arena_.size(); }
+
+private:
+    // Indices into layout_.params of one physical block's parameters.
+    struct LayerParams {
+        int wq, wk, wv, wo, fc, proj, attn_scale, mlp_scale, resid_mix, q_gain, v_mix;
+    };
+    // The buffers of one schedule entry: what RefModel's BlockActs holds.
+    struct Slot {
+        float *x, *x_in, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
+        float *rstd1, *rstd2, *q_rstd, *k_rstd, *lse;
+        bf16 *h, *q_raw, *k_raw, *v_raw, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;
+    };
+    // How the last forward ran one schedule entry.
+    struct Entry {
+        int layer = 0;
+        int skip = -1, skip_src = -1;  // U-Net row mixed in before the block, and whose output
+        const float* x = nullptr;      // residual entering the block
+        const bf16* v = nullptr;       // values the attention read (v_raw, or the mix with v_first)
+    };
+
+    float* P(int i) const { return params_.get() + layout_.params[i].offset; }
+    const bf16* W(int i) const { return params_bf16_.get() + layout_.params[i].offset; }
+    float* G(int i) const { return grads_.get() + layout_.params[i].offset; }
+    float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
+    bool parallel(int l) const { return l >= cfg_.parallel_from; }
+    bool xsa(int l) const { return l >= cfg_.n_layers - cfg_.xsa_last; }
+
+    void block_forward(int i);
+    void block_backward(int i, const float* dx_out, float* dx);
+    // Rows [r0, r0 + rows) of the tied head: losses; with dxf, also the backward into dxf and dE.
+    void head_chunk(int r0, int rows, float* dxf, float dlogit_scale);
+
+    ModelConfig cfg_;
+    ParamLayout layout_;
+    int max_tokens_ = 0;
+    cudaStream_t stream_;
+    Gemm gemm_;
+    std::vector<LayerParams> layer_;
+    int tok_emb_ = -1, bigram_emb_ = -1, bigram_proj_ = -1, bigram_scale_ = -1, smear_gate_ = -1;
+    int skip_weights_ = -1, skip_gates_ = -1;
+    int head_rows_ = 0;  // rows of one head chunk
+
+    DeviceArray<float> params_, grads_;
+    DeviceArray<bf16> params_bf16_;
+    DeviceArray<unsigned char> arena_;  // every buffer below, 256-byte aligned
+
+    // Token staging: pinned, so the copy up needs no stream sync; `staged_` marks when the
+    // last copy has left it.
+    int32_t* host_tokens_ = nullptr;  // [2 * max_tokens]: inputs, targets
+    cudaEvent_t staged_ = nullptr;
+
+    // Forward state.
+    int B_ = 0, Tn_ = 0, N_ = 0, n_enc_ = 0;
+    std::vector<int> schedule_;
+    std::vector<Entry> entries_;
+    std::vector<Slot> slots_;  // one per entry of the longest schedule
+    int32_t *inputs_, *targets_, *buckets_;
+    float *x_emb_, *x_norm_, *x_smear_, *rstd_emb_, *rstd_f_, *losses_;
+    const float* x0_ = nullptr;  // x_smear_, or x_norm_ without the smear gate
+    bf16 *big_e_, *big_p_, *xf_, *logits_;
+    void* attn_ws_;
+
+    // Backward scratch, named after the gradients they hold.
+    float *dx_, *dblock_, *dx0_, *dx_mid_, *dx_in_, *dh_, *dv_first_, *dv_, *dv_raw32_;
+    std::vector<float*> dskip_;  // per encoder entry: the gradient of its output through its skip
+    bf16 *dbranch_, *dact_, *df_, *dyo_, *dy_, *dq_, *dk_, *dv_att_, *dq_raw_, *dk_raw_, *dv_raw_, *dbig_e_;
+};
+
+}  // namespace pg
