@@ -8,7 +8,8 @@ CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code
 HOST_FLAGS := -O3 -march=x86-64-v3 -fopenmp
 CXXFLAGS := -std=c++17 $(HOST_FLAGS) -Wall -Wextra -I. -I$(CUDA_HOME)/include -MMD -MP
 NVCCFLAGS := -std=c++17 -O3 $(CUDA_ARCH) -I. --expt-relaxed-constexpr -Xcompiler "$(HOST_FLAGS) -Wall" -MMD -MP
-# libsentencepiece_train is copied next to the binary (rpath $ORIGIN/lib): the GPU machines have only libsentencepiece.
+# libsentencepiece and libsentencepiece_train are copied next to the binary (rpath $ORIGIN/lib): the GPU
+# machines have another libsentencepiece that does not match this machine's libsentencepiece_train.
 LDFLAGS := -L$(CUDA_HOME)/lib64 -Xlinker -rpath,'$$ORIGIN/lib'
 LDLIBS := -lcublasLt -lcublas -lnccl -lsentencepiece_train -lsentencepiece -llzma -lz -lgomp -lpthread
 MAKEFLAGS += -j$(shell nproc)
@@ -20,7 +21,7 @@ LIB_OBJ := $(LIB_CPP:%.cpp=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.cu.o)
 TEST_OBJ := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard tests/*.cpp)) $(patsubst %.cu,$(BUILD)/%.cu.o,$(wildcard tests/*.cu))
 # Code bytes of an artifact: the sources that build the binary (tests excluded), tarred and xz -9e compressed.
 CODE_FILES = $(sort Makefile train.cu $(foreach m,$(MODULES),$(wildcard $(m)/*.cpp $(m)/*.cu $(m)/*.h $(m)/*.cuh)))
-SP_TRAIN_LIB := $(firstword $(wildcard /usr/lib/*/libsentencepiece_train.so.0))
+SP_COPIES := $(BUILD)/lib/libsentencepiece.so.0 $(BUILD)/lib/libsentencepiece_train.so.0
 
 .PHONY: all test deps clean
 all: $(BUILD)/pgolf $(BUILD)/code.tar.xz
@@ -33,14 +34,14 @@ deps:
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q libsentencepiece-dev libcli11-dev doctest-dev liblzma-dev zlib1g-dev xz-utils; \
 	fi
 
-$(BUILD)/lib/libsentencepiece_train.so.0: $(SP_TRAIN_LIB)
+$(BUILD)/lib/%.so.0: /usr/lib/x86_64-linux-gnu/%.so.0
 	@mkdir -p $(dir $@)
 	cp -L $< $@
 
-$(BUILD)/pgolf: $(BUILD)/train.cu.o $(LIB_OBJ) $(BUILD)/lib/libsentencepiece_train.so.0
+$(BUILD)/pgolf: $(BUILD)/train.cu.o $(LIB_OBJ) $(SP_COPIES)
 	$(NVCC) $(CUDA_ARCH) -o $@ $(BUILD)/train.cu.o $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/pgolf_tests: $(BUILD)/train_nomain.cu.o $(LIB_OBJ) $(TEST_OBJ) $(BUILD)/lib/libsentencepiece_train.so.0
+$(BUILD)/pgolf_tests: $(BUILD)/train_nomain.cu.o $(LIB_OBJ) $(TEST_OBJ) $(SP_COPIES)
 	$(NVCC) $(CUDA_ARCH) -o $@ $(BUILD)/train_nomain.cu.o $(LIB_OBJ) $(TEST_OBJ) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/code.tar.xz: $(CODE_FILES)

@@ -71,6 +71,9 @@ void attention_backward_ref(const T* q, const T* k, const T* v, const T* out, co
                     const T* qi = q + qo;
                     const T* doi = dout + qo;
                     T delta = 0;
+                    // Summed in the same order as dp below: where the probabilities are one-hot
+                    // (T = 1), dp - delta is then exactly 0, as it is mathematically.
+#pragma omp simd reduction(+ : delta)
                     for (int d = 0; d < D; ++d) delta += doi[d] * out[qo + d];
                     const T l = lse[(size_t(b) * Hq + h) * Tn + i];
                     for (int j = 0; j <= i; ++j) {

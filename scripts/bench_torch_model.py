@@ -70,7 +70,8 @@ class Block(nn.Module):
     def rope(self, x, cos, sin):
         r = args.rope_dims // 2
         x1, x2, rest = x[..., :r], x[..., r:2 * r], x[..., 2 * r:]
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+        # ops_ref.h's convention (the records'): x1' = x1 cos + x2 sin, x2' = -x1 sin + x2 cos
+        return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos, rest], dim=-1)
 
     def mlp(self, h):
         return self.proj(F.leaky_relu(self.fc(h), 0.5).square())
@@ -159,7 +160,7 @@ class Model(nn.Module):
                 skips.append(x)
         logits = rms(x) @ self.tok_emb.weight.to(x.dtype).T
         logits = 30.0 * torch.tanh(logits.float() / 30.0)
-        return F.cross_entropy(logits.view(-1, args.vocab), tgt.view(-1))
+        return F.cross_entropy(logits.view(-1, args.vocab), tgt.reshape(-1))
 
 
 @torch.compile
