@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/checkpoint.h"
 #include "common/cli.h"
 #include "common/config.h"
@@ -57,10 +58,6 @@ static std::string default_data_dir() {
     if (fs::exists("data/sample")) return "data/sample";
     const fs::path exe = fs::read_symlink("/proc/self/exe");
     return (exe.parent_path().parent_path() / "data" / "sample").string();
-}
-
-static double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // Everything that a resumed run needs to continue exactly where it stopped.

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/io.h"
 #include "eval/bpb.h"
@@ -58,10 +59,6 @@ struct EvalArgs {
     bool ttt = false, plain = false;
     TttOptions ttt_opt;  // its eval part comes from the flags above
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 void run_eval(const EvalArgs& a) {
     if (a.artifact.empty() == a.checkpoint.empty()) fail("eval: give exactly one of --artifact and --checkpoint");

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/clock.h"
 
 namespace pg {
 
@@ -42,10 +43,6 @@ float RefTttModel::train_step(const int32_t* inputs, const int32_t* targets, int
 }
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // `epochs` passes over the whole seq_len sequences of targets [c0, c1); returns the mean
 // loss of the last pass.

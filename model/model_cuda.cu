@@ -54,28 +54,12 @@ void zero(float* p, size_t n, cudaStream_t s) { PG_CHECK(cudaMemsetAsync(p, 0, n
 
 CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     : cfg_(cfg), layout_(make_layout(cfg)), stream_(stream) {
+    ix_ = index_params(layout_, cfg_.n_layers);
     if (max_rows < 1) fail("CudaModel: max_rows must be >= 1 (got %d)", max_rows);
     if (cfg_.head_dim != 64)
         fail("CudaModel: head_dim %d is not supported on the GPU (flash attention has head dim 64 only)",
              cfg_.head_dim);
     max_tokens_ = max_rows * cfg_.seq_len;
-    auto idx = [&](const std::string& name) {
-        const ParamSpec* p = layout_.find(name);
-        return p ? int(p - layout_.params.data()) : -1;
-    };
-    for (int l = 0; l < cfg_.n_layers; ++l) {
-        const std::string b = "blocks." + std::to_string(l) + ".";
-        LayerParams p;
-        p.wq = idx(b + "attn.wq"), p.wk = idx(b + "attn.wk"), p.wv = idx(b + "attn.wv"), p.wo = idx(b + "attn.wo");
-        p.fc = idx(b + "mlp.fc"), p.proj = idx(b + "mlp.proj");
-        p.attn_scale = idx(b + "attn_scale"), p.mlp_scale = idx(b + "mlp_scale");
-        p.resid_mix = idx(b + "resid_mix"), p.q_gain = idx(b + "q_gain"), p.v_mix = idx(b + "v_mix");
-        layer_.push_back(p);
-    }
-    tok_emb_ = idx("tok_emb");
-    bigram_emb_ = idx("bigram.emb"), bigram_proj_ = idx("bigram.proj"), bigram_scale_ = idx("bigram.scale");
-    smear_gate_ = idx("smear.gate");
-    skip_weights_ = idx("skip.weights"), skip_gates_ = idx("skip.gates");
 
     params_ = DeviceArray<float>(layout_.total);
     grads_ = DeviceArray<float>(layout_.total);
@@ -191,18 +175,18 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
                              stream_));
     PG_CHECK(cudaEventRecord(staged_, stream_));
 
-    embedding_forward(x_emb_, inputs_, P(tok_emb_), N, D, stream_);
+    embedding_forward(x_emb_, inputs_, P(ix_.tok_emb), N, D, stream_);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;
         bigram_hash(buckets_, inputs_, B, Tn, cfg_.bigram_buckets, stream_);
-        embedding_forward(big_e_, buckets_, P(bigram_emb_), N, bd, stream_);
-        linear_forward(gemm_, big_p_, big_e_, W(bigram_proj_), N, bd, D, stream_);
-        add_scaled_forward(x_emb_, x_emb_, big_p_, P(bigram_scale_), N, D, 0, stream_);
+        embedding_forward(big_e_, buckets_, P(ix_.bigram_emb), N, bd, stream_);
+        linear_forward(gemm_, big_p_, big_e_, W(ix_.bigram_proj), N, bd, D, stream_);
+        add_scaled_forward(x_emb_, x_emb_, big_p_, P(ix_.bigram_scale), N, D, 0, stream_);
     }
     rmsnorm_forward(x_norm_, rstd_emb_, x_emb_, N, D, 1.f, stream_);
     x0_ = x_norm_;
     if (cfg_.smear_gate) {
-        smear_forward(x_smear_, x_norm_, P(smear_gate_), B, Tn, D, stream_);
+        smear_forward(x_smear_, x_norm_, P(ix_.smear_gate), B, Tn, D, stream_);
         x0_ = x_smear_;
     }
 
@@ -219,8 +203,8 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
             E.skip = i - n_enc_;
             E.skip_src = stack.back();
             stack.pop_back();
-            skip_mix_forward(slots_[i].x, x, slots_[E.skip_src].x_out, P(skip_weights_) + size_t(E.skip) * D,
-                             P(skip_gates_) + size_t(E.skip) * D, N, D, stream_);
+            skip_mix_forward(slots_[i].x, x, slots_[E.skip_src].x_out, P(ix_.skip_weights) + size_t(E.skip) * D,
+                             P(ix_.skip_gates) + size_t(E.skip) * D, N, D, stream_);
             x = slots_[i].x;
         }
         E.x = x;
@@ -235,7 +219,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
 void CudaModel::block_forward(int i) {
     Entry& E = entries_[i];
     const Slot& A = slots_[i];
-    const LayerParams& L = layer_[E.layer];
+    const ParamIndex::Block& L = ix_.blocks[E.layer];
     const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
     const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
     const float s = ln_scale(E.layer);
@@ -285,13 +269,13 @@ void CudaModel::block_forward(int i) {
 void CudaModel::head_chunk(int r0, int rows, float* dxf, float dlogit_scale) {
     const int D = cfg_.model_dim, V = cfg_.vocab_size;
     const bf16* x = xf_ + size_t(r0) * D;
-    linear_forward(gemm_, logits_, x, W(tok_emb_), rows, D, V, stream_);
+    linear_forward(gemm_, logits_, x, W(ix_.tok_emb), rows, D, V, stream_);
     const bool grad = dxf != nullptr;
     softcap_ce(losses_ + r0, grad ? logits_ : nullptr, logits_, targets_ + r0, rows, V, cfg_.logit_softcap,
                dlogit_scale, stream_);
     if (!grad) return;
-    linear_backward_input(gemm_, dxf + size_t(r0) * D, OutType::F32, 0.f, logits_, W(tok_emb_), rows, D, V, stream_);
-    linear_backward_weight(gemm_, G(tok_emb_), logits_, x, rows, D, V, stream_);
+    linear_backward_input(gemm_, dxf + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, stream_);
+    linear_backward_weight(gemm_, G(ix_.tok_emb), logits_, x, rows, D, V, stream_);
 }
 
 float CudaModel::loss() {
@@ -336,10 +320,10 @@ void CudaModel::backward(float loss_scale) {
         block_backward(i, dx, dblock);
         if (E.skip >= 0) {
             zero(dx, ND, st);
-            skip_mix_backward(dx, dskip_[E.skip_src], G(skip_weights_) + size_t(E.skip) * D,
-                              G(skip_gates_) + size_t(E.skip) * D, dblock, slots_[i - 1].x_out,
-                              slots_[E.skip_src].x_out, P(skip_weights_) + size_t(E.skip) * D,
-                              P(skip_gates_) + size_t(E.skip) * D, N, D, st);
+            skip_mix_backward(dx, dskip_[E.skip_src], G(ix_.skip_weights) + size_t(E.skip) * D,
+                              G(ix_.skip_gates) + size_t(E.skip) * D, dblock, slots_[i - 1].x_out,
+                              slots_[E.skip_src].x_out, P(ix_.skip_weights) + size_t(E.skip) * D,
+                              P(ix_.skip_gates) + size_t(E.skip) * D, N, D, st);
         } else {
             std::swap(dx, dblock);
         }
@@ -350,7 +334,7 @@ void CudaModel::backward(float loss_scale) {
     const float* dnorm = dx;
     if (cfg_.smear_gate) {
         zero(dblock, ND, st);
-        smear_backward(dblock, G(smear_gate_), dx, x_norm_, P(smear_gate_), B_, Tn_, D, st);
+        smear_backward(dblock, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
         dnorm = dblock;
     }
     float* demb = dx_mid_;
@@ -360,12 +344,12 @@ void CudaModel::backward(float loss_scale) {
         const int bd = cfg_.bigram_dim;
         // add_scaled_backward also adds demb into its dx; the tok_emb path reads demb itself,
         // so that copy goes to a scratch buffer nothing reads.
-        add_scaled_backward(dx_in_, dbranch_, G(bigram_scale_), demb, big_p_, P(bigram_scale_), N, D, 0, st);
-        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dbranch_, W(bigram_proj_), N, bd, D, st);
-        linear_backward_weight(gemm_, G(bigram_proj_), dbranch_, big_e_, N, bd, D, st);
-        embedding_backward(G(bigram_emb_), buckets_, dbig_e_, N, bd, st);
+        add_scaled_backward(dx_in_, dbranch_, G(ix_.bigram_scale), demb, big_p_, P(ix_.bigram_scale), N, D, 0, st);
+        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dbranch_, W(ix_.bigram_proj), N, bd, D, st);
+        linear_backward_weight(gemm_, G(ix_.bigram_proj), dbranch_, big_e_, N, bd, D, st);
+        embedding_backward(G(ix_.bigram_emb), buckets_, dbig_e_, N, bd, st);
     }
-    embedding_backward(G(tok_emb_), inputs_, demb, N, D, st);
+    embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
 }
 
 // dx_out: gradient of the block's output. Adds the gradient of its input residual into dx
@@ -375,7 +359,7 @@ void CudaModel::backward(float loss_scale) {
 void CudaModel::block_backward(int i, const float* dx_out, float* dx) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
-    const LayerParams& L = layer_[E.layer];
+    const ParamIndex::Block& L = ix_.blocks[E.layer];
     const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
     const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
     const size_t ND = size_t(N) * D, NKV = size_t(N) * KVD;

@@ -63,10 +63,6 @@ public:
     size_t activation_bytes() const { return arena_.size(); }
 
 private:
-    // Indices into layout_.params of one physical block's parameters.
-    struct LayerParams {
-        int wq, wk, wv, wo, fc, proj, attn_scale, mlp_scale, resid_mix, q_gain, v_mix;
-    };
     // The buffers of one schedule entry: what RefModel's BlockActs holds.
     struct Slot {
         float *x, *x_in, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
@@ -98,9 +94,7 @@ private:
     int max_tokens_ = 0;
     cudaStream_t stream_;
     Gemm gemm_;
-    std::vector<LayerParams> layer_;
-    int tok_emb_ = -1, bigram_emb_ = -1, bigram_proj_ = -1, bigram_scale_ = -1, smear_gate_ = -1;
-    int skip_weights_ = -1, skip_gates_ = -1;
+    ParamIndex ix_;  // where each named parameter sits in layout_
     int head_rows_ = 0;  // rows of one head chunk
 
     DeviceArray<float> params_, grads_;

@@ -114,10 +114,6 @@ class RefModel {
     std::function<void(const std::string& weight, const T* X, int rows, int in)> on_linear_input;
 
    private:
-    // Indices into layout_.params of one physical block's parameters.
-    struct LayerParams {
-        int wq, wk, wv, wo, fc, proj, attn_scale, mlp_scale, resid_mix, q_gain, v_mix = -1;
-    };
     // What one run of a block keeps for the backward (one per schedule entry).
     struct BlockActs {
         int layer = 0;
@@ -143,9 +139,7 @@ class RefModel {
 
     ModelConfig cfg_;
     ParamLayout layout_;
-    std::vector<LayerParams> layer_;
-    int tok_emb_ = -1, bigram_emb_ = -1, bigram_proj_ = -1, bigram_scale_ = -1, smear_gate_ = -1;
-    int skip_weights_ = -1, skip_gates_ = -1;
+    ParamIndex ix_;  // where each named parameter sits in layout_
 
     // Activations of the last forward.
     int B_ = 0, Tn_ = 0, N_ = 0, n_enc_ = 0;
@@ -169,25 +163,9 @@ class RefModel {
 
 template <typename T>
 RefModel<T>::RefModel(const ModelConfig& cfg) : cfg_(cfg), layout_(make_layout(cfg)) {
+    ix_ = index_params(layout_, cfg_.n_layers);
     params.assign(layout_.total, T(0));
     grads.assign(layout_.total, T(0));
-    auto idx = [&](const std::string& name) {
-        const ParamSpec* p = layout_.find(name);
-        return p ? int(p - layout_.params.data()) : -1;
-    };
-    for (int l = 0; l < cfg_.n_layers; ++l) {
-        const std::string b = "blocks." + std::to_string(l) + ".";
-        LayerParams p;
-        p.wq = idx(b + "attn.wq"), p.wk = idx(b + "attn.wk"), p.wv = idx(b + "attn.wv"), p.wo = idx(b + "attn.wo");
-        p.fc = idx(b + "mlp.fc"), p.proj = idx(b + "mlp.proj");
-        p.attn_scale = idx(b + "attn_scale"), p.mlp_scale = idx(b + "mlp_scale");
-        p.resid_mix = idx(b + "resid_mix"), p.q_gain = idx(b + "q_gain"), p.v_mix = idx(b + "v_mix");
-        layer_.push_back(p);
-    }
-    tok_emb_ = idx("tok_emb");
-    bigram_emb_ = idx("bigram.emb"), bigram_proj_ = idx("bigram.proj"), bigram_scale_ = idx("bigram.scale");
-    smear_gate_ = idx("smear.gate");
-    skip_weights_ = idx("skip.weights"), skip_gates_ = idx("skip.gates");
 }
 
 template <typename T>
@@ -264,22 +242,22 @@ void RefModel<T>::run(const int32_t* inputs, int B, int Tn, bool recur_active) {
         if (inputs[n] < 0 || inputs[n] >= V) fail("RefModel: token id %d outside the vocabulary of %d", inputs[n], V);
 
     x_emb_.resize(size_t(N) * D);
-    embedding_forward(x_emb_.data(), inputs, P(tok_emb_), N, D);
+    embedding_forward(x_emb_.data(), inputs, P(ix_.tok_emb), N, D);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;
         buckets_.resize(N);
         big_e_.resize(size_t(N) * bd);
         big_p_.resize(size_t(N) * D);
         bigram_hash(buckets_.data(), inputs, B, Tn, cfg_.bigram_buckets);
-        bigram_forward(x_emb_.data(), big_e_.data(), big_p_.data(), buckets_.data(), P(bigram_emb_), P(bigram_proj_),
-                       P(bigram_scale_), N, bd, D);
-        linear_input(bigram_proj_, big_e_.data(), N, bd);
+        bigram_forward(x_emb_.data(), big_e_.data(), big_p_.data(), buckets_.data(), P(ix_.bigram_emb), P(ix_.bigram_proj),
+                       P(ix_.bigram_scale), N, bd, D);
+        linear_input(ix_.bigram_proj, big_e_.data(), N, bd);
     }
     x_norm_.resize(size_t(N) * D);
     rstd_emb_.resize(N);
     rmsnorm_forward(x_norm_.data(), rstd_emb_.data(), x_emb_.data(), N, D);
     x0_.resize(size_t(N) * D);
-    if (cfg_.smear_gate) smear_forward(x0_.data(), x_norm_.data(), P(smear_gate_), B, Tn, D);
+    if (cfg_.smear_gate) smear_forward(x0_.data(), x_norm_.data(), P(ix_.smear_gate), B, Tn, D);
     else x0_ = x_norm_;
 
     schedule_ = cfg_.layer_schedule(recur_active);
@@ -297,8 +275,8 @@ void RefModel<T>::run(const int32_t* inputs, int B, int Tn, bool recur_active) {
             A.skip = i - n_enc_;
             A.skip_src = stack.back();
             stack.pop_back();
-            skip_mix_forward(A.x.data(), x.data(), acts_[A.skip_src].x_out.data(), P(skip_weights_) + size_t(A.skip) * D,
-                             P(skip_gates_) + size_t(A.skip) * D, N, D);
+            skip_mix_forward(A.x.data(), x.data(), acts_[A.skip_src].x_out.data(), P(ix_.skip_weights) + size_t(A.skip) * D,
+                             P(ix_.skip_gates) + size_t(A.skip) * D, N, D);
         } else {
             A.x = x;
         }
@@ -309,16 +287,16 @@ void RefModel<T>::run(const int32_t* inputs, int B, int Tn, bool recur_active) {
     xf_.resize(size_t(N) * D);
     rstd_f_.resize(N);
     rmsnorm_forward(xf_.data(), rstd_f_.data(), acts_.back().x_out.data(), N, D);
-    linear_input(tok_emb_, xf_.data(), N, D);
+    linear_input(ix_.tok_emb, xf_.data(), N, D);
     logits_.resize(size_t(N) * V);
-    matmul_forward(logits_.data(), xf_.data(), P(tok_emb_), N, D, V);
+    matmul_forward(logits_.data(), xf_.data(), P(ix_.tok_emb), N, D, V);
     if (cfg_.logit_softcap > 0) softcap_forward(logits_.data(), logits_.data(), logits_.size(), T(cfg_.logit_softcap));
 }
 
 template <typename T>
 void RefModel<T>::block_forward(int i) {
     BlockActs& A = acts_[i];
-    const LayerParams& L = layer_[A.layer];
+    const ParamIndex::Block& L = ix_.blocks[A.layer];
     const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
     const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
     const T s = ln_scale(A.layer);
@@ -395,7 +373,7 @@ void RefModel<T>::backward() {
     }
     T* dxf = zeroed(d_.xf, ND);
     T* dx = zeroed(d_.x, ND);
-    matmul_backward(dxf, G(tok_emb_), dlogits, xf_.data(), P(tok_emb_), N, D, V);
+    matmul_backward(dxf, G(ix_.tok_emb), dlogits, xf_.data(), P(ix_.tok_emb), N, D, V);
     rmsnorm_backward(dx, dxf, acts_.back().x_out.data(), rstd_f_.data(), N, D);
 
     // Blocks in reverse. d_.skip[i] collects the gradient of encoder entry i's output
@@ -413,10 +391,10 @@ void RefModel<T>::backward() {
         block_backward(i, dx, dblock, dx0, dv_first);
         if (A.skip >= 0) {
             std::fill(dx, dx + ND, T(0));
-            skip_mix_backward(dx, d_.skip[A.skip_src].data(), G(skip_weights_) + size_t(A.skip) * D,
-                              G(skip_gates_) + size_t(A.skip) * D, dblock, acts_[i - 1].x_out.data(),
-                              acts_[A.skip_src].x_out.data(), P(skip_weights_) + size_t(A.skip) * D,
-                              P(skip_gates_) + size_t(A.skip) * D, N, D);
+            skip_mix_backward(dx, d_.skip[A.skip_src].data(), G(ix_.skip_weights) + size_t(A.skip) * D,
+                              G(ix_.skip_gates) + size_t(A.skip) * D, dblock, acts_[i - 1].x_out.data(),
+                              acts_[A.skip_src].x_out.data(), P(ix_.skip_weights) + size_t(A.skip) * D,
+                              P(ix_.skip_gates) + size_t(A.skip) * D, N, D);
         } else {
             std::swap(dx, dblock);
         }
@@ -427,14 +405,14 @@ void RefModel<T>::backward() {
     T* dnorm = dx;
     if (cfg_.smear_gate) {
         dnorm = zeroed(d_.norm, ND);
-        smear_backward(dnorm, G(smear_gate_), dx, x_norm_.data(), P(smear_gate_), B_, Tn_, D);
+        smear_backward(dnorm, G(ix_.smear_gate), dx, x_norm_.data(), P(ix_.smear_gate), B_, Tn_, D);
     }
     T* demb = zeroed(d_.emb, ND);
     rmsnorm_backward(demb, dnorm, x_emb_.data(), rstd_emb_.data(), N, D);
     if (cfg_.bigram_buckets > 0)
-        bigram_backward(G(bigram_emb_), G(bigram_proj_), G(bigram_scale_), demb, big_e_.data(), big_p_.data(),
-                        buckets_.data(), P(bigram_proj_), P(bigram_scale_), N, cfg_.bigram_dim, D);
-    embedding_backward(G(tok_emb_), inputs_.data(), demb, N, D);
+        bigram_backward(G(ix_.bigram_emb), G(ix_.bigram_proj), G(ix_.bigram_scale), demb, big_e_.data(), big_p_.data(),
+                        buckets_.data(), P(ix_.bigram_proj), P(ix_.bigram_scale), N, cfg_.bigram_dim, D);
+    embedding_backward(G(ix_.tok_emb), inputs_.data(), demb, N, D);
 }
 
 // dx_out: gradient of the block's output. Adds the gradient of its input residual into dx,
@@ -442,7 +420,7 @@ void RefModel<T>::backward() {
 template <typename T>
 void RefModel<T>::block_backward(int i, const T* dx_out, T* dx, T* dx0, T* dv_first) {
     const BlockActs& A = acts_[i];
-    const LayerParams& L = layer_[A.layer];
+    const ParamIndex::Block& L = ix_.blocks[A.layer];
     const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
     const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
     const size_t ND = size_t(N) * D, NQ = size_t(N) * QD, NKV = size_t(N) * KVD;

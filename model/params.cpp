@@ -16,6 +16,28 @@ const ParamSpec& ParamLayout::get(const std::string& name) const {
     return *p;
 }
 
+ParamIndex index_params(const ParamLayout& L, int n_layers) {
+    auto idx = [&](const std::string& name) {
+        const ParamSpec* p = L.find(name);
+        return p ? int(p - L.params.data()) : -1;
+    };
+    ParamIndex ix;
+    for (int l = 0; l < n_layers; ++l) {
+        const std::string b = "blocks." + std::to_string(l) + ".";
+        ix.blocks.push_back({idx(b + "attn.wq"), idx(b + "attn.wk"), idx(b + "attn.wv"), idx(b + "attn.wo"),
+                             idx(b + "mlp.fc"), idx(b + "mlp.proj"), idx(b + "attn_scale"), idx(b + "mlp_scale"),
+                             idx(b + "resid_mix"), idx(b + "q_gain"), idx(b + "v_mix")});
+    }
+    ix.tok_emb = idx("tok_emb");
+    ix.bigram_emb = idx("bigram.emb");
+    ix.bigram_proj = idx("bigram.proj");
+    ix.bigram_scale = idx("bigram.scale");
+    ix.smear_gate = idx("smear.gate");
+    ix.skip_weights = idx("skip.weights");
+    ix.skip_gates = idx("skip.gates");
+    return ix;
+}
+
 ParamLayout make_layout(const ModelConfig& c) {
     c.validate();
     ParamLayout L;

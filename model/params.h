@@ -58,4 +58,16 @@ struct ParamLayout {
 //   skip.weights [max_skips, dim], skip.gates [max_skips, dim]
 ParamLayout make_layout(const ModelConfig& cfg);
 
+// Indices into ParamLayout::params of every named parameter, -1 where a switch removes it.
+// The CPU reference and the GPU model both address their parameters through this.
+struct ParamIndex {
+    struct Block {
+        int wq, wk, wv, wo, fc, proj, attn_scale, mlp_scale, resid_mix, q_gain, v_mix;
+    };
+    std::vector<Block> blocks;  // by physical layer
+    int tok_emb = -1, bigram_emb = -1, bigram_proj = -1, bigram_scale = -1, smear_gate = -1;
+    int skip_weights = -1, skip_gates = -1;
+};
+ParamIndex index_params(const ParamLayout& layout, int n_layers);
+
 }  // namespace pg

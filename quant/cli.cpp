@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/cli.h"
 #include "common/io.h"
 #include "quant/budget.h"
@@ -76,7 +77,7 @@ static void run_pack(const CLI::App& sub, PackOpts& o) {
     }
     write_file_atomic(o.out, bytes.data(), bytes.size());
     const Budget b = size_report(o.out, code, stdout);
-    std::printf("pack took %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::printf("pack took %.1f s\n", seconds_since(t0));
     std::printf("RESULT artifact_bytes=%lld code_bytes=%lld total_bytes=%lld fits=%d\n", b.model_bytes, b.code_bytes,
                 b.total, int(b.fits()));
 }
