@@ -14,7 +14,7 @@ LDFLAGS := -L$(CUDA_HOME)/lib64 -Xlinker -rpath,'$$ORIGIN/lib'
 LDLIBS := -lcublasLt -lcublas -lnccl -lsentencepiece_train -lsentencepiece -llzma -lz -lgomp -lpthread
 MAKEFLAGS += -j$(shell nproc)
 
-MODULES := common model quant eval tokenizer
+MODULES := common model train dist quant eval tokenizer pipeline
 LIB_CPP := $(foreach m,$(MODULES),$(wildcard $(m)/*.cpp))
 LIB_CU := $(foreach m,$(MODULES),$(wildcard $(m)/*.cu))
 LIB_OBJ := $(LIB_CPP:%.cpp=$(BUILD)/%.o) $(LIB_CU:%.cu=$(BUILD)/%.cu.o)
