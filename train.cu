@@ -1,11 +1,14 @@
 // pgolf's entry point and training driver. `pgolf train` trains the model described by
-// common/config.h on challenge shards; the other subcommands (tokenizer, data, bpb, size,
-// pack, eval) are registered by their modules.
+// common/config.h on challenge shards, on the GPU when one is visible (--device), else on
+// the CPU reference; the other subcommands (tokenizer, data, bpb, size, pack, eval) are
+// registered by their modules.
 //
 // One training step: the schedule says where training stands (LR multiplier, whether
 // depth recurrence, QAT and SWA are on); grad_accum micro-batches run forward and backward,
 // their gradients averaged; the optimizer updates the fp32 master weights; EMA/SWA follow.
-// Wall-clock time counts training only (not validation or checkpoint writes).
+// The device does that work behind one interface (train/trainer.h); this loop, the data,
+// logs and checkpoints are the same for both. Wall-clock time counts training only (not
+// validation or checkpoint writes).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
@@ -24,9 +27,9 @@
 #include "model/model_ref.h"
 #include "model/optim.h"
 #include "model/schedule.h"
-#include "quant/export.h"
 #include "tokenizer/loader.h"
 #include "tokenizer/sp.h"
+#include "train/trainer.h"
 
 namespace pg {
 
@@ -66,10 +69,8 @@ struct TrainState {
     double elapsed_s = 0;
 };
 
-static void save_checkpoint(const std::string& path, Config cfg, const TrainState& st,
-                            const std::vector<float>& master, const Optimizer& opt,
-                            const WeightAverage& avg, const TokenStream& stream,
-                            const Tokenizer& tok) {
+static void save_checkpoint(const std::string& path, Config cfg, const TrainState& st, const Trainer& tr,
+                            const TokenStream& stream, const Tokenizer& tok) {
     Checkpoint ck;
     ck.put_text("config.model", to_text(fields(cfg.model)));
     ck.put_text("config.train", to_text(fields(cfg.train)));
@@ -77,12 +78,20 @@ static void save_checkpoint(const std::string& path, Config cfg, const TrainStat
     ck.put_text("tokenizer.sha256", tok.sha256());
     ck.put_vec("state", std::vector<double>{double(st.step), st.elapsed_s});
     ck.put_vec("stream", std::vector<uint64_t>{uint64_t(stream.position().shard), stream.position().offset});
-    ck.put_vec("params", master);
-    ck.put("optimizer", save_state(opt.state()));
-    ck.put("average", save_state(avg.state()));
-    if (avg.ema()) ck.put_vec("params.ema", std::vector<float>(avg.ema(), avg.ema() + master.size()));
-    if (avg.swa()) ck.put_vec("params.swa", std::vector<float>(avg.swa(), avg.swa() + master.size()));
+    ck.put_vec("params", tr.master());
+    ck.put("optimizer", save_state(tr.optimizer_state()));
+    const AverageState avg = tr.average_state();
+    ck.put("average", save_state(avg));
+    if (avg.ema_steps > 0) ck.put_vec("params.ema", avg.ema);
+    if (avg.swa_count > 0) ck.put_vec("params.swa", avg.swa);
     ck.save(path);
+}
+
+// The weights a fresh run starts from: RefModel's init, the same on every device.
+static std::vector<float> initial_params(const ModelConfig& m, uint64_t seed) {
+    RefModel<float> init(m);
+    init.init(seed);
+    return std::move(init.params);
 }
 
 void run_training(Config cfg) {
@@ -93,17 +102,15 @@ void run_training(Config cfg) {
     m.validate();
     if (t.batch_tokens % m.seq_len != 0) fail("--batch-tokens (%ld) must be a multiple of --seq-len (%d)", t.batch_tokens, m.seq_len);
     const int seqs = int(t.batch_tokens / m.seq_len);
-    const int micro = t.micro_batch_seqs > 0 ? t.micro_batch_seqs : seqs;
-    if (seqs % micro != 0) fail("--micro-batch-seqs (%d) must divide the %d sequences of a step", micro, seqs);
-    const int grad_accum = seqs / micro;
+    if (t.micro_batch_seqs < 0 || (t.micro_batch_seqs > 0 && seqs % t.micro_batch_seqs != 0))
+        fail("--micro-batch-seqs (%d) must divide the %d sequences of a step (0: pick)", t.micro_batch_seqs, seqs);
 
     const DeviceInfo dev = detect_device();
     const bool cuda = use_cuda(t.device, dev);
     make_dirs(t.out_dir);
     const std::string ckpt_path = t.out_dir + "/checkpoint.bin";
     RunLog log(t.out_dir + "/train.log", t.resume);
-    log("pgolf train: device %s", dev.describe().c_str());
-    if (cuda) log("note: the CUDA training path is not built yet (issue 4); this run uses the CPU reference");
+    log("pgolf train: device %s; training on the %s", dev.describe().c_str(), cuda ? "GPU" : "CPU");
 
     Tokenizer tok(t.tokenizer);
     check_tokenizer_vocab(tok, m.vocab_size);
@@ -111,12 +118,9 @@ void run_training(Config cfg) {
     TokenStream stream(t.data_dir, t.train_pattern, m.vocab_size);
     const std::vector<uint16_t> val = load_tokens(t.data_dir, t.val_pattern, m.vocab_size);
 
-    RefModel<float> model(m);
-    const ParamLayout& L = model.layout();
-    model.init(t.seed);
-    std::vector<float> master = model.params;
-    Optimizer opt(L, t);
-    WeightAverage avg(L.total, t);
+    const std::unique_ptr<Trainer> tr = cuda ? make_cuda_trainer(cfg, seqs) : make_cpu_trainer(cfg, seqs);
+    const ParamLayout& L = tr->layout();
+    const int micro = tr->micro_batch(), grad_accum = seqs / micro;
     TrainState st;
     if (t.resume) {
         const Checkpoint ck = Checkpoint::load(ckpt_path);
@@ -126,90 +130,86 @@ void run_training(Config cfg) {
             fail("%s: checkpoint was written with a different tokenizer", ckpt_path.c_str());
         const auto s = ck.get_vec<double>("state");
         const auto pos = ck.get_vec<uint64_t>("stream");
-        master = ck.get_vec<float>("params");
+        const auto master = ck.get_vec<float>("params");
         if (s.size() != 2 || pos.size() != 2 || master.size() != L.total)
             fail("%s: checkpoint sections do not fit this model", ckpt_path.c_str());
         st.step = int(s[0]);
         st.elapsed_s = s[1];
         stream.seek({int(pos[0]), size_t(pos[1])});
-        load_state(opt.state(), ck.get("optimizer"), ckpt_path);
-        load_state(avg.state(), ck.get("average"), ckpt_path);
+        OptimizerState os = tr->optimizer_state();  // zeros of this model's sizes, which load_state checks
+        load_state(os, ck.get("optimizer"), ckpt_path);
+        AverageState as = tr->average_state();
+        load_state(as, ck.get("average"), ckpt_path);
+        tr->set_master(master);
+        tr->set_optimizer_state(os);
+        tr->set_average_state(as);
         log("resumed from %s at step %d (%.1f s of training)", ckpt_path.c_str(), st.step, st.elapsed_s);
+    } else {
+        tr->set_master(initial_params(m, t.seed));
     }
     log("model: %zu parameters, %zu layers scheduled (%zu with recurrence); data %s (%zu train shards, %zu val tokens)",
         L.total, m.layer_schedule(false).size(), m.layer_schedule(true).size(), t.data_dir.c_str(),
         stream.files().size(), val.size());
     log("batch: %ld tokens/step = %d x %d seqs of %d; %d iterations, wall-clock cap %.0f s", t.batch_tokens,
         grad_accum, micro, m.seq_len, t.iterations, t.max_wallclock_s);
+    log("trainer: %s", tr->describe().c_str());
 
     EvalOptions eo;
     eo.seq_len = m.seq_len;
     eo.stride = m.seq_len;
     eo.batch_seqs = micro;
     eo.max_tokens = t.val_tokens;
-    auto validate = [&](const std::vector<float>& w, bool recur) {
-        model.params = w;
-        return evaluate(
-            [&](const int32_t* in, const int32_t* tg, int rows, int seq, float* nll) {
-                model.forward(in, tg, rows, seq, recur, nll);
-            },
-            val, bytes, eo);
-    };
+    // One process trains alone; the distributed launcher gives each process its rank and world.
+    const int rank = 0, world = 1;
+    const NextBatch next = [&] { return next_batch(stream, t.batch_tokens, m.seq_len, grad_accum, rank, world); };
 
-    std::vector<float> grads(L.total);
+    bool first_step = true;
     for (;;) {
         const Phases ph = phases_at(st.step, st.elapsed_s, cfg);
         if (ph.done || st.step >= t.iterations) break;
         if (t.stop_after > 0 && st.step >= t.stop_after) {
-            save_checkpoint(ckpt_path, cfg, st, master, opt, avg, stream, tok);
+            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
             log("stopped after step %d (--stop-after); resume with --resume", st.step);
             return;
         }
         const auto t0 = std::chrono::steady_clock::now();
-        // STE QAT: the forward and backward see the quantized weights, the gradient lands on
-        // the fp32 master weights as if quantization were the identity.
-        if (ph.qat)
-            fake_quantize_model(L, cfg.quant, master.data(), model.params.data());
-        else
-            model.params = master;
-        std::fill(model.grads.begin(), model.grads.end(), 0.f);
-        double loss = 0;
-        for (int a = 0; a < grad_accum; ++a) {
-            const Batch b = next_batch(stream, t.batch_tokens, m.seq_len, grad_accum, 0, 1);
-            loss += model.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, ph.recur);
-            model.backward();
-        }
-        loss /= grad_accum;
+        const double loss = tr->forward_backward(next, grad_accum, ph.recur, ph.qat);
         if (!std::isfinite(loss))
             fail("step %d: training loss is %g; stopping (the last checkpoint, if any, is kept)", st.step, loss);
-        for (size_t i = 0; i < L.total; ++i) grads[i] = model.grads[i] / grad_accum;
-        const float gnorm = opt.step(master.data(), grads.data(), ph.lr_scale, st.step);
-        avg.update(master.data(), st.step, ph.swa);
+        const float gnorm = tr->optimizer_step(ph.lr_scale, st.step);
+        tr->update_average(st.step, ph.swa);
         const double dt = seconds_since(t0);
         st.elapsed_s += dt;
         ++st.step;
-        if (st.step % t.log_every == 0 || st.step == 1)
-            log("step %d loss %.6f gnorm %.3f lr %.3f%s%s%s tok/s %.0f elapsed %.1fs", st.step, loss, gnorm,
-                ph.lr_scale, ph.recur ? " recur" : "", ph.qat ? " qat" : "", ph.swa ? " swa" : "", t.batch_tokens / dt, st.elapsed_s);
+        if (st.step % t.log_every == 0 || first_step)
+            log("step %d loss %.6f gnorm %.3f lr %.3f%s%s%s tok/s %.0f step_ms %.1f elapsed %.1fs", st.step, loss,
+                gnorm, ph.lr_scale, ph.recur ? " recur" : "", ph.qat ? " qat" : "", ph.swa ? " swa" : "",
+                t.batch_tokens / dt, dt * 1e3, st.elapsed_s);
+        if (first_step) {
+            const std::string mem = tr->memory_use();
+            if (!mem.empty()) log("memory after the first step: %s", mem.c_str());
+            first_step = false;
+        }
         if (t.val_every > 0 && st.step % t.val_every == 0) {
-            const BpbAccumulator v = validate(master, ph.recur);
+            const BpbAccumulator v = tr->validate(Weights::Master, ph.recur, val, bytes, eo);
             log("val step %d loss %.4f bpb %.4f (%ld tokens)", st.step, v.loss(), v.bpb(), v.tokens);
         }
         if (t.checkpoint_every > 0 && st.step % t.checkpoint_every == 0)
-            save_checkpoint(ckpt_path, cfg, st, master, opt, avg, stream, tok);
+            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
     }
-    save_checkpoint(ckpt_path, cfg, st, master, opt, avg, stream, tok);
+    save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
     const bool recur = phases_at(st.step, st.elapsed_s, cfg).recur;
-    const BpbAccumulator raw = validate(master, recur);
+    const BpbAccumulator raw = tr->validate(Weights::Master, recur, val, bytes, eo);
     log("final step %d raw   val loss %.4f bpb %.4f (%ld tokens, %.1f s of training)", st.step, raw.loss(),
         raw.bpb(), raw.tokens, st.elapsed_s);
-    if (avg.ema()) {
-        const BpbAccumulator e = validate(std::vector<float>(avg.ema(), avg.ema() + L.total), recur);
+    const AverageState avg = tr->average_state();
+    if (avg.ema_steps > 0) {
+        const BpbAccumulator e = tr->validate(Weights::Ema, recur, val, bytes, eo);
         log("final step %d ema   val loss %.4f bpb %.4f", st.step, e.loss(), e.bpb());
     }
-    if (avg.swa()) {
-        const BpbAccumulator s = validate(std::vector<float>(avg.swa(), avg.swa() + L.total), recur);
-        log("final step %d swa   val loss %.4f bpb %.4f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count());
+    if (avg.swa_count > 0) {
+        const BpbAccumulator s = tr->validate(Weights::Swa, recur, val, bytes, eo);
+        log("final step %d swa   val loss %.4f bpb %.4f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count);
     }
     log("checkpoint: %s", ckpt_path.c_str());
 }

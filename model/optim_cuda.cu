@@ -343,6 +343,36 @@ void CudaOptimizer::adam_update(float* params, bf16* params_bf16, const float* g
     PG_CHECK_LAUNCH();
 }
 
+namespace {
+
+// Whole-array copies between a host vector and a device array of the same length; `what`
+// names the state in the message when the lengths differ.
+void upload_exact(DeviceArray<float>& to, const std::vector<float>& from, const char* what) {
+    if (from.size() != to.size())
+        fail("%s: %zu values given where this model needs %zu", what, from.size(), to.size());
+    to.upload(from);
+}
+
+}  // namespace
+
+OptimizerState CudaOptimizer::state() const {
+    PG_CHECK(cudaStreamSynchronize(stream_));
+    OptimizerState s;
+    s.adam_t = adam_t_;
+    s.muon_m = muon_m_.download();
+    s.adam_m = adam_m_.download();
+    s.adam_v = adam_v_.download();
+    return s;
+}
+
+void CudaOptimizer::set_state(const OptimizerState& s) {
+    PG_CHECK(cudaStreamSynchronize(stream_));
+    upload_exact(muon_m_, s.muon_m, "optimizer state (Muon momentum)");
+    upload_exact(adam_m_, s.adam_m, "optimizer state (Adam first moment)");
+    upload_exact(adam_v_, s.adam_v, "optimizer state (Adam second moment)");
+    adam_t_ = s.adam_t;
+}
+
 void CudaOptimizer::refresh_bf16(const float* params, bf16* params_bf16, size_t offset, size_t n) {
     if (n == 0) return;
     to_bf16_kernel<<<grid_for(n), kThreads, 0, stream_>>>(params + offset, params_bf16 + offset, n);
@@ -361,6 +391,24 @@ CudaWeightAverage::CudaWeightAverage(size_t n, const TrainConfig& cfg, cudaStrea
         swa_ = DeviceArray<float>(n_);
         PG_CHECK(cudaMemsetAsync(swa_.get(), 0, n_ * sizeof(float), stream_));
     }
+}
+
+AverageState CudaWeightAverage::state() const {
+    PG_CHECK(cudaStreamSynchronize(stream_));
+    AverageState s;
+    s.ema_steps = ema_steps_;
+    s.swa_count = swa_count_;
+    s.ema = ema_.download();
+    s.swa = swa_.download();
+    return s;
+}
+
+void CudaWeightAverage::set_state(const AverageState& s) {
+    PG_CHECK(cudaStreamSynchronize(stream_));
+    upload_exact(ema_, s.ema, "weight-average state (EMA)");
+    upload_exact(swa_, s.swa, "weight-average state (SWA)");
+    ema_steps_ = s.ema_steps;
+    swa_count_ = s.swa_count;
 }
 
 void CudaWeightAverage::update(const float* params, int step, bool swa_active) {

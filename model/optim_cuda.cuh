@@ -17,6 +17,7 @@
 
 #include "common/config.h"
 #include "model/gemm.cuh"
+#include "model/optim.h"
 #include "model/params.h"
 
 namespace pg {
@@ -59,6 +60,12 @@ public:
     float grad_norm() const;
     long adam_steps() const { return adam_t_; }
 
+    // Momentum, Adam moments and step count in the CPU optimizer's layout (model/optim.h), so
+    // checkpoints move between devices. state() waits for the stream; set_state() fails when
+    // the sizes are not this layout's.
+    OptimizerState state() const;
+    void set_state(const OptimizerState& s);
+
     // A run of consecutive elements of one AdamW parameter: the unit of the AdamW kernel's blocks.
     struct AdamBlock {
         unsigned long long param, state;  // offsets into the flat buffer and into the moments
@@ -89,6 +96,10 @@ public:
     const float* ema() const { return ema_steps_ > 0 ? ema_.get() : nullptr; }
     const float* swa() const { return swa_count_ > 0 ? swa_.get() : nullptr; }
     long swa_count() const { return swa_count_; }
+    // As WeightAverage::state(): empty vectors for an average that is off. state() waits for
+    // the stream; set_state() fails when the sizes do not match.
+    AverageState state() const;
+    void set_state(const AverageState& s);
 
 private:
     size_t n_;

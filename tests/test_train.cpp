@@ -11,42 +11,15 @@
 #include "common/checkpoint.h"
 #include "common/cli.h"
 #include "common/io.h"
+#include "tests/test_train_common.h"
 #include "tests/tmp_dir.h"
+#include "train/trainer.h"
 
 using namespace pg;
 
-static Config small_run(const std::string& out) {
-    Config c;
-    apply_preset(c, "tiny");
-    c.model.n_layers = 3;
-    c.model.model_dim = 64;
-    c.model.recur_start = 1;
-    c.model.recur_end = 1;
-    c.model.parallel_from = 2;
-    c.model.seq_len = 32;
-    c.train.batch_tokens = 256;
-    c.train.micro_batch_seqs = 4;  // two micro-batches a step
-    c.train.iterations = 8;
-    c.train.max_wallclock_s = 0;   // a wall-clock schedule would not repeat exactly
-    c.train.warmup_steps = 2;
-    c.train.log_every = 1;
-    c.train.val_every = 0;
-    c.train.val_tokens = 512;
-    c.train.swa_from = 0.5f;
-    c.train.swa_every = 2;
-    c.train.out_dir = out;
-    return c;
-}
-
-// "step k loss X gnorm Y lr Z" of every step line: the part that must repeat exactly.
-static std::vector<std::string> step_lines(const std::string& log) {
-    std::ifstream f(log);
-    std::vector<std::string> out;
-    std::string line;
-    while (std::getline(f, line))
-        if (line.rfind("step ", 0) == 0) out.push_back(line.substr(0, line.find(" tok/s")));
-    return out;
-}
+// The CPU reference on every machine: these tests are about the driver, and the CPU repeats
+// itself bit for bit with one thread.
+static Config small_run(const std::string& out) { return test::small_run(out, "cpu"); }
 
 TEST_CASE("train: a resumed run repeats the uninterrupted run exactly") {
     const int threads = omp_get_max_threads();
@@ -63,7 +36,7 @@ TEST_CASE("train: a resumed run repeats the uninterrupted run exactly") {
     run_training(second);
     omp_set_num_threads(threads);
 
-    const auto a = step_lines(d / "straight/train.log"), b = step_lines(d / "split/train.log");
+    const auto a = test::step_lines(d / "straight/train.log"), b = test::step_lines(d / "split/train.log");
     REQUIRE(a.size() == 8);
     CHECK(a == b);
     const auto pa = Checkpoint::load(d / "straight/checkpoint.bin").get_vec<float>("params");
@@ -96,4 +69,19 @@ TEST_CASE("train: resuming with another model config is refused") {
     c.train.resume = true;
     c.model.model_dim = 32;
     CHECK_THROWS_WITH_AS(run_training(c), doctest::Contains("different model config"), Error);
+}
+
+TEST_CASE("train: the micro-batch picked divides the step, fits the memory and the token cap") {
+    const size_t GiB = size_t(1) << 30;
+    // The record step (384 x 2048) on an H100: memory for 93 sequences, the token cap allows 24.
+    CHECK(pick_micro_batch(384, 2048, 790'000'000, 74 * GiB, kMaxMicroTokens) == 24);
+    // Memory binds: 20 sequences fit, the largest divisor of 384 below that is 16.
+    CHECK(pick_micro_batch(384, 2048, GiB, 20 * GiB + 1, kMaxMicroTokens) == 16);
+    // Short sequences: the cap allows 1536, so the whole step of 32 goes in one.
+    CHECK(pick_micro_batch(32, 32, 1000, 1 << 30, kMaxMicroTokens) == 32);
+    // A prime count of sequences that does not fit whole: one at a time.
+    CHECK(pick_micro_batch(13, 2048, GiB, 12 * GiB, kMaxMicroTokens) == 1);
+    // Sequences longer than the cap still run, one at a time.
+    CHECK(pick_micro_batch(4, 65536, 1000, GiB, kMaxMicroTokens) == 1);
+    CHECK_THROWS_WITH_AS(pick_micro_batch(4, 2048, 2 * GiB, GiB, kMaxMicroTokens), doctest::Contains("GiB"), Error);
 }
