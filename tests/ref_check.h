@@ -7,6 +7,8 @@
 #include <random>
 #include <vector>
 
+#include "common/config.h"
+
 namespace pg::test {
 
 // A new seed each run; tests print it (INFO) so that a failure can be replayed.
@@ -31,6 +33,29 @@ inline double rel_err(const std::vector<double>& a, const std::vector<double>& b
         den = std::max(den, std::abs(b[i]));
     }
     return num / den;
+}
+
+// A small model of odd shapes for layout-level tests (optimizers, QAT): banks of square, wide
+// and tall matrices, an embedding of 37 rows, a 8x5 bigram table and vectors. model_dim
+// 24 / head_dim 8 gives 24x24, 8x24, 72x24 and 24x72 banks.
+inline ModelConfig odd_model(int model_dim = 24, int head_dim = 8) {
+    ModelConfig m;
+    m.vocab_size = 37;
+    m.model_dim = model_dim;
+    m.n_layers = 3;
+    m.n_heads = 3;
+    m.n_kv_heads = 1;
+    m.head_dim = head_dim;
+    m.mlp_mult = 3;
+    m.rope_dims = 4;
+    m.bigram_buckets = 8;
+    m.bigram_dim = 5;
+    m.xsa_last = 1;
+    m.recur_start = 0;
+    m.recur_end = 1;
+    m.parallel_from = 2;
+    m.seq_len = 8;
+    return m;
 }
 
 }  // namespace pg::test

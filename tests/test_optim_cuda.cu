@@ -12,6 +12,7 @@
 
 #include "common/config.h"
 #include "tests/gpu.h"
+#include "tests/ref_check.h"
 #include "model/optim.h"
 #include "model/optim_cuda.cuh"
 #include "model/params.h"
@@ -44,27 +45,6 @@ std::vector<float> to_float(const std::vector<bf16>& v) {
     return out;
 }
 
-// A tiny layout of odd shapes: banks 24x24 (x6), 8x24 (x6), 72x24 (x3, tall), 24x72 (x3),
-// 24x5 (x1, tall), an embedding 37x24, a bigram table 8x5 and vectors.
-ParamLayout odd_layout() {
-    ModelConfig m;
-    m.vocab_size = 37;
-    m.model_dim = 24;
-    m.n_layers = 3;
-    m.n_heads = 3;
-    m.n_kv_heads = 1;
-    m.head_dim = 8;
-    m.mlp_mult = 3;
-    m.rope_dims = 4;
-    m.bigram_buckets = 8;
-    m.bigram_dim = 5;
-    m.xsa_last = 1;
-    m.recur_start = 0;
-    m.recur_end = 1;
-    m.parallel_from = 2;
-    m.seq_len = 8;
-    return make_layout(m);
-}
 
 // The GPU's buffers for one flat layout.
 struct DeviceParams {
@@ -121,7 +101,7 @@ TEST_CASE("optim cuda: optimizer steps match the CPU optimizer, EMA and SWA too"
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
     std::mt19937_64 rng(seed);
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     TrainConfig t;
     t.muon_momentum_warmup = 4;  // the momentum changes over the steps taken
     t.muon_wd = 0.1f;
@@ -210,7 +190,7 @@ TEST_CASE("optim cuda: Parallel Muon pieces (split norm, rank slices) equal the 
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
     std::mt19937_64 rng(seed);
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     TrainConfig t;
     t.grad_clip = 0.5f;
     t.muon_row_norm = true;

@@ -90,25 +90,6 @@ QatCompare compare_with_oracle(const ParamLayout& L, const QuantConfig& q, const
     return r;
 }
 
-ModelConfig odd_model() {
-    ModelConfig m;
-    m.vocab_size = 37;
-    m.model_dim = 72;
-    m.n_layers = 3;
-    m.n_heads = 3;
-    m.n_kv_heads = 1;
-    m.head_dim = 24;
-    m.mlp_mult = 3;
-    m.rope_dims = 4;
-    m.bigram_buckets = 8;
-    m.bigram_dim = 5;
-    m.xsa_last = 1;
-    m.recur_start = 0;
-    m.recur_end = 1;
-    m.parallel_from = 2;
-    m.seq_len = 8;
-    return m;
-}
 
 }  // namespace
 
@@ -134,8 +115,8 @@ TEST_CASE("qat cuda: fake quantization equals the CPU oracle on the same grid") 
     coarse.attn_clip = 1.5f;
     coarse.mlp_bits = 8;
     coarse.mlp_clip = 30.f;
-    const Case cases[] = {{"odd shapes", odd_model(), QuantConfig{}},
-                          {"odd shapes, coarse recipe", odd_model(), coarse},
+    const Case cases[] = {{"odd shapes", test::odd_model(72, 24), QuantConfig{}},
+                          {"odd shapes, coarse recipe", test::odd_model(72, 24), coarse},
                           {"record shapes", rec.model, rec.quant}};
     for (const Case& c : cases) {
         CAPTURE(c.name);

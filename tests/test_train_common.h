@@ -1,12 +1,17 @@
 // The small training run that the driver tests (tests/test_train.cpp, tests/test_train_cuda.cu)
 // repeat, and the parsing of its log.
 #pragma once
+#include <doctest/doctest.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "common/check.h"
+#include "common/cli.h"
 #include "common/config.h"
+#include "common/io.h"
 
 namespace pg::test {
 
@@ -61,6 +66,23 @@ inline std::vector<StepLine> parse_steps(const std::string& log) {
         if (std::sscanf(l.c_str(), "step %d loss %lf gnorm %lf", &s.step, &s.loss, &s.gnorm) == 3) out.push_back(s);
     }
     return out;
+}
+
+// Two steps, then a resume whose learning rates blow the loss up: the run must stop with one
+// error naming the loss and leave the checkpoint of step 2 byte for byte.
+inline void check_divergence_keeps_checkpoint(const std::string& out, const std::string& device) {
+    Config c = small_run(out, device);
+    c.train.stop_after = 2;
+    run_training(c);
+    const auto before = read_file(out + "/checkpoint.bin");
+    c.train.stop_after = 0;
+    c.train.resume = true;
+    c.train.matrix_lr = 1e30f;
+    c.train.embed_lr = 1e30f;
+    c.train.scalar_lr = 1e30f;
+    c.train.grad_clip = 0;
+    CHECK_THROWS_WITH_AS(run_training(c), doctest::Contains("training loss is"), Error);
+    CHECK(read_file(out + "/checkpoint.bin") == before);
 }
 
 }  // namespace pg::test

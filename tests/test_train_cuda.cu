@@ -50,26 +50,6 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// Odd shapes: banks of square, wide and tall matrices, an embedding, a bigram table, vectors.
-ParamLayout odd_layout() {
-    ModelConfig m;
-    m.vocab_size = 37;
-    m.model_dim = 24;
-    m.n_layers = 3;
-    m.n_heads = 3;
-    m.n_kv_heads = 1;
-    m.head_dim = 8;
-    m.mlp_mult = 3;
-    m.rope_dims = 4;
-    m.bigram_buckets = 8;
-    m.bigram_dim = 5;
-    m.xsa_last = 1;
-    m.recur_start = 0;
-    m.recur_end = 1;
-    m.parallel_from = 2;
-    m.seq_len = 8;
-    return make_layout(m);
-}
 
 // The largest difference between two runs' step lines.
 struct LineDiff {
@@ -97,7 +77,7 @@ TEST_CASE("train cuda: optimizer and average state have the CPU layout and round
     const uint64_t seed = test::fresh_seed();
     INFO("seed = " << seed);
     std::mt19937_64 rng(seed);
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     TrainConfig t;
     t.muon_momentum_warmup = 4;
     t.grad_clip = 0.5f;
@@ -298,18 +278,7 @@ TEST_CASE("train cuda: a checkpoint written on one device resumes on the other")
 TEST_CASE("train cuda: a diverging GPU run stops with one error and keeps its checkpoint") {
     PG_REQUIRE_GPU();
     TmpDir d;
-    Config c = test::small_run(d / "run", "cuda");
-    c.train.stop_after = 2;
-    run_training(c);
-    const auto before = read_file(d / "run/checkpoint.bin");
-    c.train.stop_after = 0;
-    c.train.resume = true;
-    c.train.matrix_lr = 1e30f;
-    c.train.embed_lr = 1e30f;
-    c.train.scalar_lr = 1e30f;
-    c.train.grad_clip = 0;
-    CHECK_THROWS_WITH_AS(run_training(c), doctest::Contains("training loss is"), Error);
-    CHECK(read_file(d / "run/checkpoint.bin") == before);
+    test::check_divergence_keeps_checkpoint(d / "run", "cuda");
 }
 
 TEST_CASE("train cuda: a head size the GPU attention lacks fails with one line") {
