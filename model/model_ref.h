@@ -76,9 +76,15 @@ void semi_orthogonal_init(T* w, int rows, int cols, NormalRng& rng) {
                 for (int e = 0; e < len; ++e) d += m[size_t(j) * len + e] * v[e];
                 c[j] = d;
             }
+            // Each element subtracts the projections in order j = 0, 1, ...; blocks of elements
+            // let the inner loop run along rows of m rather than down its columns.
+            constexpr int kBlock = 256;
 #pragma omp parallel for schedule(static) if (size_t(i) * len >= kParallelMin)
-            for (int e = 0; e < len; ++e)
-                for (int j = 0; j < i; ++j) v[e] -= c[j] * m[size_t(j) * len + e];
+            for (int e0 = 0; e0 < len; e0 += kBlock)
+                for (int j = 0; j < i; ++j) {
+                    const double* mj = m.data() + size_t(j) * len;
+                    for (int e = e0; e < std::min(e0 + kBlock, len); ++e) v[e] -= c[j] * mj[e];
+                }
         }
         double ss = 0;
         for (int e = 0; e < len; ++e) ss += v[e] * v[e];
