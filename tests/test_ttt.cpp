@@ -257,10 +257,14 @@ int pgolf(const std::string& args, std::string& out) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// The RESULT line without its eval_seconds field, which differs from run to run.
 std::string result_line(const std::string& out) {
     const size_t r = out.rfind("RESULT ");
     REQUIRE(r != std::string::npos);
-    return out.substr(r, out.find('\n', r) - r);
+    std::string line = out.substr(r, out.find('\n', r) - r);
+    const size_t t = line.find(" eval_seconds=");
+    REQUIRE(t != std::string::npos);
+    return line.erase(t, line.find(' ', t + 1) - t);
 }
 
 }  // namespace
