@@ -53,7 +53,8 @@ __global__ void fake_quantize_kernel(const QatCuda::Matrix* mats, int n_mats, co
         float r = rintf(__fdiv_rn(w[c], s));
         r = r > qmax ? qmax : r;
         r = r < -qmax ? -qmax : r;
-        store(out + base + c, __fmul_rn(r, s));
+        // Through an int, as the CPU stores q: a small negative weight gives +0, not -0.
+        store(out + base + c, __fmul_rn(float(int(r)), s));
     }
 }
 
