@@ -10,10 +10,12 @@
 // logs and checkpoints are the same for both. Wall-clock time counts training only (not
 // validation or checkpoint writes).
 #include <CLI/CLI.hpp>
+#include <cuda_runtime.h>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "common/check.h"
 #include "common/clock.h"
@@ -22,6 +24,9 @@
 #include "common/config.h"
 #include "common/device.h"
 #include "common/io.h"
+#include "dist/comm.h"
+#include "dist/launch.h"
+#include "dist/rank.h"
 #include "eval/bpb.h"
 #include "eval/evaluate.h"
 #include "model/model_ref.h"
@@ -33,14 +38,18 @@
 
 namespace pg {
 
-// Lines go to stdout and to <out>/train.log (appended to on resume).
+// Lines go to stdout and to <out>/train.log (appended to on resume); on rank 0 only.
 class RunLog {
  public:
-    RunLog(const std::string& path, bool append) : f_(std::fopen(path.c_str(), append ? "a" : "w")) {
-        if (!f_) fail("%s: cannot open log for writing", path.c_str());
+    RunLog(const std::string& path, bool append, bool on)
+        : f_(on ? std::fopen(path.c_str(), append ? "a" : "w") : nullptr) {
+        if (on && !f_) fail("%s: cannot open log for writing", path.c_str());
     }
-    ~RunLog() { std::fclose(f_); }
+    ~RunLog() {
+        if (f_) std::fclose(f_);
+    }
     __attribute__((format(printf, 2, 3))) void operator()(const char* fmt, ...) {
+        if (!f_) return;
         va_list ap;
         va_start(ap, fmt);
         const std::string s = vformat(fmt, ap);
@@ -69,8 +78,12 @@ struct TrainState {
     double elapsed_s = 0;
 };
 
-static void save_checkpoint(const std::string& path, Config cfg, const TrainState& st, const Trainer& tr,
-                            const TokenStream& stream, const Tokenizer& tok) {
+// Every rank calls it (the optimizer state is gathered across ranks); rank 0 writes.
+static void save_checkpoint(const std::string& path, Config cfg, const TrainState& st, Trainer& tr,
+                            const TokenStream& stream, const Tokenizer& tok, Comm* comm) {
+    const OptimizerState opt = tr.optimizer_state();
+    const AverageState avg = tr.average_state();
+    const std::vector<float> master = tr.master();
     Checkpoint ck;
     ck.put_text("config.model", to_text(fields(cfg.model)));
     ck.put_text("config.train", to_text(fields(cfg.train)));
@@ -78,13 +91,12 @@ static void save_checkpoint(const std::string& path, Config cfg, const TrainStat
     ck.put_text("tokenizer.sha256", tok.sha256());
     ck.put_vec("state", std::vector<double>{double(st.step), st.elapsed_s});
     ck.put_vec("stream", std::vector<uint64_t>{uint64_t(stream.position().shard), stream.position().offset});
-    ck.put_vec("params", tr.master());
-    ck.put("optimizer", save_state(tr.optimizer_state()));
-    const AverageState avg = tr.average_state();
+    ck.put_vec("params", master);
+    ck.put("optimizer", save_state(opt));
     ck.put("average", save_state(avg));
     if (avg.ema_steps > 0) ck.put_vec("params.ema", avg.ema);
     if (avg.swa_count > 0) ck.put_vec("params.swa", avg.swa);
-    ck.save(path);
+    leader_writes(comm, nullptr, [&] { ck.save(path); });
 }
 
 // The weights a fresh run starts from: RefModel's init, the same on every device.
@@ -94,23 +106,38 @@ static std::vector<float> initial_params(const ModelConfig& m, uint64_t seed) {
     return std::move(init.params);
 }
 
-void run_training(Config cfg) {
+void run_training(Config cfg, const DistOptions* dist) {
     TrainConfig& t = cfg.train;
     ModelConfig& m = cfg.model;
     if (t.data_dir.empty()) t.data_dir = default_data_dir();
     if (t.tokenizer.empty()) t.tokenizer = t.data_dir + "/tokenizer.model";
     m.validate();
     if (t.batch_tokens % m.seq_len != 0) fail("--batch-tokens (%ld) must be a multiple of --seq-len (%d)", t.batch_tokens, m.seq_len);
-    const int seqs = int(t.batch_tokens / m.seq_len);
-    if (t.micro_batch_seqs < 0 || (t.micro_batch_seqs > 0 && seqs % t.micro_batch_seqs != 0))
-        fail("--micro-batch-seqs (%d) must divide the %d sequences of a step (0: pick)", t.micro_batch_seqs, seqs);
 
     const DeviceInfo dev = detect_device();
     const bool cuda = use_cuda(t.device, dev);
+    // A rank started by launch_ranks (dist/launch.h) trains its share of every step.
+    RankInfo me;
+    std::unique_ptr<Comm> comm;
+    if (rank_from_env(me) && me.world > 1) {
+        if (!cuda) fail("training on %d ranks needs the GPU path (--device cuda)", me.world);
+        PG_CHECK(cudaSetDevice(me.local_rank));
+        comm = std::make_unique<Comm>(me.id, me.rank, me.world, me.local_rank,
+                                      dist ? dist->nccl_timeout_s : DistOptions{}.nccl_timeout_s);
+    }
+    const int all_seqs = int(t.batch_tokens / m.seq_len);
+    if (all_seqs % me.world != 0)
+        fail("the %d sequences of a step do not split evenly over %d GPUs", all_seqs, me.world);
+    const int seqs = all_seqs / me.world;  // this rank's
+    if (t.micro_batch_seqs < 0 || (t.micro_batch_seqs > 0 && seqs % t.micro_batch_seqs != 0))
+        fail("--micro-batch-seqs (%d) must divide the %d sequences of a step on a GPU (0: pick)", t.micro_batch_seqs,
+             seqs);
+
     make_dirs(t.out_dir);
     const std::string ckpt_path = t.out_dir + "/checkpoint.bin";
-    RunLog log(t.out_dir + "/train.log", t.resume);
-    log("pgolf train: device %s; training on the %s", dev.describe().c_str(), cuda ? "GPU" : "CPU");
+    RunLog log(t.out_dir + "/train.log", t.resume, me.leader());
+    log("pgolf train: device %s; training on the %s%s", dev.describe().c_str(), cuda ? "GPU" : "CPU",
+        me.world > 1 ? format(", %d ranks", me.world).c_str() : "");
 
     Tokenizer tok(t.tokenizer);
     check_tokenizer_vocab(tok, m.vocab_size);
@@ -118,7 +145,7 @@ void run_training(Config cfg) {
     TokenStream stream(t.data_dir, t.train_pattern, m.vocab_size);
     const std::vector<uint16_t> val = load_tokens(t.data_dir, t.val_pattern, m.vocab_size);
 
-    const std::unique_ptr<Trainer> tr = cuda ? make_cuda_trainer(cfg, seqs) : make_cpu_trainer(cfg, seqs);
+    const std::unique_ptr<Trainer> tr = cuda ? make_cuda_trainer(cfg, seqs, comm.get()) : make_cpu_trainer(cfg, seqs);
     const ParamLayout& L = tr->layout();
     const int micro = tr->micro_batch(), grad_accum = seqs / micro;
     TrainState st;
@@ -150,8 +177,8 @@ void run_training(Config cfg) {
     log("model: %zu parameters, %zu layers scheduled (%zu with recurrence); data %s (%zu train shards, %zu val tokens)",
         L.total, m.layer_schedule(false).size(), m.layer_schedule(true).size(), t.data_dir.c_str(),
         stream.files().size(), val.size());
-    log("batch: %ld tokens/step = %d x %d seqs of %d; %d iterations, wall-clock cap %.0f s", t.batch_tokens,
-        grad_accum, micro, m.seq_len, t.iterations, t.max_wallclock_s);
+    log("batch: %ld tokens/step = %d GPU(s) x %d x %d seqs of %d; %d iterations, wall-clock cap %.0f s",
+        t.batch_tokens, me.world, grad_accum, micro, m.seq_len, t.iterations, t.max_wallclock_s);
     log("trainer: %s", tr->describe().c_str());
 
     EvalOptions eo;
@@ -159,21 +186,23 @@ void run_training(Config cfg) {
     eo.stride = m.seq_len;
     eo.batch_seqs = micro;
     eo.max_tokens = t.val_tokens;
-    // One process trains alone; the distributed launcher gives each process its rank and world.
-    const int rank = 0, world = 1;
-    const NextBatch next = [&] { return next_batch(stream, t.batch_tokens, m.seq_len, grad_accum, rank, world); };
+    const NextBatch next = [&] {
+        return next_batch(stream, t.batch_tokens, m.seq_len, grad_accum, me.rank, me.world);
+    };
 
     bool first_step = true;
     for (;;) {
+        // Rank 0's clock drives every rank's schedule, so all take the same phases and stop together.
+        st.elapsed_s = leader_value(comm.get(), st.elapsed_s, nullptr);
         const Phases ph = phases_at(st.step, st.elapsed_s, cfg);
         if (ph.done || st.step >= t.iterations) break;
         if (t.stop_after > 0 && st.step >= t.stop_after) {
-            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
+            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
             log("stopped after step %d (--stop-after); resume with --resume", st.step);
             return;
         }
         const auto t0 = std::chrono::steady_clock::now();
-        const double loss = tr->forward_backward(next, grad_accum, ph.recur, ph.qat);
+        const double loss = mean_over_ranks(comm.get(), tr->forward_backward(next, grad_accum, ph.recur, ph.qat), nullptr);
         if (!std::isfinite(loss))
             fail("step %d: training loss is %g; stopping (the last checkpoint, if any, is kept)", st.step, loss);
         const float gnorm = tr->optimizer_step(ph.lr_scale, st.step);
@@ -191,30 +220,30 @@ void run_training(Config cfg) {
             first_step = false;
         }
         if (t.val_every > 0 && st.step % t.val_every == 0) {
-            const BpbAccumulator v = tr->validate(Weights::Master, ph.recur, val, bytes, eo);
+            const BpbAccumulator v = tr->validate(Weights::Master, ph.recur, val, bytes, eo, comm.get());
             log("val step %d loss %.4f bpb %.4f (%ld tokens)", st.step, v.loss(), v.bpb(), v.tokens);
         }
         if (t.checkpoint_every > 0 && st.step % t.checkpoint_every == 0)
-            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
+            save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
     }
-    save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok);
+    save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
     const bool recur = phases_at(st.step, st.elapsed_s, cfg).recur;
-    const BpbAccumulator raw = tr->validate(Weights::Master, recur, val, bytes, eo);
+    const BpbAccumulator raw = tr->validate(Weights::Master, recur, val, bytes, eo, comm.get());
     log("final step %d raw   val loss %.4f bpb %.4f (%ld tokens, %.1f s of training)", st.step, raw.loss(),
         raw.bpb(), raw.tokens, st.elapsed_s);
     const AverageState avg = tr->average_state();
     if (avg.ema_steps > 0) {
-        const BpbAccumulator e = tr->validate(Weights::Ema, recur, val, bytes, eo);
+        const BpbAccumulator e = tr->validate(Weights::Ema, recur, val, bytes, eo, comm.get());
         log("final step %d ema   val loss %.4f bpb %.4f", st.step, e.loss(), e.bpb());
     }
     if (avg.swa_count > 0) {
-        const BpbAccumulator s = tr->validate(Weights::Swa, recur, val, bytes, eo);
+        const BpbAccumulator s = tr->validate(Weights::Swa, recur, val, bytes, eo, comm.get());
         log("final step %d swa   val loss %.4f bpb %.4f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count);
     }
     log("checkpoint: %s", ckpt_path.c_str());
 }
 
-static void add_train_command(CLI::App& app, Config& cfg) {
+static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist, int argc, char** argv) {
     CLI::App* sub = app.add_subcommand("train", "train a model on challenge shards");
     // The preset is applied before any other flag, so explicit flags override it.
     sub->add_option_function<std::string>(
@@ -224,7 +253,13 @@ static void add_train_command(CLI::App& app, Config& cfg) {
     add_flags(*sub, fields(cfg.model));
     add_flags(*sub, fields(cfg.train));
     add_flags(*sub, fields(cfg.quant));
-    sub->callback([&] { run_training(cfg); });
+    add_flags(*sub, fields(dist));
+    // On the GPU with several of them (--gpus), this process becomes the launcher of one rank a GPU.
+    sub->callback([&cfg, &dist, argc, argv] {
+        RankInfo me;
+        if (use_cuda(cfg.train.device, detect_device()) && launch_ranks(argc, argv, cfg.train.gpus, dist, me)) return;
+        run_training(cfg, &dist);
+    });
 }
 
 int pgolf_main(int argc, char** argv) {
@@ -232,7 +267,8 @@ int pgolf_main(int argc, char** argv) {
     app.require_subcommand(1);
     Config cfg;
     apply_preset(cfg, "tiny");
-    add_train_command(app, cfg);
+    DistOptions dist;
+    add_train_command(app, cfg, dist, argc, argv);
     add_tokenizer_commands(app);
     add_eval_commands(app);
     add_quant_commands(app);

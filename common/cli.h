@@ -7,7 +7,9 @@ class App;
 }
 
 namespace pg {
-void run_training(Config cfg);                 // pgolf train (train.cu)
+struct DistOptions;
+// pgolf train (train.cu); dist: the multi-GPU flags (dist/launch.h), defaults when null.
+void run_training(Config cfg, const DistOptions* dist = nullptr);
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train, data export, data inspect
 void add_eval_commands(CLI::App& app);       // bpb, eval
 void add_quant_commands(CLI::App& app);      // size, pack

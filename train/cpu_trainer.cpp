@@ -57,7 +57,7 @@ public:
     }
     void update_average(int step, bool swa_active) override { avg_.update(master_.data(), step, swa_active); }
 
-    OptimizerState optimizer_state() const override { return opt_.state(); }
+    OptimizerState optimizer_state() override { return opt_.state(); }
     void set_optimizer_state(const OptimizerState& s) override {
         const OptimizerState& have = opt_.state();
         if (s.muon_m.size() != have.muon_m.size() || s.adam_m.size() != have.adam_m.size() ||

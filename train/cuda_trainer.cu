@@ -4,8 +4,11 @@
 // norm), each time after the work is enqueued.
 #include <cuda_runtime.h>
 
+#include <memory>
+
 #include "common/check.h"
 #include "common/cuda_check.cuh"
+#include "dist/parallel_muon.h"
 #include "model/model_cuda.cuh"
 #include "model/optim_cuda.cuh"
 #include "quant/qat_cuda.cuh"
@@ -35,13 +38,17 @@ struct Stream {
 
 class CudaTrainer final : public Trainer {
 public:
-    CudaTrainer(const Config& cfg, int micro, std::string how)
+    CudaTrainer(const Config& cfg, int micro, std::string how, Comm* comm)
         : micro_(micro),
           how_(std::move(how)),
           model_(cfg.model, micro, stream_.s),
-          opt_(model_.layout(), cfg.train, model_.gemm(), stream_.s),
           avg_(model_.layout().total, cfg.train, stream_.s),
-          qat_(model_.layout(), cfg.quant) {}
+          qat_(model_.layout(), cfg.quant) {
+        if (comm)
+            pmuon_ = std::make_unique<ParallelMuon>(model_.layout(), cfg.train, model_.gemm(), stream_.s, *comm);
+        else
+            opt_ = std::make_unique<CudaOptimizer>(model_.layout(), cfg.train, model_.gemm(), stream_.s);
+    }
 
     const ParamLayout& layout() const override { return model_.layout(); }
     int micro_batch() const override { return micro_; }
@@ -72,15 +79,24 @@ public:
         return loss / grad_accum;
     }
 
-    // The whole optimizer update of one GPU (dist/ swaps in the Parallel Muon step here).
+    // One GPU's whole update, or on several ranks Parallel Muon on the mean of their gradients.
     float optimizer_step(float lr_scale, int step) override {
-        opt_.step(model_.params(), model_.params_bf16(), model_.grads(), lr_scale, step);
-        return opt_.grad_norm();
+        if (pmuon_) {
+            pmuon_->step(model_.params(), model_.params_bf16(), model_.grads(), lr_scale, step);
+            return pmuon_->grad_norm();
+        }
+        opt_->step(model_.params(), model_.params_bf16(), model_.grads(), lr_scale, step);
+        return opt_->grad_norm();
     }
     void update_average(int step, bool swa_active) override { avg_.update(model_.params(), step, swa_active); }
 
-    OptimizerState optimizer_state() const override { return opt_.state(); }
-    void set_optimizer_state(const OptimizerState& s) override { opt_.set_state(s); }
+    // Each rank keeps the Muon momentum of its own chunks only; a checkpoint holds all of it.
+    OptimizerState optimizer_state() override {
+        OptimizerState s = local_opt().state();
+        if (pmuon_) pmuon_->gather_momentum(s.muon_m);
+        return s;
+    }
+    void set_optimizer_state(const OptimizerState& s) override { local_opt().set_state(s); }
     AverageState average_state() const override { return avg_.state(); }
     void set_average_state(const AverageState& s) override { avg_.set_state(s); }
 
@@ -104,7 +120,7 @@ protected:
             }
             PG_CHECK(cudaMemcpyAsync(model_.params(), src, bytes, cudaMemcpyDeviceToDevice, s));
         }
-        opt_.refresh_bf16(model_.params(), model_.params_bf16(), 0, n);
+        local_opt().refresh_bf16(model_.params(), model_.params_bf16(), 0, n);
     }
     ScoreFn score(bool recur) override {
         return [this, recur](const int32_t* in, const int32_t* tg, int rows, int seq, float* nll) {
@@ -114,11 +130,14 @@ protected:
     }
 
 private:
+    CudaOptimizer& local_opt() { return pmuon_ ? pmuon_->local() : *opt_; }
+
     int micro_;
     std::string how_;
     Stream stream_;
     CudaModel model_;
-    CudaOptimizer opt_;
+    std::unique_ptr<CudaOptimizer> opt_;  // one GPU
+    std::unique_ptr<ParallelMuon> pmuon_;  // several ranks
     CudaWeightAverage avg_;
     QatCuda qat_;
     DeviceArray<float> spare_;
@@ -146,10 +165,10 @@ int pick_on_gpu(const Config& cfg, int seqs, std::string& how) {
 
 }  // namespace
 
-std::unique_ptr<Trainer> make_cuda_trainer(const Config& cfg, int seqs) {
+std::unique_ptr<Trainer> make_cuda_trainer(const Config& cfg, int seqs, Comm* comm) {
     std::string how = "--micro-batch-seqs";
     const int micro = cfg.train.micro_batch_seqs > 0 ? cfg.train.micro_batch_seqs : pick_on_gpu(cfg, seqs, how);
-    return std::make_unique<CudaTrainer>(cfg, micro, how);
+    return std::make_unique<CudaTrainer>(cfg, micro, how, comm);
 }
 
 }  // namespace pg

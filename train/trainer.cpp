@@ -1,17 +1,23 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "common/check.h"
+#include "dist/rank.h"
 
 namespace pg {
 
 BpbAccumulator Trainer::validate(Weights w, bool recur, const std::vector<uint16_t>& tokens, const ByteTables& bytes,
-                                 const EvalOptions& opt) {
+                                 const EvalOptions& opt, Comm* comm) {
     load_weights(w);
-    const BpbAccumulator acc = evaluate(score(recur), tokens, bytes, opt);
+    const std::vector<Window> mine =
+        rank_windows(make_windows(long(tokens.size()), opt), comm ? comm->rank() : 0, comm ? comm->world() : 1);
+    BpbAccumulator acc;
+    score_windows(score(recur), tokens, mine, opt, std::numeric_limits<long>::max(),
+                  [&](long j, float l) { acc.add(l, bytes.bytes(tokens[j + 1], tokens[j]), 1); });
     load_weights(Weights::Master);
-    return acc;
+    return all_reduce_bpb(comm, acc, nullptr);
 }
 
 int pick_micro_batch(int seqs, int seq_len, size_t per_seq_bytes, size_t available_bytes, long max_tokens) {

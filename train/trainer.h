@@ -23,6 +23,8 @@
 
 namespace pg {
 
+class Comm;
+
 // The next micro-batch of this rank (train.cu wraps next_batch with its rank and world).
 using NextBatch = std::function<Batch()>;
 
@@ -53,7 +55,8 @@ public:
     virtual float optimizer_step(float lr_scale, int step) = 0;
     virtual void update_average(int step, bool swa_active) = 0;
 
-    virtual OptimizerState optimizer_state() const = 0;
+    // On several ranks a collective (the Muon momentum is gathered): every rank calls it.
+    virtual OptimizerState optimizer_state() = 0;
     virtual void set_optimizer_state(const OptimizerState& s) = 0;
     // Also the host copies of the EMA / SWA weights (AverageState::ema, ::swa).
     virtual AverageState average_state() const = 0;
@@ -61,8 +64,9 @@ public:
 
     // val_loss / val_bpb of `w` (the raw master weights, never fake-quantized); the master
     // weights are in place again afterwards. Ema / Swa must have been updated at least once.
+    // With comm, each rank scores its share of the windows and every rank gets the sums.
     BpbAccumulator validate(Weights w, bool recur, const std::vector<uint16_t>& tokens, const ByteTables& bytes,
-                            const EvalOptions& opt);
+                            const EvalOptions& opt, Comm* comm = nullptr);
 
 protected:
     // Makes the forward read `w` (Master undoes an earlier Ema / Swa).
@@ -71,11 +75,12 @@ protected:
     virtual ScoreFn score(bool recur) = 0;
 };
 
-// seqs: sequences of a whole step. The CPU runs micro_batch_seqs of them per forward, or all
+// seqs: sequences of a whole step on this rank. The CPU runs micro_batch_seqs of them per forward, or all
 // of them when it is 0; the GPU picks, for 0, the largest divisor of seqs that fits its free
-// memory (pick_micro_batch). head dims the GPU attention lacks fail with one line.
+// memory (pick_micro_batch). head dims the GPU attention lacks fail with one line. With comm
+// (several ranks) the GPU optimizer step is Parallel Muon (dist/parallel_muon.h).
 std::unique_ptr<Trainer> make_cpu_trainer(const Config& cfg, int seqs);
-std::unique_ptr<Trainer> make_cuda_trainer(const Config& cfg, int seqs);
+std::unique_ptr<Trainer> make_cuda_trainer(const Config& cfg, int seqs, Comm* comm = nullptr);
 
 // Tokens of one micro-batch beyond which the GPU gains no throughput: on the H100, the record
 // model ran 559K tok/s at 24 x 2048 tokens and 523K at 48 x 2048 (docs/benchmarks/gpu_vs_pytorch.md).
