@@ -259,9 +259,9 @@ TEST_CASE("model cuda: bad batches fail with a message") {
     CHECK_THROWS_AS(gpu.forward(in.data(), tg.data(), 3, c.seq_len, true), Error);  // more rows than max_rows
     tg[5] = c.vocab_size;
     CHECK_THROWS_AS(gpu.forward(in.data(), tg.data(), 1, c.seq_len, true), Error);
-    ModelConfig h32 = c;
-    h32.head_dim = 32;
-    CHECK_THROWS_AS(CudaModel(h32, 1), Error);
+    ModelConfig h48 = c;
+    h48.head_dim = 48;
+    CHECK_THROWS_AS(CudaModel(h48, 1), Error);
 }
 
 TEST_CASE("model cuda: one training step with the GPU optimizer matches RefModel + Optimizer") {
