@@ -1,39 +1,61 @@
-// Causal GQA flash attention (FlashAttention-2 scheme) on mma.sync m16n8k16 bf16 tensor cores,
-// which run on sm_80 and sm_90. The CPU oracle is model/attention_ref.h.
+// Causal GQA flash attention (FlashAttention-2 split of the work) for head dims 32, 64 and 128.
+// The CPU oracle is model/attention_ref.h.
 //
-// Forward: one block = 128 query rows of one (batch, query head); 4 warps own 32 rows each.
-// Key/value tiles of 64 rows stream through shared memory (cp.async, double-buffered); scores
-// stay in registers and the softmax is online in fp32 base 2 (log2(e)/sqrt(D) folded into one
-// scale). Blocks with the most key tiles (late queries) are launched first.
+// Every product is written for a warpgroup (4 warps, 64 rows of the result): on sm_90 it is one
+// wgmma per 16-deep step, operands read by the tensor cores straight from swizzled shared
+// memory (or A from registers); elsewhere (sm_80) the same call runs as ldmatrix + mma.sync per
+// warp. Tiles arrive by cp.async, double-buffered.
 //
-// Backward: one block = 64 keys of one (batch, KV head); 4 warps own 16 keys each and keep
-// their K, V fragments and dK, dV accumulators in registers while 64-query tiles of Q and dO
-// of every query head in the group stream past. P and dS are rebuilt from lse and
-// D_i = rowsum(dO * O); dS goes through shared memory once so that the block's dQ share
-// (all 64 keys) leaves as one fp32 atomic add per element into the workspace. Two such blocks
-// share an SM (registers allow no more); that measured 11% faster than one block of 8 warps
-// over 128 keys, despite twice the dq atomics.
+// Forward: one block = 64 query rows of one (batch, query head), one warpgroup. Key/value tiles
+// of 64 rows stream past; scores stay in registers and the softmax is online in fp32 base 2
+// (log2(e)/sqrt(D) folded into one scale). The query tiles with the most key tiles are launched
+// first across the whole grid, which keeps the last wave short.
+//
+// Backward: one block = 64 keys of one (batch, KV head), one warpgroup, with dK, dV
+// accumulating in registers while 64-query tiles of Q and dO of every query head in the group
+// stream past. P and dS are rebuilt from lse and D_i = rowsum(dO * O); dS^T goes through
+// shared memory once so that the block's dQ share leaves as fp32 vector atomics into the
+// workspace. Blocks run in chunks of (batch, KV head) groups, heaviest key tiles first within a
+// chunk: ordering the whole grid heaviest first sent the dQ atomics past L2 once the fp32 dQ
+// outgrew it (25% slower at B = 24, T = 2048, 8 heads of 64).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "common/cuda_check.cuh"
 #include "model/attention.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PG_WGMMA 1
+#else
+#define PG_WGMMA 0
+#endif
 
 namespace pg {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// ---- warp-level building blocks -------------------------------------------------------------
+// ---- shared-memory tiles -----------------------------------------------------------------------
 
-// Shared-memory tiles hold rows of W bf16 as 16-byte chunks; chunk c of row r is stored at
-// c ^ (r & 7), so the 8 row addresses of one ldmatrix (same chunk column) hit distinct banks.
-template <int W>
-__device__ __forceinline__ uint32_t swz(int r, int c) {
-    static_assert(W % 64 == 0, "rows must span at least 8 chunks for the swizzle");
-    return uint32_t((r * (W / 8) + (c ^ (r & 7))) * 16);
-}
+// ROWS rows of W bf16. Columns come in blocks of CW = min(W, 64) (a block row is 64 or 128
+// bytes), stored one block after another; inside a block, 16-byte chunk c of row r sits at
+// c ^ (r & 7) for 128-byte rows and c ^ ((r >> 1) & 3) for 64-byte rows. These are the 128- and
+// 64-byte swizzles of wgmma's shared-memory descriptors (tile bases 1024-byte aligned), and
+// they put the 8 row addresses of one ldmatrix in distinct banks.
+template <int ROWS, int W>
+struct Tile {
+    static_assert(W == 32 || W % 64 == 0, "tile rows must be 64 bytes or a multiple of 128");
+    static_assert(ROWS % 16 == 0, "tiles hold whole 16-row steps");
+    static constexpr int CW = W < 64 ? W : 64, RB = CW * 2, CPR = CW / 8, BLOCK = ROWS * RB;
+    static constexpr int BYTES = ROWS * W * 2;
+    __device__ static uint32_t off(int r, int c) {
+        const int sw = RB == 128 ? (r & 7) : ((r >> 1) & 3);
+        return uint32_t((c / CPR) * BLOCK + r * RB + (((c % CPR) ^ sw) << 4));
+    }
+};
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return uint32_t(__cvta_generic_to_shared(p));
@@ -45,26 +67,142 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
                  "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Shared memory written by the threads (cp.async, stores) that wgmma reads next: each writing
+// thread fences before the barrier.
+__device__ __forceinline__ void fence_smem_for_tensor_cores() {
+#if PG_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
 }
 
-// ROWS rows of D bf16 starting at global row row0 (row stride `stride` elements) into a
-// swizzled tile; rows >= T become zeros.
+// ROWS rows of D bf16 starting at global row row0 (row stride `stride` elements) into a tile;
+// rows >= T become zeros.
 template <int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, size_t stride, int row0,
-                                          int T) {
+__device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, size_t stride, int row0, int T) {
     constexpr int CH = D / 8;
     static_assert(ROWS * CH % THREADS == 0, "tile must split evenly over the threads");
 #pragma unroll
     for (int j = 0; j < ROWS * CH / THREADS; ++j) {
         const int i = threadIdx.x + j * THREADS, r = i / CH, c = i % CH;
         const bool valid = row0 + r < T;
-        cp_async16(s + swz<D>(r, c), g + size_t(valid ? row0 + r : 0) * stride + c * 8, valid);
+        cp_async16(s + Tile<ROWS, D>::off(r, c), g + size_t(valid ? row0 + r : 0) * stride + c * 8, valid);
     }
 }
 
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// The accumulators of two adjacent 8-column blocks (columns 16j..16j+15) are, element for
+// element, the A fragment of a 16x16 operand: this is how P and dS feed the next product.
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+    a[0] = pack(c0[0], c0[1]);
+    a[1] = pack(c0[2], c0[3]);
+    a[2] = pack(c1[0], c1[1]);
+    a[3] = pack(c1[2], c1[3]);
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {  // exp2(-inf) = 0
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Registers that an asynchronous product reads or writes: the empty asm pins their values, so
+// the compiler neither reads an accumulator before the wait nor reuses an A fragment early.
+template <int N>
+__device__ __forceinline__ void pin(float (&r)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(r[i][j])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void pin(uint32_t (&r)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// ---- warpgroup products: acc[64 x N] (+)= A[64 x 16] * B[16 x N] -------------------------------
+//
+// acc[j][e] is the mma.m16n8 accumulator layout of each warp's 16 rows (warp w of the group has
+// rows 16w..16w+15), n-block j: rows g, g+8 (g = lane / 4), columns 8j + 2t, +1 (t = lane % 4).
+// wgmma's m64nN accumulators are laid out the same way.
+
+// A from registers: the mma.m16n8k16 A fragment of the warp's 16 rows.
+struct RegA {
+    const uint32_t (&r)[4];
+};
+// An operand in a tile: MN = false when tile rows run over the operand's M (or N) and columns
+// over K ("K-major"), true when rows run over K. (mn0, k0): the operand's first M/N index and
+// first K index in the tile.
+template <class TileT, bool MN>
+struct Smem {
+    using Layout = TileT;
+    static constexpr bool kMN = MN;
+    uint32_t base;
+    int mn0, k0;
+};
+
+#if PG_WGMMA
+// Shared-memory matrix descriptor: start address, leading and stride byte offsets (the stride
+// is the step between 8-row groups; the leading offset is unused because no operand crosses a
+// column block, and is set to the same step so that either reading of it is right), swizzle.
+template <class TileT, bool MN>
+__device__ __forceinline__ uint64_t descriptor(const Smem<TileT, MN>& o) {
+    using L = TileT;
+    const uint32_t start = MN ? o.base + (o.mn0 / L::CW) * L::BLOCK + (o.mn0 % L::CW) * 2 + o.k0 * L::RB
+                              : o.base + (o.k0 / L::CW) * L::BLOCK + (o.k0 % L::CW) * 2 + o.mn0 * L::RB;
+    const uint64_t step = (8 * L::RB) >> 4;
+    return uint64_t((start >> 4) & 0x3FFF) | (step << 16) | (step << 32) | (uint64_t(L::RB == 128 ? 1 : 2) << 62);
+}
+
+#define PG_ACC4(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define PG_ACC8(d, i) PG_ACC4(d, i), PG_ACC4(d, i + 1)
+#define PG_ACC16(d, i) PG_ACC8(d, i), PG_ACC8(d, i + 2)
+#define PG_ACC32(d, i) PG_ACC16(d, i), PG_ACC16(d, i + 4)
+#define PG_ACC64(d, i) PG_ACC32(d, i), PG_ACC32(d, i + 8)
+#define PG_REGS8 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define PG_REGS16 PG_REGS8 ", %8, %9, %10, %11, %12, %13, %14, %15"
+#define PG_REGS32 PG_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define PG_REGS64                                                                                     \
+    PG_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, " \
+              "%49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+// Operand numbers after the R accumulators: SS: desc A, desc B, scale-d, trans A, trans B;
+// RS: a0..a3, desc B, scale-d, trans B.
+#define PG_WGMMA_SS(NN, REGS, ACC, A, B, S, TA, TB)                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" S ", 0;\n"                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32.bf16.bf16 {" REGS "}, %" A ", %" B \
+                 ", p, 1, 1, %" TA ", %" TB ";\n}\n"                                                 \
+                 : ACC                                                                               \
+                 : "l"(da), "l"(db), "r"(scale_d), "n"(int(TRANS_A)), "n"(int(TRANS_B)))
+#define PG_WGMMA_RS(NN, REGS, ACC, A0, A1, A2, A3, B, S, TB)                                           \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" S ", 0;\n"                                       \
+                 "wgmma.mma_async.sync.aligned.m64n" #NN "k16.f32.bf16.bf16 {" REGS "}, {%" A0 ", %" A1 \
+                 ", %" A2 ", %" A3 "}, %" B ", p, 1, 1, %" TB ";\n}\n"                                 \
+                 : ACC                                                                                 \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(int(TRANS_B)))
+
+template <int N, bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db, int scale_d) {
+    if constexpr (N == 16) PG_WGMMA_SS(16, PG_REGS8, PG_ACC8(d, 0), "8", "9", "10", "11", "12");
+    if constexpr (N == 32) PG_WGMMA_SS(32, PG_REGS16, PG_ACC16(d, 0), "16", "17", "18", "19", "20");
+    if constexpr (N == 64) PG_WGMMA_SS(64, PG_REGS32, PG_ACC32(d, 0), "32", "33", "34", "35", "36");
+    if constexpr (N == 128) PG_WGMMA_SS(128, PG_REGS64, PG_ACC64(d, 0), "64", "65", "66", "67", "68");
+}
+template <int N, bool TRANS_B>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db, int scale_d) {
+    if constexpr (N == 16) PG_WGMMA_RS(16, PG_REGS8, PG_ACC8(d, 0), "8", "9", "10", "11", "12", "13", "14");
+    if constexpr (N == 32) PG_WGMMA_RS(32, PG_REGS16, PG_ACC16(d, 0), "16", "17", "18", "19", "20", "21", "22");
+    if constexpr (N == 64) PG_WGMMA_RS(64, PG_REGS32, PG_ACC32(d, 0), "32", "33", "34", "35", "36", "37", "38");
+    if constexpr (N == 128) PG_WGMMA_RS(128, PG_REGS64, PG_ACC64(d, 0), "64", "65", "66", "67", "68", "69", "70");
+}
+#else
 // Four 8x8 bf16 matrices from shared memory; .trans delivers them transposed.
 __device__ __forceinline__ void ldsm(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -78,8 +216,7 @@ __device__ __forceinline__ void ldsm_t(uint32_t (&r)[4], uint32_t addr) {
 }
 
 // c[16x8] += a[16x16] * b[16x8]; bf16 in, fp32 accumulate.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
@@ -87,44 +224,87 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// The accumulators of two adjacent 16x8 tiles (columns 16j..16j+15) are, element for element,
-// the A fragment of a 16x16 operand: this is how P and dS feed the next product in registers.
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
-                                         const float (&c1)[4]) {
-    a[0] = pack(c0[0], c0[1]);
-    a[1] = pack(c0[2], c0[3]);
-    a[2] = pack(c1[0], c1[1]);
-    a[3] = pack(c1[2], c1[3]);
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // exp2(-inf) = 0
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// ldmatrix lane roles. Each lane names one row of one of the four 8x8 matrices (matrix
-// lane / 8). "X" order covers (rows 0-7, chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1),
-// (rows 8-15, chunk 1): an A operand stored [m][k], or a B operand stored [k][n] with .trans.
-// "Y" order covers (rows 0-7, chunk 0), (0-7, 1), (8-15, 0), (8-15, 1): a B operand stored
-// [n][k] (registers 0,1 feed n-block 0 and 2,3 n-block 1), or an A operand stored [k][m] with
-// .trans.
+// ldmatrix lane roles. Each lane names one row of one of the four 8x8 matrices. "X" order
+// covers (rows 0-7, chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1):
+// an A operand stored [m][k], or a B operand stored [k][n] with .trans. "Y" order covers
+// (rows 0-7, chunk 0), (0-7, 1), (8-15, 0), (8-15, 1): a B operand stored [n][k] (registers
+// 0,1 feed n-block 0 and 2,3 n-block 1), or an A operand stored [k][m] with .trans.
 struct Lane {
     int xr, xc, yr, yc;
     __device__ explicit Lane(int lane)
         : xr(lane & 15), xc(lane >> 4), yr((lane >> 4) * 8 + (lane & 7)), yc((lane >> 3) & 1) {}
 };
+#endif
 
-// A warp stores ROWS staged rows (tile rows r0..) of D bf16 to global rows grow0.. (row stride
-// `stride`) with 16-byte stores, skipping rows >= T.
-template <int ROWS, int D>
-__device__ __forceinline__ void store_rows(bf16* g, size_t stride, int grow0, int T,
-                                           const unsigned char* tile, int r0, int lane) {
+__device__ __forceinline__ void wg_fence() {
+#if PG_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#if PG_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Waits until at most N committed groups of this warpgroup's products are still running.
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#if PG_WGMMA
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// One 16-deep step of a warpgroup product; with !accumulate, acc is overwritten. A is RegA or
+// Smem, B is Smem; an MN-major operand's N columns stay inside one column block of its tile.
+template <int N, class A, class B>
+__device__ __forceinline__ void wg_mma(float (&acc)[N / 8][4], const A& a, const B& b, bool accumulate) {
+    constexpr bool kRegA = std::is_same<A, RegA>::value;
+    static_assert(!B::kMN || N <= B::Layout::CW, "an MN-major B operand must not cross a column block");
+#if PG_WGMMA
+    if constexpr (kRegA)
+        wgmma_rs<N, B::kMN>(acc, a.r, descriptor(b), accumulate);
+    else
+        wgmma_ss<N, A::kMN, B::kMN>(acc, descriptor(a), descriptor(b), accumulate);
+#else
+    const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
+    const Lane L(lane);
+    if (!accumulate) {
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    }
+    uint32_t af[4];
+    if constexpr (kRegA) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) af[i] = a.r[i];
+    } else if constexpr (!A::kMN) {
+        ldsm(af, a.base + A::Layout::off(a.mn0 + 16 * w + L.xr, a.k0 / 8 + L.xc));
+    } else {
+        ldsm_t(af, a.base + A::Layout::off(a.k0 + L.yr, (a.mn0 + 16 * w) / 8 + L.yc));
+    }
+#pragma unroll
+    for (int nb = 0; nb < N / 8; nb += 2) {
+        uint32_t r[4];
+        if constexpr (!B::kMN)
+            ldsm(r, b.base + B::Layout::off(b.mn0 + nb * 8 + L.yr, b.k0 / 8 + L.yc));
+        else
+            ldsm_t(r, b.base + B::Layout::off(b.k0 + L.xr, (b.mn0 + nb * 8) / 8 + L.xc));
+        mma(acc[nb], af, r[0], r[1]);
+        mma(acc[nb + 1], af, r[2], r[3]);
+    }
+#endif
+}
+
+// The accumulator columns n0..n0+N-1 of a wider accumulator, as an N-wide accumulator.
+template <int N, int W>
+__device__ __forceinline__ float (&cols(float (&acc)[W / 8][4], int n0))[N / 8][4] {
+    return *reinterpret_cast<float(*)[N / 8][4]>(&acc[n0 / 8]);
+}
+
+// A warp stores ROWS staged tile rows (r0..) to global rows grow0.. (row stride `stride`)
+// with 16-byte stores, skipping rows >= T.
+template <int TROWS, int D, int ROWS>
+__device__ __forceinline__ void store_rows(bf16* g, size_t stride, int grow0, int T, const unsigned char* tile,
+                                           int r0, int lane) {
     constexpr int CH = D / 8;
     static_assert(ROWS * CH % 32 == 0, "rows must split evenly over the lanes");
 #pragma unroll
@@ -132,49 +312,60 @@ __device__ __forceinline__ void store_rows(bf16* g, size_t stride, int grow0, in
         const int i = lane + j * 32, r = i / CH, c = i % CH;
         if (grow0 + r < T)
             *reinterpret_cast<uint4*>(g + size_t(grow0 + r) * stride + c * 8) =
-                *reinterpret_cast<const uint4*>(tile + swz<D>(r0 + r, c));
+                *reinterpret_cast<const uint4*>(tile + Tile<TROWS, D>::off(r0 + r, c));
     }
 }
 
-// Writes a 16x8-tile accumulator pair (rows g, g+8; columns 2t, 2t+1 of n-block nb) as bf16
-// into a swizzled tile at rows r0.. .
-template <int W>
-__device__ __forceinline__ void stage_acc(unsigned char* tile, int r0, int nb, const float (&c)[4],
-                                          float s, int g, int t) {
-    *reinterpret_cast<uint32_t*>(tile + swz<W>(r0 + g, nb) + t * 4) = pack(c[0] * s, c[1] * s);
-    *reinterpret_cast<uint32_t*>(tile + swz<W>(r0 + g + 8, nb) + t * 4) = pack(c[2] * s, c[3] * s);
+// Writes a warp's accumulator (rows r0 + g, r0 + g + 8; every n-block) as bf16 times s into a tile.
+template <int TROWS, int W>
+__device__ __forceinline__ void stage_acc(unsigned char* tile, int r0, const float (&c)[W / 8][4], float s,
+                                          int g, int t) {
+#pragma unroll
+    for (int nb = 0; nb < W / 8; ++nb) {
+        *reinterpret_cast<uint32_t*>(tile + Tile<TROWS, W>::off(r0 + g, nb) + t * 4) = pack(c[nb][0] * s, c[nb][1] * s);
+        *reinterpret_cast<uint32_t*>(tile + Tile<TROWS, W>::off(r0 + g + 8, nb) + t * 4) =
+            pack(c[nb][2] * s, c[nb][3] * s);
+    }
 }
 
-// ---- forward ---------------------------------------------------------------------------------
+// Dynamic shared memory, rounded up to the 1024-byte alignment of the 128-byte swizzle.
+__device__ __forceinline__ unsigned char* aligned_smem() {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t a = smem_addr(smem_raw);
+    return smem_raw + ((1024 - (a & 1023)) & 1023);
+}
+constexpr int kSmemSlack = 1024;
 
-constexpr int kFwdWarps = 4, kFwdMT = 2;  // 16-row m-tiles per warp
-constexpr int kFwdBr = kFwdWarps * kFwdMT * 16, kFwdBc = 64;
+// ---- forward -----------------------------------------------------------------------------------
+
+constexpr int kFwdBr = 64, kFwdBc = 64;  // query rows per block (one warpgroup), keys per tile
 
 template <int D>
 constexpr int fwd_smem_bytes() {
-    return (kFwdBr + 4 * kFwdBc) * D * 2;  // Q, then K[2], V[2]
+    return Tile<kFwdBr, D>::BYTES + 4 * Tile<kFwdBc, D>::BYTES + kSmemSlack;  // Q, K[2], V[2]
 }
 
+// Four blocks share an SM where registers allow (D <= 64: 128 registers a thread).
 template <int D>
-__global__ void __launch_bounds__(kFwdWarps * 32)
+__global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
     fwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-               bf16* __restrict__ out, float* __restrict__ lse, int T, int Hq, int Hkv,
-               float scale_log2) {
-    constexpr int MT = kFwdMT, Br = kFwdBr, Bc = kFwdBc, NT = kFwdWarps * 32;
-    constexpr int KD = D / 16, NB = Bc / 8, DB = D / 8, TILE = Bc * D * 2;
-    extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sQ = smem_addr(smem), sK = sQ + Br * D * 2, sV = sK + 2 * TILE;
+               bf16* __restrict__ out, float* __restrict__ lse, int T, int Hq, int Hkv, float scale_log2) {
+    constexpr int Br = kFwdBr, Bc = kFwdBc, NT = 128;
+    constexpr int NB = Bc / 8, DB = D / 8, DN = D < 64 ? D : 64;
+    using TQ = Tile<Br, D>;
+    using TK = Tile<Bc, D>;
+    unsigned char* const smem = aligned_smem();
+    const uint32_t sQ = smem_addr(smem), sK = sQ + TQ::BYTES, sV = sK + 2 * TK::BYTES;
 
-    const int b = blockIdx.x / Hq, h = blockIdx.x % Hq, hk = h / (Hq / Hkv);
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * Br;  // heaviest query tiles first
+    const int bh = blockIdx.x, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hkv);
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * Br;  // blockIdx.y = 0, the most key tiles, first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const Lane L(lane);
     const size_t qs = size_t(Hq) * D, ks = size_t(Hkv) * D;
     const bf16* qg = q + (size_t(b) * T * Hq + h) * D;
     const bf16* kg = k + (size_t(b) * T * Hkv + hk) * D;
     const bf16* vg = v + (size_t(b) * T * Hkv + hk) * D;
     const int n_kt = (min(q0 + Br, T) - 1) / Bc + 1;
-    const int wr = warp * MT * 16;  // this warp's first row in the tile
+    const int wr = warp * 16;  // this warp's first row in the tile
     const int row0 = q0 + wr;
 
     load_tile<Br, D, NT>(sQ, qg, qs, q0, T);
@@ -182,145 +373,113 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
     load_tile<Bc, D, NT>(sV, vg, ks, 0, T);
     cp_async_commit();
 
-    uint32_t qf[MT][KD][4];
-    float o[MT][DB][4] = {};
-    float m[MT][2], l[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
+    float o[DB][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     for (int kt = 0; kt < n_kt; ++kt) {
         const int buf = kt & 1;
+        cp_async_wait_all();
+        fence_smem_for_tensor_cores();
+        __syncthreads();  // tile kt visible; every warp is done with tile kt - 1
         if (kt + 1 < n_kt) {
-            load_tile<Bc, D, NT>(sK + (buf ^ 1) * TILE, kg, ks, (kt + 1) * Bc, T);
-            load_tile<Bc, D, NT>(sV + (buf ^ 1) * TILE, vg, ks, (kt + 1) * Bc, T);
+            load_tile<Bc, D, NT>(sK + (buf ^ 1) * TK::BYTES, kg, ks, (kt + 1) * Bc, T);
+            load_tile<Bc, D, NT>(sV + (buf ^ 1) * TK::BYTES, vg, ks, (kt + 1) * Bc, T);
             cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        if (kt == 0) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int kk = 0; kk < KD; ++kk)
-                    ldsm(qf[mt][kk], sQ + swz<D>(wr + mt * 16 + L.xr, 2 * kk + L.xc));
         }
         const int k0 = kt * Bc;
-        // Tiles are in key order, so the first (key 0) is never skipped and m is finite after it.
-        if (k0 <= row0 + MT * 16 - 1) {
-            const uint32_t sKb = sK + buf * TILE, sVb = sV + buf * TILE;
-            float s[MT][NB][4] = {};
+        const uint32_t sKb = sK + buf * TK::BYTES, sVb = sV + buf * TK::BYTES;
+        float s[NB][4];
+        wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < KD; ++kk)
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_mma<Bc>(s, Smem<TQ, false>{sQ, 0, kk * 16}, Smem<TK, false>{sKb, 0, kk * 16}, kk > 0);
+        wg_commit();
+        wg_wait<0>();
+        pin(s);
+        // Tiles are in key order, so the first (key 0) is never fully masked and m is finite after it.
+        if (k0 + Bc - 1 > row0) {  // some key may follow some row: causal mask (and keys >= T)
 #pragma unroll
-                for (int nb = 0; nb < NB; nb += 2) {
-                    uint32_t r[4];
-                    ldsm(r, sKb + swz<D>(nb * 8 + L.yr, 2 * kk + L.yc));
+            for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma(s[mt][nb], qf[mt][kk], r[0], r[1]);
-                        mma(s[mt][nb + 1], qf[mt][kk], r[2], r[3]);
-                    }
-                }
-            if (k0 + Bc - 1 > row0) {  // some key may follow some row: causal mask (and keys >= T)
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            if (k0 + nb * 8 + 2 * t + (e & 1) > row0 + mt * 16 + g + (e >> 1) * 8)
-                                s[mt][nb][e] = -INFINITY;
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int hr = 0; hr < 2; ++hr) {  // rows g and g + 8
-                    float mx = -INFINITY;
-#pragma unroll
-                    for (int nb = 0; nb < NB; ++nb)
-                        mx = fmaxf(mx, fmaxf(s[mt][nb][2 * hr], s[mt][nb][2 * hr + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float m_new = fmaxf(m[mt][hr], mx * scale_log2);
-                    // A row with every key masked so far keeps m = -inf; subtract 0, not -inf.
-                    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                    const float corr = exp2_approx(m[mt][hr] - m_use);
-                    m[mt][hr] = m_new;
-                    l[mt][hr] *= corr;
-#pragma unroll
-                    for (int db = 0; db < DB; ++db) o[mt][db][2 * hr] *= corr, o[mt][db][2 * hr + 1] *= corr;
-#pragma unroll
-                    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-                        for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                            const float p = exp2_approx(fmaf(s[mt][nb][e], scale_log2, -m_use));
-                            s[mt][nb][e] = p;
-                            l[mt][hr] += p;
-                        }
-                }
-#pragma unroll
-            for (int kk = 0; kk < Bc / 16; ++kk) {
-                uint32_t a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) acc_to_a(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
-#pragma unroll
-                for (int db = 0; db < DB; db += 2) {
-                    uint32_t r[4];
-                    ldsm_t(r, sVb + swz<D>(kk * 16 + L.xr, db + L.xc));
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma(o[mt][db], a[mt], r[0], r[1]);
-                        mma(o[mt][db + 1], a[mt], r[2], r[3]);
-                    }
-                }
-            }
+                for (int e = 0; e < 4; ++e)
+                    if (k0 + nb * 8 + 2 * t + (e & 1) > row0 + g + (e >> 1) * 8) s[nb][e] = -INFINITY;
         }
-        __syncthreads();
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {  // rows g and g + 8
+            float mx = -INFINITY;
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * hr], s[nb][2 * hr + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[hr], mx * scale_log2);
+            // A row with every key masked so far keeps m = -inf; subtract 0, not -inf.
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float corr = exp2_approx(m[hr] - m_use);
+            m[hr] = m_new;
+            l[hr] *= corr;
+#pragma unroll
+            for (int db = 0; db < DB; ++db) o[db][2 * hr] *= corr, o[db][2 * hr + 1] *= corr;
+#pragma unroll
+            for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                    const float p = exp2_approx(fmaf(s[nb][e], scale_log2, -m_use));
+                    s[nb][e] = p;
+                    l[hr] += p;
+                }
+        }
+        uint32_t pf[Bc / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < Bc / 16; ++kk) acc_to_a(pf[kk], s[2 * kk], s[2 * kk + 1]);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < Bc / 16; ++kk)
+#pragma unroll
+            for (int n0 = 0; n0 < D; n0 += DN)
+                wg_mma<DN>(cols<DN, D>(o, n0), RegA{pf[kk]}, Smem<TK, true>{sVb, n0, kk * 16}, true);
+        wg_commit();
+        wg_wait<0>();
+        pin(o);
+        pin(pf);
     }
 
-    // Normalise, save lse, and stage this warp's rows in its own part of the Q tile (read only
-    // by this warp, at kt == 0) for 16-byte stores.
+    // Normalise, save lse, and stage this warp's rows in its own rows of the Q tile (every product
+    // that read it has finished) for 16-byte stores.
+    float inv[2];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        float inv[2];
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-            float sum = l[mt][hr];
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            inv[hr] = 1.f / sum;
-            const int row = row0 + mt * 16 + g + hr * 8;
-            if (t == 0 && row < T) lse[size_t(blockIdx.x) * T + row] = (m[mt][hr] + __log2f(sum)) / kLog2e;
-        }
-#pragma unroll
-        for (int db = 0; db < DB; ++db) {
-            const float c[4] = {o[mt][db][0] * inv[0], o[mt][db][1] * inv[0], o[mt][db][2] * inv[1],
-                                o[mt][db][3] * inv[1]};
-            stage_acc<D>(smem, wr + mt * 16, db, c, 1.f, g, t);
-        }
+    for (int hr = 0; hr < 2; ++hr) {
+        float sum = l[hr];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        inv[hr] = 1.f / sum;
+        const int row = row0 + g + hr * 8;
+        if (t == 0 && row < T) lse[size_t(bh) * T + row] = (m[hr] + __log2f(sum)) / kLog2e;
     }
+#pragma unroll
+    for (int db = 0; db < DB; ++db) {
+        o[db][0] *= inv[0], o[db][1] *= inv[0];
+        o[db][2] *= inv[1], o[db][3] *= inv[1];
+    }
+    stage_acc<Br, D>(smem, wr, o, 1.f, g, t);
     __syncwarp();
-    store_rows<MT * 16, D>(out + (size_t(b) * T * Hq + h) * D, qs, row0, T, smem, wr, lane);
+    store_rows<Br, D, 16>(out + (size_t(b) * T * Hq + h) * D, qs, row0, T, smem, wr, lane);
 }
 
-// ---- backward --------------------------------------------------------------------------------
+// ---- backward ----------------------------------------------------------------------------------
 
-constexpr int kBwdWarps = 4;
-constexpr int kBwdBc = kBwdWarps * 16, kBwdBr = 64;  // keys per block, queries per step
+constexpr int kBwdBc = 64, kBwdBr = 64;  // keys per block (one warpgroup), queries per step
 
 template <int D>
 constexpr int bwd_smem_bytes() {
     // K, V, Q[2], dO[2], dS^T (keys x queries), then lse*log2(e) and D_i for 2 stages.
-    return (2 * kBwdBc * D + 4 * kBwdBr * D + kBwdBc * kBwdBr) * 2 + 2 * 2 * kBwdBr * 4;
+    return 2 * Tile<kBwdBc, D>::BYTES + 4 * Tile<kBwdBr, D>::BYTES + Tile<kBwdBc, kBwdBr>::BYTES +
+           2 * 2 * kBwdBr * 4 + kSmemSlack;
 }
 
 // D_i = rowsum(dO * O) for every query row, and the dq accumulator zeroed. D / 8 threads a row.
 template <int D>
 __global__ void bwd_prep_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
-                                float* __restrict__ delta, float* __restrict__ dq_acc, int rows,
-                                int T, int Hq) {
+                                float* __restrict__ delta, float* __restrict__ dq_acc, int rows, int T, int Hq) {
     constexpr int TPR = D / 8;
     static_assert(TPR <= 32 && 32 % TPR == 0, "a row's threads must sit in one warp");
     const size_t gt = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -348,28 +507,46 @@ __global__ void bwd_prep_kernel(const bf16* __restrict__ out, const bf16* __rest
     }
 }
 
+// Adds 4 consecutive floats to global memory: one vector reduction on sm_90.
+__device__ __forceinline__ void add4(float* dst, float4 v) {
+#if PG_WGMMA
+    atomicAdd(reinterpret_cast<float4*>(dst), v);
+#else
+    atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
+#endif
+}
+
+// Three blocks share an SM where registers allow (D <= 64: 168 registers a thread). The grid
+// runs in chunks of `chunk` (batch, KV head) groups; inside a chunk the key tiles go heaviest
+// (most query tiles) first: tile 0 of each group of the chunk, then tile 1, and so on. The dQ rows
+// that a chunk's blocks add into then fit in L2, and the work inside a chunk stays balanced.
 template <int D>
-__global__ void __launch_bounds__(kBwdWarps * 32)
+__global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
     bwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-               const bf16* __restrict__ dout, const float* __restrict__ lse,
-               const float* __restrict__ delta, float* __restrict__ dq_acc, bf16* __restrict__ dk,
-               bf16* __restrict__ dv, int T, int Hq, int Hkv, float scale_log2, float scale) {
-    constexpr int Bc = kBwdBc, Br = kBwdBr, NT = kBwdWarps * 32;
-    constexpr int KD = D / 16, NB = Br / 8, DB = D / 8, QTILE = Br * D * 2;
-    extern __shared__ __align__(128) unsigned char smem[];
+               const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+               float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int Hq, int Hkv,
+               int chunk, float scale_log2, float scale) {
+    constexpr int Bc = kBwdBc, Br = kBwdBr, NT = 128;
+    constexpr int NB = Br / 8, DB = D / 8, DN = D < 64 ? D : 64;
+    using TK = Tile<Bc, D>;
+    using TQ = Tile<Br, D>;
+    using TS = Tile<Bc, Br>;
+    unsigned char* const smem = aligned_smem();
     unsigned char* const pK = smem;
-    unsigned char* const pV = pK + Bc * D * 2;
+    unsigned char* const pV = pK + TK::BYTES;
+    unsigned char* const pdS = pV + TK::BYTES + 4 * TQ::BYTES;
     const uint32_t sK = smem_addr(pK), sV = smem_addr(pV);
-    const uint32_t sQ = sV + Bc * D * 2, sdO = sQ + 2 * QTILE, sdS = sdO + 2 * QTILE;
-    unsigned char* const pdS = pV + Bc * D * 2 + 4 * QTILE;
-    float* const stats = reinterpret_cast<float*>(pdS + Bc * Br * 2);  // [2][lse | D_i]
+    const uint32_t sQ = sV + TK::BYTES, sdO = sQ + 2 * TQ::BYTES, sdS = smem_addr(pdS);
+    float* const stats = reinterpret_cast<float*>(pdS + TS::BYTES);  // [2][lse | D_i]
 
     const int group = Hq / Hkv;
-    const int b = blockIdx.x / Hkv, hk = blockIdx.x % Hkv;
-    const int k0 = blockIdx.y * Bc;  // blockIdx.y = 0 has the most query tiles: launched first
+    const int n_kt = (T + Bc - 1) / Bc, n_groups = gridDim.x / n_kt;
+    const int c = blockIdx.x / (chunk * n_kt), r = blockIdx.x % (chunk * n_kt);
+    const int in_chunk = min(chunk, n_groups - c * chunk);
+    const int k0 = r / in_chunk * Bc, grp = c * chunk + r % in_chunk;
+    const int b = grp / Hkv, hk = grp % Hkv;
     const int qt0 = k0 / Br, per_head = (T + Br - 1) / Br - qt0, n_it = group * per_head;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const Lane L(lane);
     const int kw = warp * 16;  // this warp's first key in the tile
     const size_t qs = size_t(Hq) * D, ks = size_t(Hkv) * D;
     const bf16* kg = k + (size_t(b) * T * Hkv + hk) * D;
@@ -380,8 +557,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     auto qrow0 = [&](int it) { return (qt0 + it % per_head) * Br; };
     auto issue = [&](int it, int buf) {
         const size_t off = (size_t(b) * T * Hq + head(it)) * D;
-        load_tile<Br, D, NT>(sQ + buf * QTILE, q + off, qs, qrow0(it), T);
-        load_tile<Br, D, NT>(sdO + buf * QTILE, dout + off, qs, qrow0(it), T);
+        load_tile<Br, D, NT>(sQ + buf * TQ::BYTES, q + off, qs, qrow0(it), T);
+        load_tile<Br, D, NT>(sdO + buf * TQ::BYTES, dout + off, qs, qrow0(it), T);
         cp_async_commit();
     };
     // Threads 0..Br-1 fetch lse (in log2 units; +inf past T so P = 0), Br..2Br-1 fetch D_i.
@@ -391,52 +568,43 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
         if (threadIdx.x < Br) return row < T ? lse[at] * kLog2e : INFINITY;
         return row < T ? delta[at] : 0.f;
     };
+    static_assert(2 * Br <= NT, "one thread per statistic");
 
     load_tile<Bc, D, NT>(sK, kg, ks, k0, T);
     load_tile<Bc, D, NT>(sV, vg, ks, k0, T);
     issue(0, 0);
     if (threadIdx.x < 2 * Br) stats[threadIdx.x] = fetch_stat(0);
 
-    uint32_t kf[KD][4], vf[KD][4];
     float dka[DB][4] = {}, dva[DB][4] = {};
 
     for (int it = 0; it < n_it; ++it) {
         const int buf = it & 1, h = head(it), q0 = qrow0(it);
+        cp_async_wait_all();
+        fence_smem_for_tensor_cores();
+        __syncthreads();  // step it's tiles and stats visible; every warp is done with step it - 1
         float next_stat = 0.f;
         if (it + 1 < n_it) {
             issue(it + 1, buf ^ 1);
             if (threadIdx.x < 2 * Br) next_stat = fetch_stat(it + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();
-        if (it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < KD; ++kk) {
-                ldsm(kf[kk], sK + swz<D>(kw + L.xr, 2 * kk + L.xc));
-                ldsm(vf[kk], sV + swz<D>(kw + L.xr, 2 * kk + L.xc));
-            }
-        }
-        const uint32_t sQb = sQ + buf * QTILE, sdOb = sdO + buf * QTILE;
+        const uint32_t sQb = sQ + buf * TQ::BYTES, sdOb = sdO + buf * TQ::BYTES;
         const float* sl = stats + buf * 2 * Br;
         const float* sd = sl + Br;
 
-        // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x Br queries.
-        float st[NB][4] = {}, dpt[NB][4] = {};
+        // S^T = K Q^T and dP^T = V dO^T: 64 keys x Br queries.
+        float st[NB][4], dpt[NB][4];
+        wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < KD; ++kk)
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_mma<Br>(st, Smem<TK, false>{sK, 0, kk * 16}, Smem<TQ, false>{sQb, 0, kk * 16}, kk > 0);
+        wg_commit();
 #pragma unroll
-            for (int nb = 0; nb < NB; nb += 2) {
-                uint32_t r[4];
-                ldsm(r, sQb + swz<D>(nb * 8 + L.yr, 2 * kk + L.yc));
-                mma(st[nb], kf[kk], r[0], r[1]);
-                mma(st[nb + 1], kf[kk], r[2], r[3]);
-                ldsm(r, sdOb + swz<D>(nb * 8 + L.yr, 2 * kk + L.yc));
-                mma(dpt[nb], vf[kk], r[0], r[1]);
-                mma(dpt[nb + 1], vf[kk], r[2], r[3]);
-            }
-        // P^T = exp2(S^T * scale_log2 - lse_log2), masked; dS^T = P^T * (dP^T - D_i).
+        for (int kk = 0; kk < D / 16; ++kk)
+            wg_mma<Br>(dpt, Smem<TK, false>{sV, 0, kk * 16}, Smem<TQ, false>{sdOb, 0, kk * 16}, kk > 0);
+        wg_commit();
+        // P^T = exp2(S^T * scale_log2 - lse_log2), masked, while dP^T is still being computed.
+        wg_wait<1>();
+        pin(st);
         const bool masked = k0 + kw + 15 > q0;  // some key of this warp may follow some query
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
@@ -446,83 +614,85 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
                 float p = exp2_approx(fmaf(st[nb][e], scale_log2, -sl[qi]));
                 if (masked && k0 + kw + g + (e >> 1) * 8 > q0 + qi) p = 0.f;
                 st[nb][e] = p;
-                dpt[nb][e] = p * (dpt[nb][e] - sd[qi]);
             }
+        // dS^T = P^T * (dP^T - D_i).
+        wg_wait<0>();
+        pin(dpt);
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dpt[nb][e] = st[nb][e] * (dpt[nb][e] - sd[nb * 8 + 2 * t + (e & 1)]);
+
         // dV += P^T dO and dK += dS^T Q (scaled at the end).
+        uint32_t ap[Br / 16][4], ads[Br / 16][4];
 #pragma unroll
         for (int kq = 0; kq < Br / 16; ++kq) {
-            uint32_t ap[4], ads[4];
-            acc_to_a(ap, st[2 * kq], st[2 * kq + 1]);
-            acc_to_a(ads, dpt[2 * kq], dpt[2 * kq + 1]);
-#pragma unroll
-            for (int db = 0; db < DB; db += 2) {
-                uint32_t r[4];
-                ldsm_t(r, sdOb + swz<D>(kq * 16 + L.xr, db + L.xc));
-                mma(dva[db], ap, r[0], r[1]);
-                mma(dva[db + 1], ap, r[2], r[3]);
-                ldsm_t(r, sQb + swz<D>(kq * 16 + L.xr, db + L.xc));
-                mma(dka[db], ads, r[0], r[1]);
-                mma(dka[db + 1], ads, r[2], r[3]);
-            }
+            acc_to_a(ap[kq], st[2 * kq], st[2 * kq + 1]);
+            acc_to_a(ads[kq], dpt[2 * kq], dpt[2 * kq + 1]);
         }
+        wg_fence();
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb) stage_acc<Br>(pdS, kw, nb, dpt[nb], 1.f, g, t);
+        for (int kq = 0; kq < Br / 16; ++kq)
+#pragma unroll
+            for (int n0 = 0; n0 < D; n0 += DN) {
+                wg_mma<DN>(cols<DN, D>(dva, n0), RegA{ap[kq]}, Smem<TQ, true>{sdOb, n0, kq * 16}, true);
+                wg_mma<DN>(cols<DN, D>(dka, n0), RegA{ads[kq]}, Smem<TQ, true>{sQb, n0, kq * 16}, true);
+            }
+        wg_commit();
+
+        // dS^T to shared memory (its bf16 A fragments are exactly the values to store).
+#pragma unroll
+        for (int kq = 0; kq < Br / 16; ++kq)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                *reinterpret_cast<uint32_t*>(pdS + TS::off(kw + g + (i & 1) * 8, 2 * kq + (i >> 1)) + t * 4) = ads[kq][i];
+        fence_smem_for_tensor_cores();
         __syncthreads();
 
-        // dQ share = dS K over the block's Bc keys: warp -> 16 queries x D / DSPLIT columns.
-        {
-            constexpr int MQ = Br / 16, DSPLIT = kBwdWarps / MQ, DW = DB / DSPLIT;
-            static_assert(kBwdWarps % MQ == 0, "warps must cover the query m-tiles evenly");
-            const int mq = warp % MQ, dh = (warp / MQ) * DW;
-            float dqa[DW][4] = {};
+        // dQ share = dS K over the block's 64 keys, Br queries x D in slices of DN columns. Lanes t
+        // and t^1 swap halves so that each holds 4 consecutive columns of one row (even t: row g,
+        // columns 8j + 2t..+3; odd t: row g + 8, columns 8j + 2(t-1)..+3): one vector atomic each.
+        const bool odd = t & 1;
+        const int row = q0 + kw + g + (odd ? 8 : 0);
+        float* const dst = dq_acc + ((size_t(b) * T + row) * Hq + h) * D + 2 * (t & ~1);
 #pragma unroll
-            for (int kk = 0; kk < Bc / 16; ++kk) {
-                uint32_t a[4];
-                ldsm_t(a, sdS + swz<Br>(kk * 16 + L.yr, 2 * mq + L.yc));
+        for (int n0 = 0; n0 < D; n0 += DN) {
+            float dqa[DN / 8][4];
+            wg_fence();
 #pragma unroll
-                for (int db = 0; db < DW; db += 2) {
-                    uint32_t r[4];
-                    ldsm_t(r, sK + swz<D>(kk * 16 + L.xr, dh + db + L.xc));
-                    mma(dqa[db], a, r[0], r[1]);
-                    mma(dqa[db + 1], a, r[2], r[3]);
-                }
-            }
+            for (int kk = 0; kk < Bc / 16; ++kk)
+                wg_mma<DN>(dqa, Smem<TS, true>{sdS, 0, kk * 16}, Smem<TK, true>{sK, n0, kk * 16}, kk > 0);
+            wg_commit();
+            wg_wait<0>();
+            pin(dqa);
 #pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int row = q0 + mq * 16 + g + hr * 8;
-                if (row >= T) continue;
-                float* dst = dq_acc + ((size_t(b) * T + row) * Hq + h) * D + dh * 8 + 2 * t;
-#pragma unroll
-                for (int db = 0; db < DW; ++db) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-                    atomicAdd(reinterpret_cast<float2*>(dst + db * 8),
-                              make_float2(dqa[db][2 * hr], dqa[db][2 * hr + 1]));
-#else
-                    atomicAdd(dst + db * 8, dqa[db][2 * hr]);
-                    atomicAdd(dst + db * 8 + 1, dqa[db][2 * hr + 1]);
-#endif
-                }
+            for (int j = 0; j < DN / 8; ++j) {
+                const float s0 = __shfl_xor_sync(0xffffffffu, odd ? dqa[j][0] : dqa[j][2], 1);
+                const float s1 = __shfl_xor_sync(0xffffffffu, odd ? dqa[j][1] : dqa[j][3], 1);
+                const float4 val =
+                    odd ? make_float4(s0, s1, dqa[j][2], dqa[j][3]) : make_float4(dqa[j][0], dqa[j][1], s0, s1);
+                if (row < T) add4(dst + n0 + j * 8, val);
             }
         }
-        // The other stage's stats were last read before this step's first barrier.
+        pin(dka);
+        pin(dva);
+        pin(ap);
+        pin(ads);
+        // The other stage's stats were last read in step it - 1.
         if (it + 1 < n_it && threadIdx.x < 2 * Br) stats[(buf ^ 1) * 2 * Br + threadIdx.x] = next_stat;
     }
 
-    __syncthreads();  // every warp is done with K (dQ) before the tiles are reused for staging
-#pragma unroll
-    for (int db = 0; db < DB; ++db) {
-        stage_acc<D>(pK, kw, db, dka[db], scale, g, t);
-        stage_acc<D>(pV, kw, db, dva[db], 1.f, g, t);
-    }
+    __syncthreads();  // every warp is done with K and V before the tiles are reused for staging
+    stage_acc<Bc, D>(pK, kw, dka, scale, g, t);
+    stage_acc<Bc, D>(pV, kw, dva, 1.f, g, t);
     __syncwarp();
     const size_t kv_off = (size_t(b) * T * Hkv + hk) * D;
-    store_rows<16, D>(dk + kv_off, ks, k0 + kw, T, pK, kw, lane);
-    store_rows<16, D>(dv + kv_off, ks, k0 + kw, T, pV, kw, lane);
+    store_rows<Bc, D, 16>(dk + kv_off, ks, k0 + kw, T, pK, kw, lane);
+    store_rows<Bc, D, 16>(dv + kv_off, ks, k0 + kw, T, pV, kw, lane);
 }
 
 // dq = bf16(dq_acc * scale), 8 elements a thread.
-__global__ void dq_convert_kernel(const float* __restrict__ dq_acc, bf16* __restrict__ dq, size_t n8,
-                                  float scale) {
+__global__ void dq_convert_kernel(const float* __restrict__ dq_acc, bf16* __restrict__ dq, size_t n8, float scale) {
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n8) return;
     const float4* src = reinterpret_cast<const float4*>(dq_acc) + 2 * i;
@@ -535,13 +705,14 @@ __global__ void dq_convert_kernel(const float* __restrict__ dq_acc, bf16* __rest
     reinterpret_cast<uint4*>(dq)[i] = o;
 }
 
-// ---- host side -------------------------------------------------------------------------------
+// ---- host side ---------------------------------------------------------------------------------
 
 void check_shape(const char* what, int B, int T, int Hq, int Hkv, int D) {
     if (B < 1 || T < 1 || Hq < 1 || Hkv < 1)
         fail("%s: B, T, Hq, Hkv must be >= 1 (got B=%d T=%d Hq=%d Hkv=%d)", what, B, T, Hq, Hkv);
     if (Hq % Hkv != 0) fail("%s: Hq=%d is not a multiple of Hkv=%d", what, Hq, Hkv);
-    if (D != 64) fail("%s: head dim D=%d is not supported (only 64)", what, D);
+    if (!flash_attention_supports_head_dim(D))
+        fail("%s: head dim D=%d is not supported (only 32, 64, 128)", what, D);
 }
 
 void check_aligned(const char* what, std::initializer_list<const void*> ptrs) {
@@ -549,58 +720,96 @@ void check_aligned(const char* what, std::initializer_list<const void*> ptrs) {
         if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("%s: a tensor is not 16-byte aligned", what);
 }
 
+// L2 size of the current device, read once.
+size_t l2_bytes() {
+    static const size_t bytes = [] {
+        int dev = 0, l2 = 0;
+        PG_CHECK(cudaGetDevice(&dev));
+        PG_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+        return size_t(l2);
+    }();
+    return bytes;
+}
+
 template <typename Kernel>
 void set_smem(Kernel kernel, int bytes) {
     PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
-}  // namespace
+// Calls f with std::integral_constant<int, D> for the run-time head dim D.
+template <typename F>
+void with_head_dim(int D, F&& f) {
+    switch (D) {
+        case 32: return f(std::integral_constant<int, 32>{});
+        case 64: return f(std::integral_constant<int, 64>{});
+        case 128: return f(std::integral_constant<int, 128>{});
+    }
+}
 
-void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse,
-                             int B, int T, int Hq, int Hkv, int D, cudaStream_t stream) {
-    check_shape("flash_attention_forward", B, T, Hq, Hkv, D);
-    check_aligned("flash_attention_forward", {q, k, v, out, lse});
-    constexpr int HD = 64;
-    const int smem = fwd_smem_bytes<HD>();
-    set_smem(fwd_kernel<HD>, smem);
+template <int D>
+void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int B, int T, int Hq,
+                    int Hkv, cudaStream_t stream) {
+    constexpr int smem = fwd_smem_bytes<D>();
+    set_smem(fwd_kernel<D>, smem);
     const dim3 grid(B * Hq, (T + kFwdBr - 1) / kFwdBr);
     const float scale_log2 = kLog2e / std::sqrt(float(D));
-    fwd_kernel<HD><<<grid, kFwdWarps * 32, smem, stream>>>(q, k, v, out, lse, T, Hq, Hkv, scale_log2);
+    fwd_kernel<D><<<grid, 128, smem, stream>>>(q, k, v, out, lse, T, Hq, Hkv, scale_log2);
     PG_CHECK_LAUNCH();
 }
 
-size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D) {
-    return size_t(B) * T * Hq * (size_t(D) + 1) * sizeof(float);
-}
-
-void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out,
-                              const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
-                              void* workspace, int B, int T, int Hq, int Hkv, int D,
-                              cudaStream_t stream) {
-    check_shape("flash_attention_backward", B, T, Hq, Hkv, D);
-    check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dq, dk, dv, workspace});
-    constexpr int HD = 64;
+template <int D>
+void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                     const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
+                     int Hkv, cudaStream_t stream) {
     const int rows = B * T * Hq;
     float* dq_acc = static_cast<float*>(workspace);
     float* delta = dq_acc + size_t(rows) * D;
     const float scale = 1.f / std::sqrt(float(D));
 
     const int prep_threads = 256;
-    const size_t prep_total = size_t(rows) * (HD / 8);
-    bwd_prep_kernel<HD><<<unsigned((prep_total + prep_threads - 1) / prep_threads), prep_threads, 0,
-                          stream>>>(out, dout, delta, dq_acc, rows, T, Hq);
+    const size_t prep_total = size_t(rows) * (D / 8);
+    bwd_prep_kernel<D><<<unsigned((prep_total + prep_threads - 1) / prep_threads), prep_threads, 0, stream>>>(
+        out, dout, delta, dq_acc, rows, T, Hq);
     PG_CHECK_LAUNCH();
 
-    const int smem = bwd_smem_bytes<HD>();
-    set_smem(bwd_kernel<HD>, smem);
-    const dim3 grid(B * Hkv, (T + kBwdBc - 1) / kBwdBc);
-    bwd_kernel<HD><<<grid, kBwdWarps * 32, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv,
-                                                          T, Hq, Hkv, scale * kLog2e, scale);
+    constexpr int smem = bwd_smem_bytes<D>();
+    set_smem(bwd_kernel<D>, smem);
+    // Chunks of (batch, KV head) groups whose fp32 dQ rows take a third of L2 (at least one group).
+    const size_t group_dq_bytes = size_t(Hq / Hkv) * T * D * sizeof(float);
+    const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / group_dq_bytes));
+    const unsigned blocks = unsigned((T + kBwdBc - 1) / kBwdBc) * unsigned(B * Hkv);
+    bwd_kernel<D><<<blocks, 128, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv, chunk,
+                                                 scale * kLog2e, scale);
     PG_CHECK_LAUNCH();
 
     const size_t n8 = size_t(rows) * D / 8;
     dq_convert_kernel<<<unsigned((n8 + 255) / 256), 256, 0, stream>>>(dq_acc, dq, n8, scale);
     PG_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool flash_attention_supports_head_dim(int D) { return D == 32 || D == 64 || D == 128; }
+
+void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, int B, int T,
+                             int Hq, int Hkv, int D, cudaStream_t stream) {
+    check_shape("flash_attention_forward", B, T, Hq, Hkv, D);
+    check_aligned("flash_attention_forward", {q, k, v, out, lse});
+    with_head_dim(D, [&](auto hd) { launch_forward<decltype(hd)::value>(q, k, v, out, lse, B, T, Hq, Hkv, stream); });
+}
+
+size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D) {
+    return size_t(B) * T * Hq * (size_t(D) + 1) * sizeof(float);
+}
+
+void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
+                              const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
+                              int Hkv, int D, cudaStream_t stream) {
+    check_shape("flash_attention_backward", B, T, Hq, Hkv, D);
+    check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dq, dk, dv, workspace});
+    with_head_dim(D, [&](auto hd) {
+        launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, stream);
+    });
 }
 
 }  // namespace pg

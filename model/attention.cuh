@@ -3,7 +3,8 @@
 // model/attention_ref.h:
 //   q, out, dout, dq: [B, T, Hq, D] bf16    k, v, dk, dv: [B, T, Hkv, D] bf16
 //   lse: [B, Hq, T] fp32, natural-log sum-exp of each query's scores (scale 1/sqrt(D))
-// Query head h reads KV head h / (Hq / Hkv). Supported: D = 64, Hq a multiple of Hkv, any T >= 1.
+// Query head h reads KV head h / (Hq / Hkv). Supported: D = 32, 64 or 128, Hq a multiple of Hkv,
+// any T >= 1.
 // Every pointer must be 16-byte aligned (cudaMalloc's are). Both calls only enqueue work on
 // `stream`; bad arguments end in pg::Error before anything is launched.
 #pragma once
@@ -15,6 +16,9 @@
 namespace pg {
 
 using bf16 = __nv_bfloat16;
+
+// Whether the kernels exist for head dim D (32, 64, 128).
+bool flash_attention_supports_head_dim(int D);
 
 // Writes out and lse (the backward needs both).
 void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse,

@@ -19,7 +19,8 @@ namespace pg {
 namespace {
 
 struct AttnBenchArgs {
-    int batch = 16, seq = 2048, heads = 8, kv_heads = 4, head_dim = 64;
+    int batch = 16, seq = 2048, heads = 8, kv_heads = 4;
+    std::vector<int> head_dims = {64, 32};
     int warmup = 5, reps = 30;
 };
 
@@ -50,11 +51,12 @@ std::vector<float> time_ms(F&& run, int warmup, int reps) {
     return ms;
 }
 
-void bench_attention(const AttnBenchArgs& a) {
-    const DeviceInfo dev = detect_device();
-    if (dev.cuda_devices == 0) fail("bench attention needs a CUDA GPU; none is visible");
-    std::printf("pgolf bench attention: device %s\n", dev.describe().c_str());
-    const int B = a.batch, T = a.seq, Hq = a.heads, Hkv = a.kv_heads, D = a.head_dim;
+struct AttnRate {
+    double fwd, bwd;  // TFLOP/s
+};
+
+AttnRate bench_attention_dim(const AttnBenchArgs& a, int D) {
+    const int B = a.batch, T = a.seq, Hq = a.heads, Hkv = a.kv_heads;
     const size_t nq = size_t(B) * T * Hq * D, nkv = size_t(B) * T * Hkv * D;
     bf16 *q, *k, *v, *out, *dout, *dq, *dk, *dv;
     float* lse;
@@ -80,18 +82,35 @@ void bench_attention(const AttnBenchArgs& a) {
     std::printf("shape B=%d T=%d Hq=%d Hkv=%d D=%d causal; FLOPs fwd 4*B*Hq*T*T*D/2 = %.2f GFLOP, bwd 2.5x = %.2f GFLOP\n",
                 B, T, Hq, Hkv, D, fwd_flops * 1e-9, bwd_flops * 1e-9);
     auto report = [&](const char* what, const std::vector<float>& ms, double flops) {
-        std::printf("%s: median %.4f ms (min %.4f, max %.4f, %d runs after %d warm-up) = %.1f TFLOP/s\n",
-                    what, med(ms), ms.front(), ms.back(), a.reps, a.warmup, flops / med(ms) * 1e-9);
+        std::printf("D=%d %s: median %.4f ms (min %.4f, max %.4f, %d runs after %d warm-up) = %.1f TFLOP/s\n",
+                    D, what, med(ms), ms.front(), ms.back(), a.reps, a.warmup, flops / med(ms) * 1e-9);
     };
     report("fwd", fwd, fwd_flops);
     report("bwd", bwd, bwd_flops);
-    std::string name = dev.name;
-    std::replace(name.begin(), name.end(), ' ', '_');
-    std::printf("RESULT attn_fwd_tflops=%.1f attn_bwd_tflops=%.1f device=%s\n",
-                fwd_flops / med(fwd) * 1e-9, bwd_flops / med(bwd) * 1e-9, name.c_str());
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)dout, (void*)dq, (void*)dk,
                     (void*)dv, (void*)lse, ws})
         PG_CHECK(cudaFree(p));
+    return {fwd_flops / med(fwd) * 1e-9, bwd_flops / med(bwd) * 1e-9};
+}
+
+// One line per head dim, then RESULT: attn_fwd_tflops / attn_bwd_tflops for the first head dim
+// (64 by default), attn_d<D>_fwd_tflops / ..._bwd_tflops for the others.
+void bench_attention(const AttnBenchArgs& a) {
+    const DeviceInfo dev = detect_device();
+    if (dev.cuda_devices == 0) fail("bench attention needs a CUDA GPU; none is visible");
+    std::printf("pgolf bench attention: device %s\n", dev.describe().c_str());
+    std::string result = "RESULT";
+    for (size_t i = 0; i < a.head_dims.size(); ++i) {
+        const int D = a.head_dims[i];
+        const AttnRate r = bench_attention_dim(a, D);
+        const std::string key = i == 0 ? "attn" : "attn_d" + std::to_string(D);
+        char buf[160];
+        std::snprintf(buf, sizeof buf, " %s_fwd_tflops=%.1f %s_bwd_tflops=%.1f", key.c_str(), r.fwd, key.c_str(), r.bwd);
+        result += buf;
+    }
+    std::string name = dev.name;
+    std::replace(name.begin(), name.end(), ' ', '_');
+    std::printf("%s device=%s\n", result.c_str(), name.c_str());
 }
 
 }  // namespace
@@ -105,7 +124,9 @@ void add_bench_commands(CLI::App& app) {
     attn->add_option("--seq", args.seq, "sequence length T")->capture_default_str();
     attn->add_option("--heads", args.heads, "query heads")->capture_default_str();
     attn->add_option("--kv-heads", args.kv_heads, "key/value heads")->capture_default_str();
-    attn->add_option("--head-dim", args.head_dim, "head dimension D")->capture_default_str();
+    attn->add_option("--head-dims", args.head_dims, "head dimensions D, one run each (32, 64, 128)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({32, 64, 128}));
     attn->add_option("--warmup", args.warmup, "untimed runs first")->capture_default_str();
     attn->add_option("--reps", args.reps, "timed runs (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
     attn->callback([] { bench_attention(args); });

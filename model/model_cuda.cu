@@ -56,8 +56,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     : cfg_(cfg), layout_(make_layout(cfg)), stream_(stream) {
     ix_ = index_params(layout_, cfg_.n_layers);
     if (max_rows < 1) fail("CudaModel: max_rows must be >= 1 (got %d)", max_rows);
-    if (cfg_.head_dim != 64)
-        fail("CudaModel: head_dim %d is not supported on the GPU (flash attention has head dim 64 only)",
+    if (!flash_attention_supports_head_dim(cfg_.head_dim))
+        fail("CudaModel: head_dim %d is not supported on the GPU (flash attention has head dims 32, 64, 128)",
              cfg_.head_dim);
     max_tokens_ = max_rows * cfg_.seq_len;
 

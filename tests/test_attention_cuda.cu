@@ -1,6 +1,7 @@
 // Flash attention (model/attention.cu) against the CPU oracle attention_ref<float> on fresh
-// random inputs, rounded to bf16 first so both sides see the same values. Outputs are poisoned
-// with NaN before each call, so an unwritten element fails the check.
+// random inputs, rounded to bf16 first so both sides see the same values, for every head dim
+// (32, 64, 128), odd sequence lengths and GQA ratios 1, 2 and 4. Outputs are poisoned with NaN
+// before each call, so an unwritten element fails the check.
 //
 // Tolerances, as ||gpu - ref|| / ||ref||: out, dq, dk, dv 1e-2 (bf16 outputs, and P / dS are
 // rounded to bf16 before their products, as in every bf16 flash attention); lse 1e-4 (fp32
@@ -23,7 +24,7 @@ using namespace pg;
 namespace {
 
 struct Shape {
-    int B, T, Hq, Hkv;
+    int B, T, Hq, Hkv, D;
     float q_scale;  // > 1 sharpens the softmax
 };
 
@@ -77,7 +78,7 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
 }
 
 void check_against_reference(const Shape& s, uint32_t seed) {
-    const int D = 64;
+    const int D = s.D;
     const size_t nq = size_t(s.B) * s.T * s.Hq * D, nkv = size_t(s.B) * s.T * s.Hkv * D;
     const size_t nl = size_t(s.B) * s.Hq * s.T;
     std::mt19937 rng(seed);
@@ -109,7 +110,7 @@ void check_against_reference(const Shape& s, uint32_t seed) {
     const double e_dq = rel_err(to_float(dq.get()), dq_ref);
     const double e_dk = rel_err(to_float(dk.get()), dk_ref);
     const double e_dv = rel_err(to_float(dv.get()), dv_ref);
-    MESSAGE("B=" << s.B << " T=" << s.T << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " q_scale="
+    MESSAGE("B=" << s.B << " T=" << s.T << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " D=" << D << " q_scale="
                  << s.q_scale << ": rel err out " << e_out << " lse " << e_lse << " dq " << e_dq
                  << " dk " << e_dk << " dv " << e_dv);
     CHECK(e_out < 1e-2);  // false for NaN too
@@ -124,19 +125,23 @@ void check_against_reference(const Shape& s, uint32_t seed) {
 TEST_CASE("flash attention cuda matches the CPU reference, forward and backward") {
     PG_REQUIRE_GPU();
     const Shape shapes[] = {
-        {1, 1, 8, 8, 1.f},    {2, 63, 4, 2, 1.f},    {3, 65, 8, 2, 1.f},   {2, 129, 4, 4, 1.f},
-        {4, 200, 8, 4, 1.f},  {1, 300, 8, 2, 3.f},   {1, 1024, 8, 4, 1.f}, {2, 257, 2, 1, 2.f},
+        {1, 1, 8, 8, 64, 1.f},   {2, 63, 4, 2, 64, 1.f},   {3, 65, 8, 2, 64, 1.f},    {2, 129, 4, 4, 64, 1.f},
+        {4, 200, 8, 4, 64, 1.f}, {1, 300, 8, 2, 64, 3.f},  {1, 1024, 8, 4, 64, 1.f},  {2, 257, 2, 1, 64, 2.f},
+        {1, 1, 4, 4, 32, 1.f},   {2, 77, 4, 2, 32, 1.f},   {1, 129, 4, 4, 32, 1.f},   {3, 200, 4, 2, 32, 3.f},
+        {1, 513, 8, 4, 32, 1.f}, {1, 1, 2, 2, 128, 1.f},   {2, 95, 4, 2, 128, 1.f},   {1, 191, 4, 4, 128, 2.f},
+        {1, 640, 8, 4, 128, 1.f},
     };
     for (const Shape& s : shapes) {
         const std::string name = "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
-                                 " Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv);
+                                 " Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv) +
+                                 " D=" + std::to_string(s.D);
         SUBCASE(name.c_str()) { check_against_reference(s, std::random_device{}()); }
     }
 }
 
 TEST_CASE("flash attention cuda forward is deterministic") {
     PG_REQUIRE_GPU();
-    const int B = 2, T = 333, Hq = 8, Hkv = 4, D = 64;
+    const int B = 2, T = 333, Hq = 8, Hkv = 4, D = 64;  // no atomics in the forward
     const size_t nq = size_t(B) * T * Hq * D, nkv = size_t(B) * T * Hkv * D;
     std::mt19937 rng(std::random_device{}());
     std::vector<float> f;
@@ -158,9 +163,12 @@ TEST_CASE("flash attention rejects unsupported shapes before launching") {
     CHECK_THROWS_AS(flash_attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 16, 6, 4,
                                             64, 0),
                     Error);
-    CHECK_THROWS_AS(flash_attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 16, 8, 4,
-                                            128, 0),
-                    Error);
+    for (int D : {16, 48, 96, 256}) {
+        CHECK_FALSE(flash_attention_supports_head_dim(D));
+        CHECK_THROWS_AS(flash_attention_forward(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 16, 8, 4, D, 0),
+                        Error);
+    }
+    for (int D : {32, 64, 128}) CHECK(flash_attention_supports_head_dim(D));
     CHECK_THROWS_AS(flash_attention_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                              nullptr, nullptr, nullptr, nullptr, 1, 0, 8, 4, 64, 0),
                     Error);
