@@ -214,28 +214,47 @@ TEST_CASE("train cuda: the GPU trainer validates and fake-quantizes like the CPU
 TEST_CASE("train cuda: a stopped and resumed GPU run follows the straight GPU run") {
     PG_REQUIRE_GPU();
     TmpDir d;
-    run_training(test::small_run(d / "straight", "cuda"));
-    Config first = test::small_run(d / "split", "cuda");
+    // GPU steps do not repeat bit for bit: fp32 atomics add the embedding gradients and the
+    // attention's dQ in varying order, and Newton-Schulz lifts the resulting 1e-6 differences in
+    // weak gradient directions to full-size updates (two straight runs measured 2e-3 apart in
+    // gnorm at step 3, 3e-2 at step 8). So the resumed run is judged against the spread of two
+    // straight runs: at most 10x that, plus a floor at rounding level. The exact checks of resume
+    // are the CPU driver test (tests/test_train.cpp, bit for bit) and the GPU state round trip
+    // above; this one shows the GPU path resumes within its own run-to-run noise. Learning rates
+    // at a tenth keep that noise small.
+    const auto run = [&](const std::string& out) {
+        Config c = test::small_run(d / out, "cuda");
+        c.train.matrix_lr *= 0.1f;
+        c.train.embed_lr *= 0.1f;
+        c.train.scalar_lr *= 0.1f;
+        return c;
+    };
+    run_training(run("straight"));
+    run_training(run("again"));
+    Config first = run("split");
     first.train.stop_after = 3;
     run_training(first);
-    Config second = test::small_run(d / "split", "cuda");
+    Config second = run("split");
     second.train.resume = true;
     run_training(second);
 
-    // Fixed-order reductions everywhere but the embedding gradients' fp32 atomics, whose order
-    // varies from run to run: equal to rounding, with 100x room over bf16-level noise.
-    const auto a = test::parse_steps(d / "straight/train.log"), b = test::parse_steps(d / "split/train.log");
+    const auto a = test::parse_steps(d / "straight/train.log"), b = test::parse_steps(d / "split/train.log"),
+               c = test::parse_steps(d / "again/train.log");
     REQUIRE(a.size() == 8);
     REQUIRE(b.size() == 8);
-    const LineDiff diff = compare_lines(a, b, 0, 8);
-    const std::vector<float> pa = params_of(d / "straight/checkpoint.bin"), pb = params_of(d / "split/checkpoint.bin");
-    const double perr = rel_l2(pb, pa);
-    CHECK(diff.loss < 1e-3);
-    CHECK(diff.gnorm < 1e-3);
-    CHECK(perr < 1e-3);
+    REQUIRE(c.size() == 8);
+    const LineDiff diff = compare_lines(a, b, 0, 8), spread = compare_lines(a, c, 0, 8);
+    const std::vector<float> pa = params_of(d / "straight/checkpoint.bin"), pb = params_of(d / "split/checkpoint.bin"),
+                             pc = params_of(d / "again/checkpoint.bin");
+    const double perr = rel_l2(pb, pa), pspread = rel_l2(pc, pa);
     MESSAGE("gpu resume vs straight: max |loss diff| " << diff.loss << ", max gnorm rel diff " << diff.gnorm
                                                        << ", params rel L2 " << perr
-                                                       << (same_bits(pa, pb) ? " (bit for bit)" : " (not bitwise)"));
+                                                       << (same_bits(pa, pb) ? " (bit for bit)" : " (not bitwise)")
+                                                       << "; two straight runs: " << spread.loss << ", "
+                                                       << spread.gnorm << ", " << pspread);
+    CHECK(diff.loss <= 10 * spread.loss + 1e-5);
+    CHECK(diff.gnorm <= 10 * spread.gnorm + 1e-4);
+    CHECK(perr <= 10 * pspread + 1e-5);
 }
 
 TEST_CASE("train cuda: a checkpoint written on one device resumes on the other") {
