@@ -91,11 +91,13 @@ double rel_l2(const std::vector<double>& a, const std::vector<double>& ref) {
 
 // Measured on an H100 (MESSAGE lines of each run; docs/benchmarks/eval.md). The GPU model
 // computes in bf16 where the reference uses fp32 (model/model_cuda.cuh): per-token losses
-// differ by about 1e-3 relative, mostly averaging out in a mean.
+// differ by about 1e-3 relative, mostly averaging out in a mean. First H100 run: bpb 1.2e-4,
+// chunk 2.3e-4, weight change 1.7e-2 (worst matrix), Hessian 7.9e-3, run-to-run 9.5e-6.
 constexpr double kBpbTol = 1e-3;        // relative, val_bpb over a split
 constexpr double kChunkTol = 3e-3;      // relative, a TTT chunk's mean loss after adapting steps
 constexpr double kUpdateTol = 5e-2;     // relative L2, a weight tensor's change over TTT steps
 constexpr double kHessianTol = 2e-2;    // relative Frobenius, a Hessian from bf16 inputs
+constexpr double kRunNoise = 1e-4;      // relative, a TTT chunk's score from run to run on the GPU
 
 }  // namespace
 
@@ -268,14 +270,15 @@ TEST_CASE("ttt cuda: per-chunk scores follow RefTttModel; poisoning later tokens
     }
 
     // Legality. The GPU training is not bit-reproducible (the attention backward adds dq with
-    // atomics), so two runs differ slightly; poisoned tokens must not move the scores of the
-    // chunks before them by more than that noise, and must move their own chunk a lot.
+    // atomics), so two runs differ slightly (up to 1e-5 measured on an H100); poisoned tokens
+    // must not move the scores of the chunks before them by more than that noise, and must
+    // move their own chunk a lot (by 100x the bound, at least).
     const TttResult again = run(true, tokens, 3);
     double noise = 0;
     for (size_t k = 0; k < 4; ++k)
         noise = std::max(noise, rel_diff(again.chunks[k].score.loss_nats, gpu.chunks[k].score.loss_nats));
     MESSAGE("run-to-run relative difference of chunk scores on the GPU: " << noise);
-    CHECK(noise < 1e-5);
+    CHECK(noise < kRunNoise);
     for (size_t k = 0; k + 1 < gpu.chunks.size(); ++k) {
         CAPTURE(k);
         const long end = gpu.chunks[k].first_target + gpu.chunks[k].targets;
@@ -283,8 +286,8 @@ TEST_CASE("ttt cuda: per-chunk scores follow RefTttModel; poisoning later tokens
         std::fill(poisoned.begin() + end + 1, poisoned.end(), uint16_t(0));
         const TttResult p = run(true, poisoned, 3);
         CHECK(p.chunks[0].score.loss_nats == gpu.chunks[0].score.loss_nats);
-        for (size_t j = 1; j <= k; ++j) CHECK(rel_diff(p.chunks[j].score.loss_nats, gpu.chunks[j].score.loss_nats) < 1e-5);
-        CHECK(rel_diff(p.chunks[k + 1].score.loss_nats, gpu.chunks[k + 1].score.loss_nats) > 1e-2);
+        for (size_t j = 1; j <= k; ++j) CHECK(rel_diff(p.chunks[j].score.loss_nats, gpu.chunks[j].score.loss_nats) < kRunNoise);
+        CHECK(rel_diff(p.chunks[k + 1].score.loss_nats, gpu.chunks[k + 1].score.loss_nats) > 100 * kRunNoise);
     }
 }
 
@@ -356,7 +359,7 @@ TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree acro
     INFO(out);
     CHECK(out.find("on 1 x ") != std::string::npos);  // calibrated on the GPU
     const std::string base = "eval --artifact " + (d / "a.art") + " --stride 16 --max-tokens 3000 ";
-    for (const char* mode : {"", "--ttt --ttt-chunk 1024 --ttt-batch-seqs 4"}) {
+    for (const std::string mode : {"", "--ttt --ttt-chunk 1024 --ttt-batch-seqs 4"}) {
         CAPTURE(mode);
         REQUIRE(pgolf(base + mode + " --device cpu", out) == 0);
         const double cpu = result_value(out, "val_bpb");
