@@ -8,6 +8,14 @@
 
 namespace pg {
 
+void check_ranks(int rank, int world) {
+    if (world < 1 || rank < 0 || rank >= world) fail("eval: rank %d of %d ranks is out of range", rank, world);
+}
+
+std::pair<long, long> rank_share(long n, int rank, int world) {
+    return {n * rank / world, n * (rank + 1) / world};
+}
+
 std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt) {
     if (opt.seq_len < 1 || opt.stride < 1 || opt.stride > opt.seq_len)
         fail("eval: need 1 <= stride (%d) <= seq_len (%d)", opt.stride, opt.seq_len);
@@ -28,11 +36,13 @@ std::vector<Window> make_windows(long n_tokens, const EvalOptions& opt) {
 
 void score_windows(const ScoreFn& score, const std::vector<uint16_t>& tokens, const std::vector<Window>& windows,
                    const EvalOptions& opt, long target_end, const LossFn& on_loss) {
+    check_ranks(opt.rank, opt.world);
     const int L = opt.seq_len;
+    const auto [first, last] = rank_share(long(windows.size()), opt.rank, opt.world);
     std::vector<int32_t> in, tg;
     std::vector<float> nll;
-    for (size_t w0 = 0; w0 < windows.size(); w0 += opt.batch_seqs) {
-        const int rows = int(std::min<size_t>(opt.batch_seqs, windows.size() - w0));
+    for (long w0 = first; w0 < last; w0 += opt.batch_seqs) {
+        const int rows = int(std::min<long>(opt.batch_seqs, last - w0));
         in.resize(size_t(rows) * L);
         tg.resize(size_t(rows) * L);
         nll.assign(size_t(rows) * L, 0.f);

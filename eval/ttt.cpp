@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "model/optim.h"
 
 namespace pg {
 
@@ -17,35 +18,37 @@ void check_ttt_options(const TttOptions& o) {
     if (!(o.momentum >= 0 && o.momentum < 1)) fail("eval: --ttt-momentum %g must be in [0, 1)", double(o.momentum));
     if (!(o.clip >= 0) || !std::isfinite(o.clip)) fail("eval: --ttt-clip %g must be finite and >= 0", double(o.clip));
     if (o.batch_seqs < 1) fail("eval: --ttt-batch-seqs %d must be at least 1", o.batch_seqs);
+    check_ranks(o.eval.rank, o.eval.world);
 }
 
 void RefTttModel::score(const int32_t* inputs, const int32_t* targets, int rows, int seq, float* nll) {
     model_.forward(inputs, targets, rows, seq, recur_, nll);
 }
 
-float RefTttModel::train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, float lr,
-                              float momentum, float clip) {
+void sgd_momentum_step(float* w, float* v, const float* g, size_t n, float lr, float momentum, float clip) {
+    const float scale = clip_scale(float(std::sqrt(sum_squares(g, n))), clip);
+    for (size_t i = 0; i < n; ++i) {
+        v[i] = momentum * v[i] + scale * g[i];
+        w[i] -= lr * v[i];
+    }
+}
+
+float RefTttModel::train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, int total_rows,
+                              float lr, float momentum, float clip) {
+    if (rows != total_rows) fail("eval: the CPU reference TTT runs in one process (%d of %d rows)", rows, total_rows);
     model_.zero_grad();
     const float loss = model_.forward(inputs, targets, rows, seq, recur_);
     model_.backward();
-    std::vector<float>& p = model_.params;
-    const std::vector<float>& g = model_.grads;
-    double ss = 0;
-    for (float x : g) ss += double(x) * x;
-    const double norm = std::sqrt(ss);
-    const float scale = clip > 0 && norm > clip ? float(clip / norm) : 1.f;
-    if (velocity_.size() != p.size()) velocity_.assign(p.size(), 0.f);
-    for (size_t i = 0; i < p.size(); ++i) {
-        velocity_[i] = momentum * velocity_[i] + scale * g[i];
-        p[i] -= lr * velocity_[i];
-    }
+    if (velocity_.size() != model_.params.size()) velocity_.assign(model_.params.size(), 0.f);
+    sgd_momentum_step(model_.params.data(), velocity_.data(), model_.grads.data(), model_.params.size(), lr,
+                      momentum, clip);
     return loss;
 }
 
 namespace {
 
 // `epochs` passes over the whole seq_len sequences of targets [c0, c1); returns the mean
-// loss of the last pass.
+// loss of this rank's rows in the last pass.
 float train_chunk(TttModel& model, const std::vector<uint16_t>& tokens, long c0, long c1, const TttOptions& opt,
                   float lr, int& steps) {
     const int L = opt.eval.seq_len;
@@ -56,16 +59,18 @@ float train_chunk(TttModel& model, const std::vector<uint16_t>& tokens, long c0,
     for (int e = 0; e < opt.epochs; ++e) {
         last_sum = 0, last_steps = 0;
         for (int s0 = 0; s0 < n_seqs; s0 += opt.batch_seqs) {
-            const int rows = std::min(opt.batch_seqs, n_seqs - s0);
+            const int total = std::min(opt.batch_seqs, n_seqs - s0);
+            const auto [r0, r1] = rank_share(total, opt.eval.rank, opt.eval.world);
+            const int rows = int(r1 - r0);
             in.resize(size_t(rows) * L);
             tg.resize(size_t(rows) * L);
             for (int r = 0; r < rows; ++r)
                 for (int t = 0; t < L; ++t) {
-                    const long j = c0 + long(s0 + r) * L + t;  // target j is token j + 1
+                    const long j = c0 + long(s0 + r0 + r) * L + t;  // target j is token j + 1
                     in[size_t(r) * L + t] = tokens[j];
                     tg[size_t(r) * L + t] = tokens[j + 1];
                 }
-            const float loss = model.train_step(in.data(), tg.data(), rows, L, lr, opt.momentum, opt.clip);
+            const float loss = model.train_step(in.data(), tg.data(), rows, L, total, lr, opt.momentum, opt.clip);
             if (!std::isfinite(loss)) fail("eval: TTT loss is %g at targets [%ld, %ld): lower --ttt-lr", double(loss), c0, c1);
             last_sum += loss;
             ++last_steps, ++steps;

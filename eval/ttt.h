@@ -13,9 +13,14 @@
 // A target is thus never trained on before it is scored, and nothing is rescored. The
 // weights start from those loaded (the dequantized artifact or the checkpoint); the
 // momentum buffer starts at zero and carries across chunks, as one optimizer would.
+//
+// Several GPUs (opt.eval.rank / world): each rank scores its share of each chunk's windows
+// and holds its share of each training step's sequences (the model sums the gradients);
+// every rank sees every chunk, so all keep the same weights.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "eval/bpb.h"
@@ -41,20 +46,27 @@ struct TttModel {
     virtual ~TttModel() = default;
     // nll[rows * seq]: natural-log loss of each target of inputs/targets [rows, seq].
     virtual void score(const int32_t* inputs, const int32_t* targets, int rows, int seq, float* nll) = 0;
-    // One step on the mean loss of [rows, seq]: g = grad, scaled by clip / |g| when |g| >
-    // clip > 0 (norm over all parameters); v = momentum v + g; w -= lr v. Returns the
-    // mean loss before the step.
-    virtual float train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, float lr,
-                             float momentum, float clip) = 0;
+    // One step on the mean loss of a batch of total_rows sequences of which this rank holds
+    // inputs/targets [rows, seq] (rows == total_rows in one process; rows may be 0 on a rank
+    // when total_rows < world): g = d(mean loss)/d(params), summed over the ranks; then
+    // sgd_momentum_step() below. Returns the mean loss of this rank's rows before the step
+    // (0 without rows).
+    virtual float train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, int total_rows,
+                             float lr, float momentum, float clip) = 0;
 };
 
-// TTT on the CPU reference model; adapts model.params in place.
+// The TTT update on flat arrays, the oracle of the GPU kernels (eval/ttt_cuda.cuh):
+// g scaled by clip_scale(|g|, clip) (model/optim.h; |g| over all n values, summed in
+// double by sum_squares); v = momentum v + g; w -= lr v.
+void sgd_momentum_step(float* w, float* v, const float* g, size_t n, float lr, float momentum, float clip);
+
+// TTT on the CPU reference model, in one process; adapts model.params in place.
 class RefTttModel : public TttModel {
    public:
     RefTttModel(RefModel<float>& model, bool recur_active) : model_(model), recur_(recur_active) {}
     void score(const int32_t* inputs, const int32_t* targets, int rows, int seq, float* nll) override;
-    float train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, float lr, float momentum,
-                     float clip) override;
+    float train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, int total_rows, float lr,
+                     float momentum, float clip) override;
 
    private:
     RefModel<float>& model_;
@@ -62,17 +74,22 @@ class RefTttModel : public TttModel {
     std::vector<float> velocity_;
 };
 
+// TTT on the GPU (eval/ttt_cuda.cuh): a CudaTttModel loaded with params (flat,
+// make_layout(cfg) order) with room for max_tokens tokens a forward pass.
+std::unique_ptr<TttModel> make_cuda_ttt_model(const ModelConfig& cfg, const std::vector<float>& params,
+                                              long max_tokens, bool recur_active);
+
 struct TttChunk {
     long first_target = 0, targets = 0;  // targets [first_target, first_target + targets)
-    BpbAccumulator score;                // of this chunk's targets, before training on them
+    BpbAccumulator score;                // of this rank's targets of the chunk, before training on them
     float lr = 0;                        // lr_c; 0 for the last chunk, which is not trained on
     int steps = 0;
-    float train_loss = 0;                // mean loss of the steps of the last epoch
+    float train_loss = 0;                // mean loss of this rank's rows in the last epoch
     double score_seconds = 0, train_seconds = 0;
 };
 
 struct TttResult {
-    BpbAccumulator total;  // summed target by target in evaluate()'s order
+    BpbAccumulator total;  // this rank's targets, summed in evaluate()'s order
     std::vector<TttChunk> chunks;
 };
 

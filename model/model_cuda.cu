@@ -180,6 +180,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
         const int bd = cfg_.bigram_dim;
         bigram_hash(buckets_, inputs_, B, Tn, cfg_.bigram_buckets, stream_);
         embedding_forward(big_e_, buckets_, P(ix_.bigram_emb), N, bd, stream_);
+        observe(ix_.bigram_proj, big_e_, bd);
         linear_forward(gemm_, big_p_, big_e_, W(ix_.bigram_proj), N, bd, D, stream_);
         add_scaled_forward(x_emb_, x_emb_, big_p_, P(ix_.bigram_scale), N, D, 0, stream_);
     }
@@ -213,6 +214,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
     }
 
     rmsnorm_forward(xf_, rstd_f_, slots_[S - 1].x_out, N, D, 1.f, stream_);
+    observe(ix_.tok_emb, xf_, D);
     for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), nullptr, 0.f);
 }
 
@@ -229,6 +231,7 @@ void CudaModel::block_forward(int i) {
     rmsnorm_forward(A.h, A.rstd1, A.x_in, N, D, s, st);
 
     // Attention. The q/k kernel does QK norm, partial RoPE and q_gain in one pass.
+    for (int w : {L.wq, L.wk, L.wv}) observe(w, A.h, D);
     linear_forward(gemm_, A.q_raw, A.h, W(L.wq), N, D, QD, st);
     linear_forward(gemm_, A.k_raw, A.h, W(L.wk), N, D, KVD, st);
     linear_forward(gemm_, A.v_raw, A.h, W(L.wv), N, D, KVD, st);
@@ -247,6 +250,7 @@ void CudaModel::block_forward(int i) {
         xsa_forward(A.y_xsa, A.y, E.v, N, H, Hkv, hd, st);
         y = A.y_xsa;
     }
+    observe(L.wo, y, QD);
     linear_forward(gemm_, A.a, y, W(L.wo), N, QD, D, st);
     add_scaled_forward(A.x_mid, A.x_in, A.a, P(L.attn_scale), N, D, 1, st);
 
@@ -256,9 +260,11 @@ void CudaModel::block_forward(int i) {
         rmsnorm_forward(A.u, A.rstd2, A.x_mid, N, D, s, st);
         u = A.u;
     }
+    observe(L.fc, u, D);
     linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
     if (cfg_.swiglu) swiglu_forward(A.act, A.f, N, hidden, st);
     else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
+    observe(L.proj, A.act, hidden);
     linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
     add_scaled_forward(A.x_out, A.x_mid, A.m, P(L.mlp_scale), N, D, 1, st);
 }

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/config.h"
@@ -58,6 +59,12 @@ public:
     // grads += loss_scale * d(mean loss of the last forward)/d(params).
     void backward(float loss_scale = 1.f);
 
+    // GPTQ calibration, as RefModel::on_linear_input: forward() calls it with the bf16 input
+    // x [rows, cols] (device memory) of every linear map, param its index in layout() (tok_emb
+    // for the tied head), when x is ready on stream(); the observer enqueues its work there.
+    using InputObserver = std::function<void(int param, const bf16* x, int rows, int cols)>;
+    void set_input_observer(InputObserver f) { observer_ = std::move(f); }
+
     // Bytes of every buffer sized by max_rows (activations, backward scratch, head chunk,
     // attention workspace); parameters, gradients and their bf16 copy not included.
     size_t activation_bytes() const { return arena_.size(); }
@@ -83,6 +90,9 @@ private:
     float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
     bool parallel(int l) const { return l >= cfg_.parallel_from; }
     bool xsa(int l) const { return l >= cfg_.n_layers - cfg_.xsa_last; }
+    void observe(int param, const bf16* x, int cols) const {
+        if (observer_) observer_(param, x, N_, cols);
+    }
 
     void block_forward(int i);
     void block_backward(int i, const float* dx_out, float* dx);
@@ -96,6 +106,7 @@ private:
     Gemm gemm_;
     ParamIndex ix_;  // where each named parameter sits in layout_
     int head_rows_ = 0;  // rows of one head chunk
+    InputObserver observer_;
 
     DeviceArray<float> params_, grads_;
     DeviceArray<bf16> params_bf16_;

@@ -17,4 +17,11 @@ namespace pg {
 std::map<std::string, std::vector<double>> collect_hessians(RefModel<float>& model, TokenStream& stream, int seqs,
                                                             int batch, bool recur_active);
 
+// The same on the GPU (quant/calibrate_cuda.cu), for a CudaModel (head_dim 64) loaded with
+// params: the same sequences and keys; X is the model's bf16 input of each matrix and
+// H += X^T X runs on cuBLASLt with fp32 accumulation, handed out in double.
+std::map<std::string, std::vector<double>> collect_hessians_cuda(const ModelConfig& cfg, const std::vector<float>& params,
+                                                                 TokenStream& stream, int seqs, int batch,
+                                                                 bool recur_active);
+
 }  // namespace pg

@@ -8,6 +8,7 @@
 #include "common/clock.h"
 #include "common/cli.h"
 #include "common/io.h"
+#include "eval/device_pick.h"
 #include "quant/budget.h"
 #include "quant/calibrate.h"
 #include "quant/export.h"
@@ -33,7 +34,8 @@ static void add_size_command(CLI::App& app) {
 }
 
 struct PackOpts {
-    std::string checkpoint, out, weights = "ema", code;
+    std::string checkpoint, out, weights = "ema", code, device = "auto";
+    int calib_batch = 8;  // calibration sequences a forward pass
     QuantConfig quant;  // flags given here override the checkpoint's recipe
 };
 
@@ -49,12 +51,19 @@ static void run_pack(const CLI::App& sub, PackOpts& o) {
 
     std::map<std::string, std::vector<double>> hess;
     if (q.calib_seqs > 0) {
-        RefModel<float> model(m);
-        model.params = w.params;
+        if (o.calib_batch < 1) fail("pack: --calib-batch %d must be at least 1", o.calib_batch);
+        const ComputeDevice dev = pick_device(o.device, m);
+        const auto t1 = std::chrono::steady_clock::now();
         TokenStream stream(w.config.train.data_dir, w.config.train.train_pattern, m.vocab_size);
-        hess = collect_hessians(model, stream, q.calib_seqs, 8, eval_recur(m));
-        std::printf("GPTQ: Hessians of %zu matrices from %d training sequences of %d\n", hess.size(), q.calib_seqs,
-                    m.seq_len);
+        if (dev.cuda) {
+            hess = collect_hessians_cuda(m, w.params, stream, q.calib_seqs, o.calib_batch, eval_recur(m));
+        } else {
+            RefModel<float> model(m);
+            model.params = w.params;
+            hess = collect_hessians(model, stream, q.calib_seqs, o.calib_batch, eval_recur(m));
+        }
+        std::printf("GPTQ: Hessians of %zu matrices from %d training sequences of %d in %.1f s on %s\n", hess.size(),
+                    q.calib_seqs, m.seq_len, seconds_since(t1), dev.describe.c_str());
     }
     HessianMap hm;
     for (const auto& [name, h] : hess) hm[name] = &h;
@@ -89,6 +98,8 @@ static void add_pack_command(CLI::App& app) {
     sub->add_option("-o,--out", o->out, "artifact to write")->required();
     sub->add_option("--weights", o->weights, "ema | swa | raw")->capture_default_str();
     sub->add_option("--code", o->code, "compressed code archive (default: code.tar.xz next to the binary)");
+    sub->add_option("--device", o->device, "GPTQ calibration on: auto | cpu | cuda")->capture_default_str();
+    sub->add_option("--calib-batch", o->calib_batch, "calibration sequences a forward pass")->capture_default_str();
     add_flags(*sub, fields(o->quant));
     sub->callback([sub, o] { run_pack(*sub, *o); });
 }

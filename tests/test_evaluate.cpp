@@ -90,3 +90,39 @@ TEST_CASE("eval rejects a split shorter than a window and non-finite losses") {
     };
     CHECK_THROWS_AS(evaluate(nan_score, tok, toy_tables(4), o), Error);
 }
+
+TEST_CASE("eval split over ranks: each rank scores its share, the merged sums equal one rank's") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 rng(seed);
+    const int vocab = 50;
+    const ByteTables bt = toy_tables(vocab);
+    for (int trial = 0; trial < 20; ++trial) {
+        EvalOptions o;
+        o.seq_len = 1 + int(rng() % 40);
+        o.stride = 1 + int(rng() % o.seq_len);
+        o.batch_seqs = 1 + int(rng() % 5);
+        const int world = 1 + int(rng() % 7);
+        std::vector<uint16_t> tok(o.seq_len + 1 + rng() % 400);
+        for (auto& t : tok) t = uint16_t(rng() % vocab);
+        CAPTURE(trial);
+        CAPTURE(world);
+        const BpbAccumulator one = evaluate(toy_score, tok, bt, o);
+        BpbAccumulator merged;
+        std::vector<int> hits(tok.size() - 1, 0);
+        for (int r = 0; r < world; ++r) {
+            o.rank = r, o.world = world;
+            merged.merge(evaluate(toy_score, tok, bt, o));
+            score_windows(toy_score, tok, make_windows(long(tok.size()), o), o, long(tok.size()),
+                          [&](long j, float) { hits[j]++; });
+        }
+        for (int h : hits) REQUIRE(h == 1);
+        CHECK(merged.tokens == one.tokens);
+        CHECK(merged.bytes == one.bytes);
+        CHECK(merged.loss_nats == doctest::Approx(one.loss_nats).epsilon(1e-12));
+    }
+    EvalOptions bad;
+    bad.seq_len = 4;
+    bad.rank = 2, bad.world = 2;
+    CHECK_THROWS_AS(evaluate(toy_score, std::vector<uint16_t>(20, 1), bt, bad), Error);
+}

@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 
+#include "common/check.h"
 #include "common/checkpoint.h"
 #include "common/config.h"
 #include "eval/ttt.h"
@@ -83,7 +84,7 @@ struct TracingModel : TttModel {
     void score(const int32_t*, const int32_t*, int rows, int seq, float* nll) override {
         for (int i = 0; i < rows * seq; ++i) nll[i] = 1.f + float(steps) / 1000.f;
     }
-    float train_step(const int32_t*, const int32_t* tg, int rows, int seq, float, float, float) override {
+    float train_step(const int32_t*, const int32_t* tg, int rows, int seq, int, float, float, float) override {
         for (int i = 0; i < rows * seq; ++i) {
             const long j = tg[i] - 1;
             REQUIRE(scored[j]);  // never trained on before it is scored
@@ -245,6 +246,82 @@ TEST_CASE("ttt with 0 epochs or lr 0 equals plain sliding evaluation exactly") {
     }
 }
 
+TEST_CASE("ttt over ranks: every target scored once by one rank, every step's rows split, same steps on all") {
+    const unsigned seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937 g(seed);
+    // Records which targets a rank scores and, step by step, which rows it trains on.
+    struct RankModel : TttModel {
+        std::vector<std::vector<int32_t>> steps;  // targets of this rank's rows, per step
+        std::vector<int> totals;
+        void score(const int32_t*, const int32_t*, int rows, int seq, float* nll) override {
+            std::fill(nll, nll + size_t(rows) * seq, 1.f);
+        }
+        float train_step(const int32_t*, const int32_t* tg, int rows, int seq, int total, float, float,
+                         float) override {
+            steps.emplace_back(tg, tg + size_t(rows) * seq);
+            totals.push_back(total);
+            return 1.f;
+        }
+    };
+    for (int trial = 0; trial < 20; ++trial) {
+        TttOptions o;
+        o.eval.seq_len = 1 + int(g() % 30);
+        o.eval.stride = 1 + int(g() % o.eval.seq_len);
+        o.eval.batch_seqs = 1 + int(g() % 4);
+        o.chunk_tokens = o.eval.seq_len * (1 + long(g() % 8)) + long(g() % 20);
+        o.epochs = 1 + int(g() % 2);
+        o.batch_seqs = 1 + int(g() % 5);
+        const int world = 2 + int(g() % 4);
+        const long n = o.eval.seq_len + 2 + long(g() % 1500);
+        INFO("trial " << trial << ": world " << world << ", seq " << o.eval.seq_len << " stride " << o.eval.stride
+                      << " chunk " << o.chunk_tokens << " ttt batch " << o.batch_seqs << " tokens " << n);
+        std::vector<uint16_t> tokens(n);
+        for (long i = 0; i < n; ++i) tokens[i] = uint16_t(i);
+        const ByteTables bt = toy_tables(int(n));
+        std::vector<int> hits(n - 1, 0);
+        RankModel single;
+        evaluate_ttt(single, tokens, bt, o);
+        std::vector<RankModel> ranks(world);
+        long scored = 0;
+        for (int r = 0; r < world; ++r) {
+            TttOptions ro = o;
+            ro.eval.rank = r, ro.eval.world = world;
+            scored += evaluate_ttt(ranks[r], tokens, bt, ro, nullptr, [&](long j, float) { hits[j]++; }).total.tokens;
+        }
+        CHECK(scored == n - 1);
+        for (long j = 0; j < n - 1; ++j) REQUIRE(hits[j] == 1);
+        for (int r = 0; r < world; ++r) REQUIRE(ranks[r].steps.size() == single.steps.size());
+        for (size_t s = 0; s < single.steps.size(); ++s) {
+            std::vector<int32_t> joined;
+            for (int r = 0; r < world; ++r) {
+                joined.insert(joined.end(), ranks[r].steps[s].begin(), ranks[r].steps[s].end());
+                CHECK(ranks[r].totals[s] == single.totals[s]);
+            }
+            REQUIRE(joined == single.steps[s]);
+        }
+    }
+}
+
+TEST_CASE("ttt update: sgd_momentum_step against hand-computed values; the CPU model refuses a split step") {
+    // g = (3, 4): |g| = 5 > clip 1, scale 0.2; v = 0.5 v + 0.2 g; w -= 0.1 v.
+    std::vector<float> w = {1.f, -1.f}, v = {2.f, 0.f}, g = {3.f, 4.f};
+    sgd_momentum_step(w.data(), v.data(), g.data(), 2, 0.1f, 0.5f, 1.f);
+    CHECK(v[0] == doctest::Approx(1.6f));
+    CHECK(v[1] == doctest::Approx(0.8f));
+    CHECK(w[0] == doctest::Approx(0.84f));
+    CHECK(w[1] == doctest::Approx(-1.08f));
+    sgd_momentum_step(w.data(), v.data(), g.data(), 2, 0.1f, 0.5f, 10.f);  // under the clip: g as is
+    CHECK(v[0] == doctest::Approx(3.8f));
+    CHECK(w[1] == doctest::Approx(-1.08f - 0.44f));
+
+    const ModelConfig c = tiny_model(64);
+    RefModel<float> m(c);
+    RefTttModel tm(m, true);
+    std::vector<int32_t> t(32, 1);
+    CHECK_THROWS_AS(tm.train_step(t.data(), t.data(), 1, 32, 2, 0.1f, 0.9f, 1.f), Error);
+}
+
 namespace {
 
 int pgolf(const std::string& args, std::string& out) {
@@ -298,7 +375,8 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
     CHECK(result_line(out) != plain + " ttt=1");
 
     for (const char* bad : {"--ttt --ttt-chunk 16", "--ttt --ttt-epochs -1", "--ttt --ttt-momentum 1",
-                            "--ttt --ttt-batch-seqs 0", "--ttt-lr 0.1"}) {
+                            "--ttt --ttt-batch-seqs 0", "--ttt-lr 0.1", "--device bogus",
+                            "--device cuda"}) {  // no GPU here, or one that needs head_dim 64
         CAPTURE(bad);
         CHECK(pgolf(base + bad, out) != 0);
         CHECK(out.rfind("pgolf: error: ", 0) == 0);

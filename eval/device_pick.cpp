@@ -1,0 +1,19 @@
+#include "eval/device_pick.h"
+
+#include "common/check.h"
+#include "common/device.h"
+
+namespace pg {
+
+ComputeDevice pick_device(const std::string& flag, const ModelConfig& m) {
+    if (flag != "auto" && flag != "cpu" && flag != "cuda") fail("--device %s: use auto, cpu or cuda", flag.c_str());
+    const DeviceInfo dev = detect_device();
+    if (!use_cuda(flag, dev)) return {false, "CPU (reference)"};
+    if (m.head_dim != 64) {
+        if (flag == "cuda") fail("--device cuda: the GPU path needs head_dim 64, the model has %d", m.head_dim);
+        return {false, format("CPU (reference; the GPU path needs head_dim 64, the model has %d)", m.head_dim)};
+    }
+    return {true, dev.describe()};
+}
+
+}  // namespace pg
