@@ -22,12 +22,12 @@
 #include "common/checkpoint.h"
 #include "common/cli.h"
 #include "common/config.h"
-#include "common/device.h"
 #include "common/io.h"
 #include "dist/comm.h"
 #include "dist/launch.h"
 #include "dist/rank.h"
 #include "eval/bpb.h"
+#include "eval/device_pick.h"
 #include "eval/evaluate.h"
 #include "model/model_ref.h"
 #include "model/optim.h"
@@ -114,8 +114,8 @@ void run_training(Config cfg, const DistOptions* dist) {
     m.validate();
     if (t.batch_tokens % m.seq_len != 0) fail("--batch-tokens (%ld) must be a multiple of --seq-len (%d)", t.batch_tokens, m.seq_len);
 
-    const DeviceInfo dev = detect_device();
-    const bool cuda = use_cuda(t.device, dev);
+    const ComputeDevice where = pick_device(t.device, m);
+    const bool cuda = where.cuda;
     // A rank started by launch_ranks (dist/launch.h) trains its share of every step.
     RankInfo me;
     std::unique_ptr<Comm> comm;
@@ -136,7 +136,7 @@ void run_training(Config cfg, const DistOptions* dist) {
     make_dirs(t.out_dir);
     const std::string ckpt_path = t.out_dir + "/checkpoint.bin";
     RunLog log(t.out_dir + "/train.log", t.resume, me.leader());
-    log("pgolf train: device %s; training on the %s%s", dev.describe().c_str(), cuda ? "GPU" : "CPU",
+    log("pgolf train: training on the %s%s", where.describe.c_str(),
         me.world > 1 ? format(", %d ranks", me.world).c_str() : "");
 
     Tokenizer tok(t.tokenizer);
@@ -177,8 +177,9 @@ void run_training(Config cfg, const DistOptions* dist) {
     log("model: %zu parameters, %zu layers scheduled (%zu with recurrence); data %s (%zu train shards, %zu val tokens)",
         L.total, m.layer_schedule(false).size(), m.layer_schedule(true).size(), t.data_dir.c_str(),
         stream.files().size(), val.size());
-    log("batch: %ld tokens/step = %d GPU(s) x %d x %d seqs of %d; %d iterations, wall-clock cap %.0f s",
-        t.batch_tokens, me.world, grad_accum, micro, m.seq_len, t.iterations, t.max_wallclock_s);
+    log("batch: %ld tokens/step = %s%d x %d seqs of %d; %d iterations, wall-clock cap %.0f s", t.batch_tokens,
+        me.world > 1 ? format("%d ranks x ", me.world).c_str() : "", grad_accum, micro, m.seq_len, t.iterations,
+        t.max_wallclock_s);
     log("trainer: %s", tr->describe().c_str());
 
     EvalOptions eo;
@@ -257,7 +258,8 @@ static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist, int
     // On the GPU with several of them (--gpus), this process becomes the launcher of one rank a GPU.
     sub->callback([&cfg, &dist, argc, argv] {
         RankInfo me;
-        if (use_cuda(cfg.train.device, detect_device()) && launch_ranks(argc, argv, cfg.train.gpus, dist, me)) return;
+        if (pick_device(cfg.train.device, cfg.model).cuda && launch_ranks(argc, argv, cfg.train.gpus, dist, me))
+            return;
         run_training(cfg, &dist);
     });
 }

@@ -2,12 +2,6 @@
 
 namespace pg {
 
-std::vector<Window> rank_windows(const std::vector<Window>& all, int rank, int world) {
-    PG_CHECK(world >= 1 && rank >= 0 && rank < world);
-    const size_t n = all.size(), begin = n * rank / world, end = n * (rank + 1) / world;
-    return std::vector<Window>(all.begin() + begin, all.begin() + end);
-}
-
 BpbAccumulator all_reduce_bpb(Comm* comm, const BpbAccumulator& local, cudaStream_t stream) {
     if (!comm) return local;
     // Byte and token counts are far below 2^53: exact as doubles.

@@ -14,9 +14,6 @@
 
 namespace pg {
 
-// Rank r's share of `all`: a contiguous run, shares differing by at most one window, in order.
-std::vector<Window> rank_windows(const std::vector<Window>& all, int rank, int world);
-
 // The sums of every rank's accumulator (loss, bytes, tokens), on every rank.
 BpbAccumulator all_reduce_bpb(Comm* comm, const BpbAccumulator& local, cudaStream_t stream);
 

@@ -1,6 +1,6 @@
-// Where `pgolf eval` and `pgolf pack` compute. --device auto takes the GPU when one is
-// visible and the model fits the GPU path (head_dim 64, the flash-attention kernels' only
-// size), else the CPU reference; --device cuda insists on the GPU and fails with the reason.
+// Where `pgolf train`, `pgolf eval` and `pgolf pack` compute. --device auto takes the GPU when
+// one is visible and the model fits the GPU path (the flash-attention kernels' head dims), else
+// the CPU reference; --device cuda insists on the GPU and fails with the reason.
 #pragma once
 #include <string>
 

@@ -376,7 +376,7 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
 
     for (const char* bad : {"--ttt --ttt-chunk 16", "--ttt --ttt-epochs -1", "--ttt --ttt-momentum 1",
                             "--ttt --ttt-batch-seqs 0", "--ttt-lr 0.1", "--device bogus",
-                            "--device cuda"}) {  // no GPU here, or one that needs head_dim 64
+                            "--device cuda"}) {  // no GPU here, or no GPU kernels for head_dim 16
         CAPTURE(bad);
         CHECK(pgolf(base + bad, out) != 0);
         CHECK(out.rfind("pgolf: error: ", 0) == 0);

@@ -1,7 +1,6 @@
 #include "train/trainer.h"
 
 #include <algorithm>
-#include <limits>
 
 #include "common/check.h"
 #include "dist/rank.h"
@@ -11,11 +10,10 @@ namespace pg {
 BpbAccumulator Trainer::validate(Weights w, bool recur, const std::vector<uint16_t>& tokens, const ByteTables& bytes,
                                  const EvalOptions& opt, Comm* comm) {
     load_weights(w);
-    const std::vector<Window> mine =
-        rank_windows(make_windows(long(tokens.size()), opt), comm ? comm->rank() : 0, comm ? comm->world() : 1);
-    BpbAccumulator acc;
-    score_windows(score(recur), tokens, mine, opt, std::numeric_limits<long>::max(),
-                  [&](long j, float l) { acc.add(l, bytes.bytes(tokens[j + 1], tokens[j]), 1); });
+    EvalOptions mine = opt;
+    mine.rank = comm ? comm->rank() : 0;
+    mine.world = comm ? comm->world() : 1;
+    const BpbAccumulator acc = evaluate(score(recur), tokens, bytes, mine);
     load_weights(Weights::Master);
     return all_reduce_bpb(comm, acc, nullptr);
 }
