@@ -1052,19 +1052,22 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
 
 constexpr int kCeThreads = 256, kCeCached = 4;
 
-// cap tanh(z / cap), with tanh(x) = 1 - 2 / (exp(2|x|) + 1) and x's sign: one exp instead of
-// tanhf's longer path, the step that bounds these kernels. Absolute error about 1e-7 cap.
-__device__ __forceinline__ float softcap(float z, float cap) {
+// cap tanh(z / cap) with tanh(x) = 1 - 2 / (exp(2|x|) + 1) and x's sign, from the fast
+// exponential and reciprocal (|x| clamped where tanh is 1 in fp32, so that the reciprocal's
+// argument stays in its range): these kernels are bound by the per-logit arithmetic, and
+// tanhf and an IEEE division cost several times as much. Absolute error a few 1e-7 cap.
+// inv_cap = 1 / cap; cap <= 0 means no cap.
+__device__ __forceinline__ float softcap(float z, float cap, float inv_cap) {
     if (cap <= 0.f) return z;
-    const float x = z / cap, t = 1.f - 2.f / (__expf(2.f * fabsf(x)) + 1.f);
-    return cap * copysignf(t, x);
+    const float x = z * inv_cap, e = __expf(fminf(2.f * fabsf(x), 40.f));
+    return cap * copysignf(1.f - __fdividef(2.f, e + 1.f), x);
 }
 
 // (m, l) = running max and sum of exp(s - m); symmetric, so xor butterflies agree on every lane.
 __device__ __forceinline__ void lse_merge(float& m, float& l, float m2, float l2) {
     const float mx = fmaxf(m, m2);
     if (mx == -INFINITY) return;
-    l = l * expf(m - mx) + l2 * expf(m2 - mx);
+    l = l * __expf(m - mx) + l2 * __expf(m2 - mx);
     m = mx;
 }
 
@@ -1085,10 +1088,11 @@ __global__ void __launch_bounds__(kCeThreads)
     const size_t row = blockIdx.x;
     const bf16* z = logits + row * V;
     const int stride = kCeThreads * 8;
+    const float inv_cap = 1.f / cap;
     auto load = [&](float(&v)[8], int c) {
         ld8(v, z + c, V - c);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap);
+        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap, inv_cap);
     };
     float m = -INFINITY, l = 0.f;
     auto absorb = [&](const float(&v)[8], int c) {
@@ -1098,10 +1102,10 @@ __global__ void __launch_bounds__(kCeThreads)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
             if (j < cnt) mx = fmaxf(mx, v[j]);
-        l *= expf(m - mx);
+        l *= __expf(m - mx);
 #pragma unroll
         for (int j = 0; j < 8; ++j)
-            if (j < cnt) l += expf(v[j] - mx);
+            if (j < cnt) l += __expf(v[j] - mx);
         m = mx;
     };
     float s[kCeCached][8];
@@ -1120,7 +1124,7 @@ __global__ void __launch_bounds__(kCeThreads)
     if (threadIdx.x == 0) {
         const float lz = m + logf(l);
         lse[row] = lz;
-        losses[row] = lz - softcap(__bfloat162float(z[targets[row]]), cap);
+        losses[row] = lz - softcap(__bfloat162float(z[targets[row]]), cap, inv_cap);
     }
 }
 
@@ -1131,14 +1135,14 @@ __global__ void __launch_bounds__(kCeThreads)
     const bf16* z = logits + row * V;
     bf16* dz = dlogits + row * V;
     const int target = targets[row];
-    const float lz = lse[row], k = *scale;
+    const float lz = lse[row], k = *scale, inv_cap = 1.f / cap;
     for (int c = threadIdx.x * 8; c < V; c += kCeThreads * 8) {
         float v[8];
         ld8(v, z + c, V - c);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const float sv = softcap(v[j], cap), t = cap > 0.f ? sv / cap : 0.f;
-            v[j] = k * (expf(sv - lz) - (c + j == target ? 1.f : 0.f)) * (1.f - t * t);
+            const float sv = softcap(v[j], cap, inv_cap), t = cap > 0.f ? sv * inv_cap : 0.f;
+            v[j] = k * (__expf(sv - lz) - (c + j == target ? 1.f : 0.f)) * (1.f - t * t);
         }
         st8(dz + c, v, V - c);
     }

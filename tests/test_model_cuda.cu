@@ -216,7 +216,8 @@ void compare_with_reference(const ModelConfig& c, bool recur, int B, int Tn, con
     CHECK(qg < kQGainTol);
     const double T = bigram_scale_bound(L, ref.grads, ref.params);
     const double bs = check_bigram_scale(L, grads, ref.grads, T);
-    MESSAGE(what << (recur ? ", recurrence on" : ", recurrence off") << ", B=" << B << " Tn=" << Tn << ": loss "
+    MESSAGE(std::string(what) << (recur ? ", recurrence on" : ", recurrence off") << ", B=" << B << " Tn=" << Tn
+                              << ": loss "
                  << loss << " vs " << ref_loss << " (rel " << loss_err << "); per-token rel L2 " << tok_err
                  << ", max abs " << tok_max << " nats; worst gradient rel L2 " << worst << " (" << worst_name
                  << "); q_gain (all layers) " << qg << "; bigram.scale error/T " << bs);
