@@ -14,6 +14,7 @@
 #include "common/cuda_check.cuh"
 #include "common/device.h"
 #include "model/attention.cuh"
+#include "model/bench_model.h"
 
 namespace pg {
 namespace {
@@ -130,6 +131,7 @@ void add_bench_commands(CLI::App& app) {
     attn->add_option("--warmup", args.warmup, "untimed runs first")->capture_default_str();
     attn->add_option("--reps", args.reps, "timed runs (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
     attn->callback([] { bench_attention(args); });
+    add_model_bench(*bench);
 }
 
 }  // namespace pg

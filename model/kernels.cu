@@ -9,6 +9,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common/cuda_check.cuh"  // PG_CHECK for CUDA calls, DeviceArray
@@ -113,47 +114,62 @@ __device__ float block_sum(float v) {
     return v;
 }
 
-// The partial sums of the blocks of a rows or heads kernel, [parts][C], into out[c * wstride]
-// (+=): per column when wstride is 1, all into out[0] when it is 0. Block (32, 8).
-__global__ void finish_kernel(float* out, const float* partial, int parts, int C, int wstride) {
-    __shared__ float sh[8][33];
+// The partial sums of a kernel's blocks, partial[p * ld + c] for parts p and columns c < C,
+// into out[c * wstride] (+=): per column when wstride is 1, all into out[0] when it is 0.
+// Block (32, 32): 32 columns, each summed by 32 threads in 4 interleaved running sums (loads
+// in flight), then across the threads; every order is fixed.
+__global__ void __launch_bounds__(1024) finish_kernel(float* out, const float* partial, int parts, int C, int ld,
+                                                      int wstride) {
+    __shared__ float sh[32][33];
     const int x = threadIdx.x, y = threadIdx.y, c = blockIdx.x * 32 + x;
-    float s = 0.f;
+    float s[4] = {};
     if (wstride) {
         if (c < C)
-            for (int p = y; p < parts; p += 8) s += partial[size_t(p) * C + c];
+            for (int p = y; p < parts; p += 128)
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    if (p + 32 * k < parts) s[k] += partial[size_t(p + 32 * k) * ld + c];
     } else {
-        for (size_t e = size_t(y) * 32 + x; e < size_t(parts) * C; e += 256) s += partial[e];
+        const size_t n = size_t(parts) * C;
+        for (size_t e = size_t(y) * 32 + x; e < n; e += 4096)
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (e + 1024 * k < n) s[k] += partial[(e + 1024 * k) / C * ld + (e + 1024 * k) % C];
     }
-    sh[y][x] = s;
+    sh[y][x] = (s[0] + s[1]) + (s[2] + s[3]);
     __syncthreads();
     if (y == 0) {
-        s = 0.f;
-        for (int k = 0; k < 8; ++k) s += sh[k][x];
+        float t = 0.f;
+        for (int k = 0; k < 32; ++k) t += sh[k][x];
         if (wstride) {
-            if (c < C) out[c] += s;
+            if (c < C) out[c] += t;
         } else {
-            s = group_sum(s, 32);
-            if (x == 0) out[0] += s;
+            t = group_sum(t, 32);
+            if (x == 0) out[0] += t;
         }
     }
 }
 
-void finish_partials(float* out, const float* partial, int parts, int C, int wstride, cudaStream_t stream) {
-    finish_kernel<<<wstride ? (C + 31) / 32 : 1, dim3(32, 8), 0, stream>>>(out, partial, parts, C, wstride);
+void finish_partials(float* out, const float* partial, int parts, int C, int wstride, cudaStream_t stream,
+                     int ld = 0) {
+    finish_kernel<<<wstride ? (C + 31) / 32 : 1, dim3(32, 32), 0, stream>>>(out, partial, parts, C, ld ? ld : C,
+                                                                          wstride);
     PG_CHECK_LAUNCH();
 }
 
-// Room for the partial sums: one buffer per device, grown on demand. Growing frees the old
-// buffer (cudaFree waits for the device) and cannot happen inside a graph capture, so a
-// caller that captures runs one step first. Calls that use it are ordered on one stream.
+// Room for the partial sums: a buffer per device, grown on demand. A grown buffer replaces
+// the old one for later calls, but the old one is kept, never freed: a captured CUDA graph
+// holds its address (and a free would wait for the device, which a capture forbids), so a
+// caller that captures runs its work once first to grow it. Calls that use it are ordered
+// on one stream.
 float* scratch(size_t n) {
-    static std::vector<DeviceArray<float>> buffers;
+    static std::vector<std::vector<DeviceArray<float>>> buffers;
     int dev = 0;
     PG_CHECK(cudaGetDevice(&dev));
     if (buffers.size() <= size_t(dev)) buffers.resize(dev + 1);
-    if (buffers[dev].size() < n) buffers[dev] = DeviceArray<float>(n);
-    return buffers[dev].get();
+    auto& mine = buffers[dev];
+    if (mine.empty() || mine.back().size() < n) mine.emplace_back(n);
+    return mine.back().get();
 }
 
 // ---- flat elementwise passes: op(i, cnt) handles elements [i, i + cnt), cnt <= 8 ----
@@ -473,111 +489,8 @@ struct SkipMixBackward {
             vx[j] = g * dy[j];
             vs[j] = (1.f - g) * wj * dy[j];
         }
-        add8(dx + o, vx, cnt);
-        add8(ds + o, vs, cnt);
-    }
-};
-
-struct MixCols {
-    Weights a, b;
-};
-
-template <typename T>
-struct MixForward {
-    static constexpr int kGrads = 0;
-    using Cols = MixCols;
-    T* out;
-    const T *a, *b;
-    const float *wa, *wb;
-    int C, wstride;
-    __device__ Cols cols(int c0, int cnt) const {
-        return {load_weights(wa, c0, cnt, wstride), load_weights(wb, c0, cnt, wstride)};
-    }
-    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<0>&) const {
-        const size_t o = size_t(n) * C + c0;
-        float va[8], vb[8];
-        ld8(va, a + o, cnt);
-        ld8(vb, b + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) va[j] = w.a.v[j] * va[j] + w.b.v[j] * vb[j];
-        st8(out + o, va, cnt);
-    }
-};
-
-template <typename T, typename G>
-struct MixBackward {
-    static constexpr int kGrads = 2;  // dwa, dwb
-    using Cols = MixCols;
-    float *da, *db;
-    const G* dout;
-    const T *a, *b;
-    const float *wa, *wb;
-    int C, wstride;
-    __device__ Cols cols(int c0, int cnt) const {
-        return {load_weights(wa, c0, cnt, wstride), load_weights(wb, c0, cnt, wstride)};
-    }
-    __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<2>& acc) const {
-        const size_t o = size_t(n) * C + c0;
-        float dy[8], va[8], vb[8];
-        ld8(dy, dout + o, cnt);
-        ld8(va, a + o, cnt);
-        ld8(vb, b + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            acc[0][j] += dy[j] * va[j];
-            acc[1][j] += dy[j] * vb[j];
-            va[j] = w.a.v[j] * dy[j];
-            vb[j] = w.b.v[j] * dy[j];
-        }
-        add8(da + o, va, cnt);
-        add8(db + o, vb, cnt);
-    }
-};
-
-template <typename A>
-struct AddScaledForward {
-    static constexpr int kGrads = 0;
-    using Cols = Weights;
-    float* out;  // may alias x: each element is read, then written, by one thread
-    const float* x;
-    const A* a;
-    const float* w;
-    int C, wstride;
-    __device__ Cols cols(int c0, int cnt) const { return load_weights(w, c0, cnt, wstride); }
-    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<0>&) const {
-        const size_t o = size_t(n) * C + c0;
-        float vx[8], va[8];
-        ld8(vx, x + o, cnt);
-        ld8(va, a + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) vx[j] += k.v[j] * va[j];
-        st8(out + o, vx, cnt);
-    }
-};
-
-template <typename A>
-struct AddScaledBackward {
-    static constexpr int kGrads = 1;  // dw
-    using Cols = Weights;
-    float* dx;
-    bf16* da;
-    const float* dout;
-    const A* a;
-    const float* w;
-    int C, wstride;
-    __device__ Cols cols(int c0, int cnt) const { return load_weights(w, c0, cnt, wstride); }
-    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<1>& acc) const {
-        const size_t o = size_t(n) * C + c0;
-        float dy[8], va[8];
-        ld8(dy, dout + o, cnt);
-        ld8(va, a + o, cnt);
-        add8(dx + o, dy, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            acc[0][j] += dy[j] * va[j];
-            va[j] = k.v[j] * dy[j];
-        }
-        st8(da + o, va, cnt);
+        st8(dx + o, vx, cnt);
+        st8(ds + o, vs, cnt);
     }
 };
 
@@ -648,7 +561,204 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* in
     }
 }
 
-// ---- per-head kernels (q/k prep, XSA): a group of tpv lanes (a power of two, hd <= 8 tpv)
+// ---- the residual stream: one warp per row; lane l holds the chunks of 8 columns at
+// (k * 32 + l) * 8, k < K, so a row of up to K * 256 values sits in the warp's registers ----
+
+constexpr int kResWarps = 8, kMaxResBlocks = 1024, kMaxResChunks = 4;
+
+int res_chunks(int C) {
+    const int k = (C + 255) / 256;
+    if (k > kMaxResChunks)
+        fail("the residual-stream kernels take rows of up to %d values (model_dim %d)", kMaxResChunks * 256, C);
+    return k <= 1 ? 1 : k <= 2 ? 2 : 4;
+}
+
+// The grid depends on N alone, so the order of the parameter-gradient sums does too.
+int res_blocks(int N) { return std::min((N + kResWarps - 1) / kResWarps, kMaxResBlocks); }
+
+// v = w[(c0 + j) * wstride] for the chunk's columns, or 1 without weights.
+__device__ __forceinline__ void ldw(float (&v)[8], const float* w, int c0, int cnt, int wstride) {
+    if (!w) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = 1.f;
+    } else if (wstride) {
+        ld8(v, w + c0, cnt);
+    } else {
+        const float x = w[0];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = x;
+    }
+}
+
+// s += w * term over the chunk at offset o of the row (a null term adds nothing).
+template <typename T>
+__device__ __forceinline__ void add_term(float (&s)[8], const T* t, const float* w, size_t o, int c0, int cnt,
+                                         int wstride) {
+    if (!t) return;
+    float v[8], wv[8];
+    ld8(v, t + o, cnt);
+    ldw(wv, w, c0, cnt, wstride);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] += wv[j] * v[j];
+}
+
+// One chunk of the terms' sum; o is the chunk's offset, c0 its column.
+__device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, size_t o, int c0, int cnt) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = 0.f;
+    add_term(s, t.x, t.wx, o, c0, cnt, t.wstride);
+    add_term(s, t.x0, t.w0, o, c0, cnt, t.wstride);
+    add_term(s, t.a, t.wa, o, c0, cnt, t.wstride);
+    add_term(s, t.m, t.wm, o, c0, cnt, t.wstride);
+}
+
+template <int K>
+__global__ void __launch_bounds__(kResWarps * 32)
+    residual_forward_kernel(float* sum, bf16* norm, float* rstd, const ResidualIn t, int N, int C, float scale) {
+    const int lane = threadIdx.x % 32;
+    for (int n = blockIdx.x * kResWarps + threadIdx.x / 32; n < N; n += gridDim.x * kResWarps) {
+        const size_t row = size_t(n) * C;
+        float s[K][8];
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int c0 = (k * 32 + lane) * 8;
+            sum_terms(s[k], t, row + c0, c0, C - c0);
+            ss += dot8(s[k], s[k]);
+        }
+        if (sum)  // may alias t.x: this lane read its chunks above
+#pragma unroll
+            for (int k = 0; k < K; ++k) st8(sum + row + (k * 32 + lane) * 8, s[k], C - (k * 32 + lane) * 8);
+        if (!norm) continue;
+        const float r = 1.f / sqrtf(group_sum(ss, 32) / C + float(kRmsEps));
+        if (lane == 0) rstd[n] = r;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int c0 = (k * 32 + lane) * 8;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[k][j] *= r * scale;
+            st8(norm + row + c0, s[k], C - c0);
+        }
+    }
+}
+
+struct ResidualBackwardArgs {
+    float* dres;
+    const float *dy, *dadd, *dnorm, *xn, *rstd;
+    float scale;
+    ResidualIn t;
+    ResidualGrad d;
+    int slot[4];  // accumulator of each term's weight gradient (x, x0, a, m): 0, 1, or -1 for none
+};
+
+// acc0 or acc1 (by slot) += g * v over a chunk; slot is uniform over the warp.
+template <int K>
+__device__ __forceinline__ void accumulate_slot(float (&acc0)[K][8], float (&acc1)[K][8], int slot, int k,
+                                                const float (&g)[8], const float (&v)[8]) {
+    if (slot == 0) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc0[k][j] += g[j] * v[j];
+    } else if (slot == 1) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc1[k][j] += g[j] * v[j];
+    }
+}
+
+// One term's gradients over a chunk: the term's own (out = w g; added to when add) and its
+// weight's (into the slot's accumulator).
+template <int K, typename T, typename D>
+__device__ __forceinline__ void term_backward(float (&acc0)[K][8], float (&acc1)[K][8], int slot, int k,
+                                              const float (&g)[8], const T* t, const float* w, D* out, bool add,
+                                              size_t o, int c0, int cnt, int wstride) {
+    if (!t || (!out && slot < 0)) return;
+    if (slot >= 0) {
+        float v[8];
+        ld8(v, t + o, cnt);
+        accumulate_slot<K>(acc0, acc1, slot, k, g, v);
+    }
+    if (!out) return;
+    float wv[8], d[8];
+    ldw(wv, w, c0, cnt, wstride);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) d[j] = wv[j] * g[j];
+    if constexpr (std::is_same_v<D, float>) {
+        if (add) {
+            add8(out + o, d, cnt);
+            return;
+        }
+    }
+    st8(out + o, d, cnt);
+}
+
+// partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient.
+template <int K>
+__global__ void __launch_bounds__(kResWarps * 32)
+    residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, float* partial) {
+    __shared__ float red[kResWarps][K * 256];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const ResidualIn& t = a.t;
+    const ResidualGrad& d = a.d;
+    float acc0[K][8] = {}, acc1[K][8] = {};
+    for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
+        const size_t row = size_t(n) * C;
+        float g[K][8];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
+            ld8(g[k], a.dy + row + c0, cnt);
+            if (a.dadd) {
+                float e[8];
+                ld8(e, a.dadd + row + c0, cnt);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) g[k][j] += e[j];
+            }
+        }
+        if (a.dnorm) {
+            float dn[K][8], xs[K][8];
+            float dot = 0.f;
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
+                ld8(dn[k], a.dnorm + row + c0, cnt);
+                if (a.xn) ld8(xs[k], a.xn + row + c0, cnt);
+                else sum_terms(xs[k], t, row + c0, c0, cnt);
+                dot += dot8(dn[k], xs[k]);
+            }
+            const float r = a.rstd[n];
+            const float kk = r * r * group_sum(dot, 32) / C, sr = a.scale * r;
+#pragma unroll
+            for (int k = 0; k < K; ++k)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) g[k][j] += sr * (dn[k][j] - xs[k][j] * kk);
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
+            const size_t o = row + c0;
+            if (a.dres) st8(a.dres + o, g[k], cnt);  // may alias dy: read above by this lane
+            term_backward<K>(acc0, acc1, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
+            term_backward<K>(acc0, acc1, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, true, o, c0, cnt, t.wstride);
+            term_backward<K>(acc0, acc1, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
+            term_backward<K>(acc0, acc1, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
+        }
+    }
+    const int slots = (a.slot[0] >= 0) + (a.slot[1] >= 0) + (a.slot[2] >= 0) + (a.slot[3] >= 0);
+    for (int s = 0; s < slots; ++s) {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) red[warp][(k * 32 + lane) * 8 + j] = s == 0 ? acc0[k][j] : acc1[k][j];
+        __syncthreads();
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float v = 0.f;
+            for (int w = 0; w < kResWarps; ++w) v += red[w][c];
+            partial[(size_t(s) * gridDim.x + blockIdx.x) * C + c] = v;
+        }
+        __syncthreads();
+    }
+}
+
+// ---- per-head kernels (q/k/v prep, XSA): a group of tpv lanes (a power of two, hd <= 8 tpv)
 // holds one head vector, 8 dims per lane; a block holds rpb whole rows of `heads` vectors,
 // padded to whole warps (padding lanes compute on zeros and store nothing). ----
 
@@ -667,128 +777,213 @@ HeadLaunch head_launch(int N, int heads, int hd) {
     return {tpv, rpb, (rpb * heads * tpv + 31) / 32 * 32, std::min((N + rpb - 1) / rpb, kMaxHeadBlocks)};
 }
 
-// Inverse frequencies of the rotary pairs, computed on the host in double as ops_ref.h does.
+// The rotary angles: cos and sin of t * base^(-2i / rope_dims) for positions t < Tn and
+// pairs i < half, formed on the host in double as ops_ref.h does and rounded to fp32. A table
+// serves every call with its rope_dims and base and up to its Tn; it lives as long as the
+// process (a captured graph holds its address), and a caller that captures makes it first.
 struct Rope {
-    double inv_freq[128];
-    int half, dims;
+    const float2* table = nullptr;  // [Tn][half]: (cos, sin)
+    int half = 0, dims = 0;
 };
 
-Rope make_rope(int rope_dims, int hd, float base) {
+Rope make_rope(int rope_dims, int hd, float base, int Tn) {
     PG_CHECK(rope_dims >= 0 && rope_dims % 2 == 0 && rope_dims <= hd);
-    Rope r{};
+    Rope r;
     r.half = rope_dims / 2;
     r.dims = rope_dims;
-    for (int i = 0; i < r.half; ++i) r.inv_freq[i] = std::pow(double(base), -2.0 * i / rope_dims);
+    if (r.half == 0) return r;
+    struct Table {
+        int dims, dev;
+        float base;
+        int Tn;
+        DeviceArray<float2> values;
+    };
+    static std::vector<Table> tables;
+    int dev = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    for (auto it = tables.rbegin(); it != tables.rend(); ++it)
+        if (it->dims == rope_dims && it->dev == dev && it->base == base && it->Tn >= Tn) {
+            r.table = it->values.get();
+            return r;
+        }
+    std::vector<float2> h(size_t(Tn) * r.half);
+    for (int t = 0; t < Tn; ++t)
+        for (int i = 0; i < r.half; ++i) {
+            const double ang = t * std::pow(double(base), -2.0 * i / rope_dims);
+            h[size_t(t) * r.half + i] = make_float2(float(std::cos(ang)), float(std::sin(ang)));
+        }
+    tables.push_back({rope_dims, dev, base, Tn, DeviceArray<float2>(h)});
+    r.table = tables.back().values.get();
     return r;
 }
 
-// The angle t * f (up to thousands of radians) is formed and reduced in double, so the fp32
-// sine and cosine are as exact as the oracle's.
-__device__ __forceinline__ void rope_sincos(int t, double f, float& s, float& c) {
-    const double a = t * f;
-    const double r = a - 6.283185307179586 * rint(a * 0.15915494309189535);
-    sincosf(float(r), &s, &c);
-}
-
 // v holds dims c0..c0+7 of the vector whose every value is in sh; turns the pairs (i, i+half)
-// by +angle (sign 1, the forward) or -angle (sign -1, the transposed rotation).
+// at position t by +angle (sign 1, the forward) or -angle (sign -1, the transposed rotation).
 __device__ __forceinline__ void rope_chunk(float (&v)[8], const float* sh, int c0, int t, const Rope& rope,
                                            float sign) {
+    if (c0 >= rope.dims) return;
+    const float2* cs = rope.table + size_t(t) * rope.half;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int d = c0 + j;
         if (d < rope.dims) {
             const int i = d < rope.half ? d : d - rope.half;
-            float s, c;
-            rope_sincos(t, rope.inv_freq[i], s, c);
-            v[j] = d < rope.half ? sh[d] * c + sign * s * sh[d + rope.half] : sh[d] * c - sign * s * sh[i];
+            const float2 a = cs[i];
+            v[j] = d < rope.half ? sh[d] * a.x + sign * a.y * sh[d + rope.half] : sh[d] * a.x - sign * a.y * sh[i];
         }
     }
 }
 
-__global__ void qk_prep_forward_kernel(bf16* out, float* rstd, const bf16* inp, const float* gain, int N, int Tn, int H,
-                                       int hd, int tpv, int rpb, const __grid_constant__ Rope rope, bool norm) {
+// The vectors of a qkv row, in order: H of q, Hkv of k, Hkv of v. A vector's role, its head
+// within its tensor, and where it is read from (qkv) and written to (q, k or v).
+struct QkvVec {
+    int role;  // 0 q, 1 k, 2 v
+    int head, heads;
+    __device__ QkvVec(int j, int H, int Hkv) {
+        role = j < H ? 0 : j < H + Hkv ? 1 : 2;
+        head = role == 0 ? j : role == 1 ? j - H : j - H - Hkv;
+        heads = role == 0 ? H : Hkv;
+    }
+};
+
+// Every lane of a warp runs the same shuffles (group_sum) and __syncwarp()s whatever its
+// vector's role; the roles differ only in straight-line code between them.
+__global__ void __launch_bounds__(kThreads, 4) qkv_prep_forward_kernel(const QkvIn p, int N, int Tn, int H, int Hkv, int hd, int tpv, int rpb,
+                                        const Rope rope, bool norm) {
     extern __shared__ float sh[];
-    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, h = vec % H;
+    const int nv = H + 2 * Hkv, width = nv * hd;
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
+    const QkvVec r(j, H, Hkv);
     float* y = sh + size_t(vec) * hd;
-    const float g = gain ? gain[h] : 1.f;
+    const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
+    const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
-        const int n = n0 + vec / H;
-        const int cnt = vec < rpb * H && n < N ? hd - c0 : 0;
-        const size_t o = (size_t(n) * H + h) * hd + c0;
+        const int n = n0 + vec / nv;
+        const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
+        const size_t o = (size_t(n) * r.heads + r.head) * hd + c0;
         float v[8];
-        ld8(v, inp + o, cnt);
-        float r = 1.f;
-        if (norm) {
-            r = 1.f / sqrtf(group_sum(dot8(v, v), tpv) / hd + float(kRmsEps));
-            if (cnt > 0 && c0 == 0) rstd[size_t(n) * H + h] = r;
-        }
+        ld8(v, p.qkv + size_t(n) * width + size_t(j) * hd + c0, cnt);
+        const float ss = group_sum(dot8(v, v), tpv);
+        if (r.role < 2) {
+            float rs = 1.f;
+            if (norm) {
+                rs = 1.f / sqrtf(ss / hd + float(kRmsEps));
+                if (cnt > 0 && c0 == 0) (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head] = rs;
+            }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            v[j] *= r;
-            if (j < cnt) y[c0 + j] = v[j];
+            for (int k = 0; k < 8; ++k) {
+                v[k] *= rs;
+                if (k < cnt) y[c0 + k] = v[k];
+            }
         }
         __syncwarp();
-        rope_chunk(v, y, c0, n % Tn, rope, 1.f);
+        if (r.role < 2) {
+            rope_chunk(v, y, c0, n % Tn, rope, 1.f);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] *= g;
-        st8(out + o, v, cnt);
+            for (int k = 0; k < 8; ++k) v[k] *= g;
+            st8((r.role == 0 ? p.q : p.k) + o, v, cnt);
+        } else {
+            if (p.v_mix) {
+                float f[8];
+                ld8(f, p.v_first + o, cnt);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) v[k] = vm0 * v[k] + vm1 * f[k];
+            }
+            st8(p.v + o, v, cnt);
+        }
         __syncwarp();  // y is rewritten next round
     }
 }
 
-// partial[blockIdx.x][H]: the block's sum of dout . (rotated normed input) per head, when gain.
-__global__ void qk_prep_backward_kernel(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
-                                        const float* rstd, const float* gain, int N, int Tn, int H, int hd, int tpv,
-                                        int rpb, const __grid_constant__ Rope rope, bool norm) {
+// partial[blockIdx.x][H + 2]: the block's sums of dq . (rotated normed q) per head (for
+// q_gain), then of dv . v_raw and dv . v_first (for v_mix).
+__global__ void __launch_bounds__(kThreads, 3) qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv,
+                                         int hd, int tpv, int rpb, const Rope rope, bool norm) {
     extern __shared__ float sh[];
-    const int nvec = blockDim.x / tpv;
-    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, h = vec % H;
+    const int nv = H + 2 * Hkv, width = nv * hd, nvec = blockDim.x / tpv;
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
+    const QkvVec r(j, H, Hkv);
     float* y = sh + size_t(vec) * hd;
     float* dz = sh + size_t(nvec + vec) * hd;
-    float* head_sums = sh + size_t(2 * nvec) * hd;
-    const float g = gain ? gain[h] : 1.f;
-    float gsum = 0.f;
+    float* sums = sh + size_t(2 * nvec) * hd;  // [nvec][2]
+    const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
+    const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
+    float s0 = 0.f, s1 = 0.f;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
-        const int n = n0 + vec / H, t = n % Tn;
-        const int cnt = vec < rpb * H && n < N ? hd - c0 : 0;
-        const size_t o = (size_t(n) * H + h) * hd + c0;
-        float vy[8], vd[8];
-        ld8(vy, inp + o, cnt);
-        ld8(vd, dout + o, cnt);
-        const float r = norm && cnt > 0 ? rstd[size_t(n) * H + h] : 1.f;
+        const int n = n0 + vec / nv, t = n % Tn;
+        const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
+        const size_t o = (size_t(n) * r.heads + r.head) * hd + c0, oi = size_t(n) * width + size_t(j) * hd + c0;
+        float vx[8], vd[8];
+        ld8(vx, p.qkv + oi, cnt);
+        float rs = 1.f;
+        if (r.role < 2) {
+            ld8(vd, (r.role == 0 ? d.dq : d.dk) + o, cnt);
+            if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            vy[j] *= r;
-            if (j < cnt) y[c0 + j] = vy[j], dz[c0 + j] = g * vd[j];
+            for (int k = 0; k < 8; ++k) {
+                vx[k] *= rs;  // the normed input
+                if (k < cnt) y[c0 + k] = vx[k], dz[c0 + k] = g * vd[k];
+            }
+        } else {
+            ld8(vd, d.dv + o, cnt);
+            auto add = [&](const float* from) {
+                if (!from) return;
+                float e[8];
+                ld8(e, from + o, cnt);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) vd[k] += e[k];
+            };
+            add(d.dv_add);
+            add(d.dv_add2);
         }
         __syncwarp();
-        if (gain) {
+        if (r.role == 0 && p.q_gain) {
             float z[8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) z[j] = vy[j];
+            for (int k = 0; k < 8; ++k) z[k] = vx[k];
             rope_chunk(z, y, c0, t, rope, 1.f);
-            gsum += dot8(z, vd);
+            s0 += dot8(z, vd);
         }
+        if (r.role < 2) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) vd[j] *= g;
-        rope_chunk(vd, dz, c0, t, rope, -1.f);  // vd = d/d(normed input)
-        if (norm) {
-            const float m = group_sum(dot8(vd, vy), tpv) / hd;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) vd[j] = r * (vd[j] - vy[j] * m);
+            for (int k = 0; k < 8; ++k) vd[k] *= g;
+            rope_chunk(vd, dz, c0, t, rope, -1.f);  // vd = d/d(normed input)
         }
-        st8(dinp + o, vd, cnt);
+        const float m = group_sum(dot8(vd, vx), tpv) / hd;
+        if (r.role < 2) {
+            if (norm)
+#pragma unroll
+                for (int k = 0; k < 8; ++k) vd[k] = rs * (vd[k] - vx[k] * m);
+        } else if (p.v_mix) {
+            float f[8], df[8];
+            ld8(f, p.v_first + o, cnt);
+            s0 += dot8(vd, vx);
+            s1 += dot8(vd, f);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                df[k] = vm1 * vd[k];
+                vd[k] *= vm0;
+            }
+            add8(d.dv_first + o, df, cnt);
+        }
+        st8(d.dqkv + oi, vd, cnt);
         __syncwarp();
     }
-    if (!partial) return;
-    gsum = group_sum(gsum, tpv);
-    if (c0 == 0) head_sums[vec] = gsum;
+    s0 = group_sum(s0, tpv);
+    s1 = group_sum(s1, tpv);
+    if (c0 == 0) sums[2 * vec] = s0, sums[2 * vec + 1] = s1;
     __syncthreads();
+    const int rows = rpb * nv;
     if (threadIdx.x < H) {
         float s = 0.f;
-        for (int k = threadIdx.x; k < rpb * H; k += H) s += head_sums[k];
-        partial[size_t(blockIdx.x) * H + threadIdx.x] = s;
+        for (int k = threadIdx.x; k < rows; k += nv) s += sums[2 * k];
+        partial[size_t(blockIdx.x) * (H + 2) + threadIdx.x] = s;
+    } else if (threadIdx.x < H + 2) {
+        const int which = threadIdx.x - H;
+        float s = 0.f;
+        for (int row = 0; row < rpb; ++row)
+            for (int k = H + Hkv; k < nv; ++k) s += sums[2 * (row * nv + k) + which];
+        partial[size_t(blockIdx.x) * (H + 2) + threadIdx.x] = s;
     }
 }
 
@@ -851,18 +1046,28 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
     }
 }
 
-// ---- softcap + cross-entropy: one block per row; the first kCeCached * 8 * kCeThreads
-// values (8192) stay in registers between the two passes, longer rows are read again ----
+// ---- softcap + cross-entropy: one block per row. The forward keeps the first
+// kCeCached * 8 * kCeThreads values (8192) in registers between its two reductions (max, then
+// sum of exp), longer rows are read again; the backward is a single elementwise pass ----
 
 constexpr int kCeThreads = 256, kCeCached = 4;
 
-__device__ __forceinline__ float softcap(float z, float cap) { return cap > 0.f ? cap * tanhf(z / cap) : z; }
+// cap tanh(z / cap) with tanh(x) = 1 - 2 / (exp(2|x|) + 1) and x's sign, from the fast
+// exponential and reciprocal (|x| clamped where tanh is 1 in fp32, so that the reciprocal's
+// argument stays in its range): these kernels are bound by the per-logit arithmetic, and
+// tanhf and an IEEE division cost several times as much. Absolute error a few 1e-7 cap.
+// inv_cap = 1 / cap; cap <= 0 means no cap.
+__device__ __forceinline__ float softcap(float z, float cap, float inv_cap) {
+    if (cap <= 0.f) return z;
+    const float x = z * inv_cap, e = __expf(fminf(2.f * fabsf(x), 40.f));
+    return cap * copysignf(1.f - __fdividef(2.f, e + 1.f), x);
+}
 
 // (m, l) = running max and sum of exp(s - m); symmetric, so xor butterflies agree on every lane.
 __device__ __forceinline__ void lse_merge(float& m, float& l, float m2, float l2) {
     const float mx = fmaxf(m, m2);
     if (mx == -INFINITY) return;
-    l = l * expf(m - mx) + l2 * expf(m2 - mx);
+    l = l * __expf(m - mx) + l2 * __expf(m2 - mx);
     m = mx;
 }
 
@@ -879,18 +1084,15 @@ __device__ void block_lse(float& m, float& l) {
 }
 
 __global__ void __launch_bounds__(kCeThreads)
-    softcap_ce_kernel(float* losses, bf16* dlogits, const bf16* logits, const int32_t* targets, int V, float cap,
-                      float loss_scale) {
+    softcap_ce_forward_kernel(float* losses, float* lse, const bf16* logits, const int32_t* targets, int V, float cap) {
     const size_t row = blockIdx.x;
     const bf16* z = logits + row * V;
-    const int target = targets[row];
-    // Read before block_lse's barrier: dlogits may alias logits.
-    const float st = threadIdx.x == 0 ? softcap(__bfloat162float(z[target]), cap) : 0.f;
     const int stride = kCeThreads * 8;
+    const float inv_cap = 1.f / cap;
     auto load = [&](float(&v)[8], int c) {
         ld8(v, z + c, V - c);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap);
+        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap, inv_cap);
     };
     float m = -INFINITY, l = 0.f;
     auto absorb = [&](const float(&v)[8], int c) {
@@ -900,10 +1102,10 @@ __global__ void __launch_bounds__(kCeThreads)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
             if (j < cnt) mx = fmaxf(mx, v[j]);
-        l *= expf(m - mx);
+        l *= __expf(m - mx);
 #pragma unroll
         for (int j = 0; j < 8; ++j)
-            if (j < cnt) l += expf(v[j] - mx);
+            if (j < cnt) l += __expf(v[j] - mx);
         m = mx;
     };
     float s[kCeCached][8];
@@ -919,25 +1121,30 @@ __global__ void __launch_bounds__(kCeThreads)
         absorb(t, c);
     }
     block_lse(m, l);
-    if (threadIdx.x == 0) losses[row] = m + logf(l) - st;
-    if (!dlogits) return;
+    if (threadIdx.x == 0) {
+        const float lz = m + logf(l);
+        lse[row] = lz;
+        losses[row] = lz - softcap(__bfloat162float(z[targets[row]]), cap, inv_cap);
+    }
+}
+
+__global__ void __launch_bounds__(kCeThreads)
+    softcap_ce_backward_kernel(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int V,
+                               float cap, const float* scale) {
+    const size_t row = blockIdx.x;
+    const bf16* z = logits + row * V;
     bf16* dz = dlogits + row * V;
-    const float inv_l = 1.f / l;
-    auto grad = [&](float(&v)[8], int c) {
+    const int target = targets[row];
+    const float lz = lse[row], k = *scale, inv_cap = 1.f / cap;
+    for (int c = threadIdx.x * 8; c < V; c += kCeThreads * 8) {
+        float v[8];
+        ld8(v, z + c, V - c);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const float p = expf(v[j] - m) * inv_l - (c + j == target ? 1.f : 0.f);
-            const float t = v[j] / cap;
-            v[j] = loss_scale * p * (cap > 0.f ? 1.f - t * t : 1.f);
+            const float sv = softcap(v[j], cap, inv_cap), t = cap > 0.f ? sv * inv_cap : 0.f;
+            v[j] = k * (__expf(sv - lz) - (c + j == target ? 1.f : 0.f)) * (1.f - t * t);
         }
         st8(dz + c, v, V - c);
-    };
-#pragma unroll
-    for (int k = 0; k < kCeCached; ++k) grad(s[k], k * stride + threadIdx.x * 8);
-    for (int c = kCeCached * stride + threadIdx.x * 8; c < V; c += stride) {
-        float t[8];
-        load(t, c);
-        grad(t, c);
     }
 }
 
@@ -1000,29 +1207,33 @@ void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rs
     PG_CHECK_LAUNCH();
 }
 
-void qk_prep_forward(bf16* out, float* rstd, const bf16* inp, const float* gain, int B, int Tn, int H, int hd,
-                     int rope_dims, float rope_base, bool norm, cudaStream_t stream) {
-    const int N = B * Tn;
-    if (N <= 0) return;
-    const HeadLaunch L = head_launch(N, H, hd);
-    const size_t smem = size_t(L.threads / L.tpv) * hd * sizeof(float);
-    qk_prep_forward_kernel<<<L.blocks, L.threads, smem, stream>>>(out, rstd, inp, gain, N, Tn, H, hd, L.tpv, L.rpb,
-                                                                  make_rope(rope_dims, hd, rope_base), norm);
+// One block's rows of qkv vectors, and each vector's shared memory (its normed input, and in the
+// backward its scaled gradient and two partial sums).
+HeadLaunch qkv_launch(const QkvShape& s) {
+    PG_CHECK(s.B >= 1 && s.Tn >= 1 && s.H >= 1 && s.Hkv >= 1);
+    return head_launch(s.N(), s.H + 2 * s.Hkv, s.hd);
+}
+
+void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
+    const HeadLaunch L = qkv_launch(s);
+    PG_CHECK(!p.v_mix || p.v_first);
+    const size_t smem = size_t(L.threads / L.tpv) * s.hd * sizeof(float);
+    qkv_prep_forward_kernel<<<L.blocks, L.threads, smem, stream>>>(p, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb,
+                                                                   make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn), s.norm);
     PG_CHECK_LAUNCH();
 }
 
-void qk_prep_backward(bf16* dinp, float* dgain, const bf16* dout, const bf16* inp, const float* rstd, const float* gain,
-                      int B, int Tn, int H, int hd, int rope_dims, float rope_base, bool norm, cudaStream_t stream) {
-    const int N = B * Tn;
-    if (N <= 0) return;
-    const HeadLaunch L = head_launch(N, H, hd);
+void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
+    const HeadLaunch L = qkv_launch(s);
+    PG_CHECK(!p.v_mix || (p.v_first && d.dv_first && d.dv_mix));
     const int nvec = L.threads / L.tpv;
-    const size_t smem = (size_t(2 * nvec) * hd + nvec) * sizeof(float);
-    float* partial = gain ? scratch(size_t(L.blocks) * H) : nullptr;
-    qk_prep_backward_kernel<<<L.blocks, L.threads, smem, stream>>>(
-        dinp, partial, dout, inp, rstd, gain, N, Tn, H, hd, L.tpv, L.rpb, make_rope(rope_dims, hd, rope_base), norm);
+    const size_t smem = (size_t(2 * nvec) * s.hd + 2 * nvec) * sizeof(float);
+    float* partial = scratch(size_t(L.blocks) * (s.H + 2));
+    qkv_prep_backward_kernel<<<L.blocks, L.threads, smem, stream>>>(
+        d, p, partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn), s.norm);
     PG_CHECK_LAUNCH();
-    if (gain) finish_partials(dgain, partial, L.blocks, H, 1, stream);
+    if (p.q_gain && d.dq_gain) finish_partials(d.dq_gain, partial, L.blocks, s.H, 1, stream, s.H + 2);
+    if (p.v_mix) finish_partials(d.dv_mix, partial + s.H, L.blocks, 2, 1, stream, s.H + 2);
 }
 
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream) {
@@ -1077,35 +1288,55 @@ void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const floa
     launch_rows(SkipMixBackward{dx, ds, dout, x, s, w, gate, C}, N, C, stream, {dw, dgate});
 }
 
-template <typename T>
-void mix_forward(T* out, const T* a, const T* b, const float* wa, const float* wb, int N, int C, int wstride,
-                 cudaStream_t stream) {
-    launch_rows(MixForward<T>{out, a, b, wa, wb, C, wstride}, N, C, stream);
+void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
+                      cudaStream_t stream) {
+    if (N <= 0 || C <= 0) return;
+    PG_CHECK(!norm || rstd);
+    const int blocks = res_blocks(N), threads = kResWarps * 32;
+    switch (res_chunks(C)) {
+        case 1: residual_forward_kernel<1><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale); break;
+        case 2: residual_forward_kernel<2><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale); break;
+        default: residual_forward_kernel<4><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale);
+    }
+    PG_CHECK_LAUNCH();
 }
 
-template <typename T, typename G>
-void mix_backward(float* da, float* db, float* dwa, float* dwb, const G* dout, const T* a, const T* b, const float* wa,
-                  const float* wb, int N, int C, int wstride, cudaStream_t stream) {
-    launch_rows(MixBackward<T, G>{da, db, dout, a, b, wa, wb, C, wstride}, N, C, stream, {dwa, dwb}, wstride);
+void residual_backward(float* dres, const float* dy, const float* dadd, const float* dnorm, const float* xn,
+                       const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
+                       cudaStream_t stream) {
+    if (N <= 0 || C <= 0) return;
+    PG_CHECK(!dnorm || rstd);
+    ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, {-1, -1, -1, -1}};
+    float* const dw[4] = {d.dwx, d.dw0, d.dwa, d.dwm};
+    int slots = 0;
+    for (int i = 0; i < 4; ++i)
+        if (dw[i]) a.slot[i] = slots++;
+    PG_CHECK(slots <= 2);  // the kernel keeps two accumulators
+    const int blocks = res_blocks(N), threads = kResWarps * 32;
+    float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
+    switch (res_chunks(C)) {
+        case 1: residual_backward_kernel<1><<<blocks, threads, 0, stream>>>(a, N, C, partial); break;
+        case 2: residual_backward_kernel<2><<<blocks, threads, 0, stream>>>(a, N, C, partial); break;
+        default: residual_backward_kernel<4><<<blocks, threads, 0, stream>>>(a, N, C, partial);
+    }
+    PG_CHECK_LAUNCH();
+    for (int i = 0; i < 4; ++i)
+        if (dw[i]) finish_partials(dw[i], partial + size_t(a.slot[i]) * blocks * C, blocks, C, t.wstride, stream);
 }
 
-template <typename A>
-void add_scaled_forward(float* out, const float* x, const A* a, const float* w, int N, int C, int wstride,
+void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int32_t* targets, int n, int V, float cap,
                         cudaStream_t stream) {
-    launch_rows(AddScaledForward<A>{out, x, a, w, C, wstride}, N, C, stream);
-}
-
-template <typename A>
-void add_scaled_backward(float* dx, bf16* da, float* dw, const float* dout, const A* a, const float* w, int N, int C,
-                         int wstride, cudaStream_t stream) {
-    launch_rows(AddScaledBackward<A>{dx, da, dout, a, w, C, wstride}, N, C, stream, {dw}, wstride);
-}
-
-void softcap_ce(float* losses, bf16* dlogits, const bf16* logits, const int32_t* targets, int n, int V, float cap,
-                float loss_scale, cudaStream_t stream) {
     if (n <= 0) return;
     PG_CHECK(V > 0);
-    softcap_ce_kernel<<<n, kCeThreads, 0, stream>>>(losses, dlogits, logits, targets, V, cap, loss_scale);
+    softcap_ce_forward_kernel<<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap);
+    PG_CHECK_LAUNCH();
+}
+
+void softcap_ce_backward(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int n, int V,
+                         float cap, const float* scale, cudaStream_t stream) {
+    if (n <= 0) return;
+    PG_CHECK(V > 0);
+    softcap_ce_backward_kernel<<<n, kCeThreads, 0, stream>>>(dlogits, logits, lse, targets, V, cap, scale);
     PG_CHECK_LAUNCH();
 }
 
@@ -1135,25 +1366,5 @@ template void rmsnorm_backward<bf16, float>(float*, const float*, const bf16*, c
                                             cudaStream_t);
 template void rmsnorm_backward<bf16, bf16>(float*, const bf16*, const bf16*, const float*, int, int, float,
                                            cudaStream_t);
-
-template void mix_forward<float>(float*, const float*, const float*, const float*, const float*, int, int, int,
-                                 cudaStream_t);
-template void mix_forward<bf16>(bf16*, const bf16*, const bf16*, const float*, const float*, int, int, int,
-                                cudaStream_t);
-template void mix_backward<float, float>(float*, float*, float*, float*, const float*, const float*, const float*,
-                                         const float*, const float*, int, int, int, cudaStream_t);
-template void mix_backward<float, bf16>(float*, float*, float*, float*, const bf16*, const float*, const float*,
-                                        const float*, const float*, int, int, int, cudaStream_t);
-template void mix_backward<bf16, float>(float*, float*, float*, float*, const float*, const bf16*, const bf16*,
-                                        const float*, const float*, int, int, int, cudaStream_t);
-template void mix_backward<bf16, bf16>(float*, float*, float*, float*, const bf16*, const bf16*, const bf16*,
-                                       const float*, const float*, int, int, int, cudaStream_t);
-
-template void add_scaled_forward<float>(float*, const float*, const float*, const float*, int, int, int, cudaStream_t);
-template void add_scaled_forward<bf16>(float*, const float*, const bf16*, const float*, int, int, int, cudaStream_t);
-template void add_scaled_backward<float>(float*, bf16*, float*, const float*, const float*, const float*, int, int, int,
-                                         cudaStream_t);
-template void add_scaled_backward<bf16>(float*, bf16*, float*, const float*, const bf16*, const float*, int, int, int,
-                                        cudaStream_t);
 
 }  // namespace pg

@@ -6,7 +6,9 @@
 // outputs, q/k/v, attention outputs, MLP activations, logits) are bf16; parameters and
 // parameter gradients are fp32 (the flat master / grad buffers of model/params.h).
 // Gradient convention, as in ops_ref.h: backward kernels ADD into fp32 gradient outputs
-// (callers zero them first); bf16 gradient outputs, which feed GEMMs, are overwritten.
+// (callers zero them first); bf16 gradient outputs, which feed GEMMs, are overwritten. A few
+// fp32 outputs are overwritten too, each said below: where every element is written once per
+// step, a zeroing pass would cost as much as the kernel's own write.
 // Parameter gradients that sum over rows are reduced in a fixed order (deterministic),
 // except the embedding scatter-adds, which use fp32 atomics.
 // Every function only enqueues work on `stream`.
@@ -16,6 +18,8 @@
 
 #include <cstddef>
 #include <cstdint>
+
+#include "model/ops_ref.h"  // the argument structs shared with the oracles
 
 namespace pg {
 
@@ -46,16 +50,14 @@ template <typename In, typename G>
 void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
                       cudaStream_t stream);
 
-// ---- q/k preparation, per head of [B*Tn, H, hd]: optional RMSNorm over hd (QK norm), then
-// partial RoPE on the first rope_dims dims (ops_ref.h rope_forward's convention), then an
-// optional per-head gain (q_gain; nullptr for k). rstd [B*Tn*H] is written when norm. ----
-void qk_prep_forward(bf16* out, float* rstd, const bf16* inp, const float* gain, int B, int Tn, int H, int hd,
-                     int rope_dims, float rope_base, bool norm, cudaStream_t stream);
-// dinp (bf16) overwritten; dgain[H] += when gain != nullptr. Recomputes the forward's
-// intermediates from inp and rstd.
-void qk_prep_backward(bf16* dinp, float* dgain, const bf16* dout, const bf16* inp, const float* rstd,
-                      const float* gain, int B, int Tn, int H, int hd, int rope_dims, float rope_base, bool norm,
-                      cudaStream_t stream);
+// ---- q/k/v preparation (ops_ref.h qkv_prep_forward / _backward): from the fused projection
+// qkv [N, (H + 2 Hkv) hd], QK norm, partial RoPE and q_gain on q and k, the value-residual mix
+// on v, in one pass; the backward also does the v_mix backward and sums v's gradients.
+// Parameter gradients are per-block partial sums finished in a fixed order. ----
+using QkvIn = QkvForward<float, bf16>;
+using QkvGrad = QkvBackward<float, bf16>;
+void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream);
+void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cudaStream_t stream);
 
 // ---- XSA: out[n,h] = y[n,h] - (y[n,h].vn) vn, vn = v[n,h/group]/||v|| (ops_ref.h xsa_forward) ----
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream);
@@ -70,40 +72,40 @@ void leaky_relu2_backward(bf16* dinp, const bf16* dout, const bf16* inp, size_t 
 void swiglu_forward(bf16* out, const bf16* inp, int N, int hidden, cudaStream_t stream);
 void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int hidden, cudaStream_t stream);
 
-// ---- residual-stream mixes (fp32 [N, C]; per-channel weights [C] (wstride 1) or one
-// scalar (wstride 0), read from the fp32 parameter buffer) ----
+// ---- residual-stream mixes (fp32 [N, C]; per-channel weights [C], read from the fp32
+// parameter buffer) ----
 // SmearGate over [B, Tn, C]: out_t = (1-g) x_t + g x_{t-1}, g = sigmoid(gate).
 void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
 void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B,
                     int Tn, int C, cudaStream_t stream);
-// U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate).
+// U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate). The backward OVERWRITES dx and ds
+// (each encoder output feeds one skip; no zeroing needed) and adds to dw, dgate.
 void skip_mix_forward(float* out, const float* x, const float* s, const float* w, const float* gate, int N, int C,
                       cudaStream_t stream);
 void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x,
                        const float* s, const float* w, const float* gate, int N, int C, cudaStream_t stream);
-// out = wa a + wb b (resid_mix with x0 in fp32; v_mix with the first layer's V in bf16).
-template <typename T>
-void mix_forward(T* out, const T* a, const T* b, const float* wa, const float* wb, int N, int C, int wstride,
-                 cudaStream_t stream);
-// da, db (fp32) +=; dwa, dwb +=. G is float or bf16.
-template <typename T, typename G>
-void mix_backward(float* da, float* db, float* dwa, float* dwb, const G* dout, const T* a, const T* b,
-                  const float* wa, const float* wb, int N, int C, int wstride, cudaStream_t stream);
-// out = x + w a (a residual branch: a is the fp32 output of the branch's last GEMM, or the
-// bigram projection); out may alias x.
-template <typename A>
-void add_scaled_forward(float* out, const float* x, const A* a, const float* w, int N, int C, int wstride,
-                        cudaStream_t stream);
-// dx += dout; da (bf16, overwritten: it feeds the branch's GEMMs) = w dout; dw += sum(dout a).
-template <typename A>
-void add_scaled_backward(float* dx, bf16* da, float* dw, const float* dout, const A* a, const float* w, int N,
-                         int C, int wstride, cudaStream_t stream);
 
-// ---- tied head: fused softcap + cross-entropy over a chunk of logits [n, V] (bf16, the
-// GEMM output x E^T), so the full fp32 logits never exist. losses[n] = logsumexp(s) - s_t with
-// s = cap tanh(z/cap) (no cap when cap <= 0). When dlogits != nullptr it receives
-// loss_scale * d(sum of losses)/dz in bf16 (it may alias logits). ----
-void softcap_ce(float* losses, bf16* dlogits, const bf16* logits, const int32_t* targets, int n, int V, float cap,
-                float loss_scale, cudaStream_t stream);
+// ---- the residual stream around a block (ops_ref.h residual_forward / _backward): one warp
+// per row, so a row's RMS statistic and every term of the sum meet in one pass. C <= 2048. ----
+// sum (fp32, may alias t.x) and/or norm = scale * rmsnorm(sum) (bf16) with rstd [N].
+using ResidualIn = ResidualTerms<float, bf16, float>;
+using ResidualGrad = ResidualGrads<float, bf16, float>;
+void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
+                      cudaStream_t stream);
+// g = dy + dadd + scale * rmsnorm_backward(dnorm; input xn, or the terms' sum when xn is null);
+// dres = g (may alias dy); term gradients as ResidualGrads says.
+void residual_backward(float* dres, const float* dy, const float* dadd, const float* dnorm, const float* xn,
+                       const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
+                       cudaStream_t stream);
+
+// ---- tied head: softcap + cross-entropy over a chunk of logits [n, V] (bf16, the GEMM output
+// x E^T), so the full fp32 logits never exist (ops_ref.h softcap_ce_forward / _backward). The
+// forward writes losses and each row's log-sum-exp; the backward, a single pass from them,
+// writes dlogits = (*scale) d(sum of losses)/dz in bf16 (it may alias logits). The scale is
+// read from device memory, so that a captured graph takes a new one at every replay. ----
+void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int32_t* targets, int n, int V,
+                        float cap, cudaStream_t stream);
+void softcap_ce_backward(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int n, int V,
+                         float cap, const float* scale, cudaStream_t stream);
 
 }  // namespace pg

@@ -38,12 +38,12 @@ void linear_backward_input(Gemm& g, void* dx, OutType type, float beta, const bf
     g.run(a, s);
 }
 
-// dw [out, in] += dy^T x, fp32.
+// dw [out, in] += dy^T x, fp32; dy's rows are ld_dy apart (0: packed).
 void linear_backward_weight(Gemm& g, float* dw, const bf16* dy, const bf16* x, int rows, int in, int out,
-                            cudaStream_t s) {
+                            cudaStream_t s, int ld_dy = 0) {
     GemmArgs a;
     a.M = out, a.N = in, a.K = rows;
-    a.a = dy, a.trans_a = true, a.b = x;
+    a.a = dy, a.trans_a = true, a.lda = ld_dy, a.b = x;
     a.d = dw, a.out_type = OutType::F32, a.beta = 1.f;
     g.run(a, s);
 }
@@ -53,7 +53,7 @@ void zero(float* p, size_t n, cudaStream_t s) { PG_CHECK(cudaMemsetAsync(p, 0, n
 }  // namespace
 
 CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
-    : cfg_(cfg), layout_(make_layout(cfg)), stream_(stream) {
+    : cfg_(cfg), layout_(make_layout(cfg)), stream_(stream), st_(stream) {
     ix_ = index_params(layout_, cfg_.n_layers);
     if (max_rows < 1) fail("CudaModel: max_rows must be >= 1 (got %d)", max_rows);
     if (!flash_attention_supports_head_dim(cfg_.head_dim))
@@ -67,12 +67,20 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     PG_CHECK(cudaMemset(params_.get(), 0, layout_.total * sizeof(float)));
     PG_CHECK(cudaMemset(params_bf16_.get(), 0, layout_.total * sizeof(bf16)));
     PG_CHECK(cudaMemset(grads_.get(), 0, layout_.total * sizeof(float)));
+    // Each forward gathers wq, wk, wv of every layer with one strided copy per kind, so each
+    // kind must sit layer after layer at a fixed stride, as its parameter bank does.
+    wqkv_ = DeviceArray<bf16>(size_t(cfg_.n_layers) * qkv_width() * cfg_.model_dim);
+    for (int l = 0; l < cfg_.n_layers; ++l)
+        for (auto w : {&ParamIndex::Block::wq, &ParamIndex::Block::wk, &ParamIndex::Block::wv}) {
+            const ParamSpec& p = layout_.params[ix_.blocks[l].*w], &p0 = layout_.params[ix_.blocks[0].*w];
+            PG_CHECK(p.offset == p0.offset + size_t(l) * p0.numel());
+        }
 
     // Every buffer sized by max_rows comes from one allocation: first the requests, then the
     // pointers into it.
     const size_t N = max_tokens_, D = cfg_.model_dim, V = cfg_.vocab_size;
     const size_t QD = size_t(cfg_.n_heads) * cfg_.head_dim, KVD = size_t(cfg_.n_kv_heads) * cfg_.head_dim;
-    const size_t hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
+    const size_t hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden, QKV = qkv_width();
     const size_t H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, bd = cfg_.bigram_buckets > 0 ? cfg_.bigram_dim : 0;
     head_rows_ = int(std::max<size_t>(1, std::min(N, kHeadChunkValues / V)));
     const size_t max_entries = cfg_.layer_schedule(cfg_.recur_repeats > 1).size();
@@ -87,26 +95,26 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     };
     want(inputs_, N), want(targets_, N), want(buckets_, N);
     want(x_emb_, N * D), want(x_norm_, N * D), want(x_smear_, cfg_.smear_gate ? N * D : 0);
-    want(rstd_emb_, N), want(rstd_f_, N), want(losses_, N);
+    want(rstd_emb_, N), want(rstd_f_, N), want(losses_, N), want(lse_, N), want(loss_scale_, 1);
     want(big_e_, N * bd), want(big_p_, bd ? N * D : 0), want(xf_, N * D);
     want(logits_, size_t(head_rows_) * V);
     unsigned char* ws = nullptr;
     want(ws, flash_attention_backward_workspace_bytes(1, int(N), int(H), cfg_.head_dim));
     for (Slot& s : slots_) {
-        for (float** p : {&s.x, &s.x_in, &s.x_mid, &s.x_out}) want(*p, N * D);
+        for (float** p : {&s.x, &s.x_mid, &s.x_out}) want(*p, N * D);
         want(s.rstd1, N), want(s.rstd2, N), want(s.q_rstd, N * H), want(s.k_rstd, N * Hkv), want(s.lse, N * H);
         for (bf16** p : {&s.h, &s.a, &s.u, &s.m}) want(*p, N * D);
-        for (bf16** p : {&s.q_raw, &s.q, &s.y, &s.y_xsa}) want(*p, N * QD);
-        for (bf16** p : {&s.k_raw, &s.v_raw, &s.k, &s.v}) want(*p, N * KVD);
-        want(s.f, N * F), want(s.act, N * hidden);
+        for (bf16** p : {&s.q, &s.y, &s.y_xsa}) want(*p, N * QD);
+        for (bf16** p : {&s.k, &s.v}) want(*p, N * KVD);
+        want(s.qkv, N * QKV), want(s.f, N * F), want(s.act, N * hidden);
     }
-    for (float** p : {&dx_, &dblock_, &dx0_, &dx_mid_, &dx_in_, &dh_}) want(*p, N * D);
-    for (float** p : {&dv_first_, &dv_, &dv_raw32_}) want(*p, N * KVD);
+    for (float** p : {&dx_, &dblock_, &dx0_, &dh_}) want(*p, N * D);
+    for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (float*& p : dskip_) want(p, N * D);
-    want(dbranch_, N * D), want(dact_, N * hidden), want(df_, N * F);
-    for (bf16** p : {&dyo_, &dy_, &dq_, &dq_raw_}) want(*p, N * QD);
-    for (bf16** p : {&dk_, &dv_att_, &dk_raw_, &dv_raw_}) want(*p, N * KVD);
-    want(dbig_e_, N * bd);
+    want(dm_, N * D), want(da_, N * D), want(dact_, N * hidden), want(df_, N * F);
+    for (bf16** p : {&dyo_, &dy_, &dq_}) want(*p, N * QD);
+    for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
+    want(dqkv_, N * QKV), want(dbig_e_, N * bd);
 
     size_t total = 0;
     for (const auto& w : wants) total += w.first;
@@ -117,15 +125,20 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
         at += w.first;
     }
     attn_ws_ = ws;
+    x0_ = cfg_.smear_gate ? x_smear_ : x_norm_;
     // NaN (all bits set, in fp32 and bf16) until written: a read of a buffer the forward did
     // not fill shows in the loss and the gradients.
     PG_CHECK(cudaMemset(arena_.get(), 0xFF, total));
 
     PG_CHECK(cudaMallocHost(&host_tokens_, 2 * N * sizeof(int32_t)));
     PG_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
+    PG_CHECK(cudaStreamCreateWithFlags(&capture_, cudaStreamNonBlocking));
 }
 
 CudaModel::~CudaModel() {
+    for (Graphs* g : {&fwd_graphs_, &bwd_graphs_})
+        for (auto& kv : g->exec) cudaGraphExecDestroy(kv.second);
+    if (capture_) cudaStreamDestroy(capture_);
     if (staged_) cudaEventDestroy(staged_);
     if (host_tokens_) cudaFreeHost(host_tokens_);
 }
@@ -151,10 +164,59 @@ std::vector<float> CudaModel::download_grads() const {
 
 void CudaModel::zero_grad() { zero(grads_.get(), layout_.total, stream_); }
 
+// A graph holds at most this many shapes per direction; further shapes run eagerly.
+constexpr size_t kMaxGraphs = 8;
+
+void CudaModel::run(Graphs& graphs, const GraphKey& key, const std::function<void()>& body) {
+    auto it = graphs.exec.find(key);
+    if (it == graphs.exec.end()) {
+        if (!graphs_on_ || observer_ || graphs.seen.insert(key).second || graphs.exec.size() >= kMaxGraphs) {
+            body();
+            return;
+        }
+        // Capture on the private stream; on an error end the capture before passing it on.
+        st_ = capture_;
+        PG_CHECK(cudaStreamBeginCapture(capture_, cudaStreamCaptureModeThreadLocal));
+        cudaGraph_t graph = nullptr;
+        try {
+            body();
+        } catch (...) {
+            cudaStreamEndCapture(capture_, &graph);
+            if (graph) cudaGraphDestroy(graph);
+            st_ = stream_;
+            throw;
+        }
+        st_ = stream_;
+        PG_CHECK(cudaStreamEndCapture(capture_, &graph));
+        cudaGraphExec_t exec;
+        PG_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        PG_CHECK(cudaGraphDestroy(graph));
+        it = graphs.exec.emplace(key, exec).first;
+    }
+    PG_CHECK(cudaGraphLaunch(it->second, stream_));
+}
+
+QkvShape CudaModel::qkv_shape() const {
+    QkvShape s;
+    s.B = B_, s.Tn = Tn_, s.H = cfg_.n_heads, s.Hkv = cfg_.n_kv_heads, s.hd = cfg_.head_dim;
+    s.rope_dims = cfg_.rope_dims, s.rope_base = cfg_.rope_base, s.norm = cfg_.qk_norm;
+    return s;
+}
+
+QkvIn CudaModel::qkv_in(int i) const {
+    const Slot& A = slots_[i];
+    const ParamIndex::Block& L = ix_.blocks[entries_[i].layer];
+    QkvIn p;
+    p.q = A.q, p.k = A.k, p.v = A.v, p.q_rstd = A.q_rstd, p.k_rstd = A.k_rstd, p.qkv = A.qkv;
+    p.q_gain = P(L.q_gain);
+    if (cfg_.value_residual && i > 0) p.v_first = slots_[0].v, p.v_mix = P(L.v_mix);
+    return p;
+}
+
 // ----------------------------------------------------------------------------- forward
 
 void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active) {
-    const int D = cfg_.model_dim, V = cfg_.vocab_size;
+    const int V = cfg_.vocab_size;
     if (B < 1 || Tn < 1 || size_t(B) * Tn > size_t(max_tokens_))
         fail("CudaModel: a batch of %d sequences of %d tokens does not fit the model's buffers (%d tokens)", B, Tn,
              max_tokens_);
@@ -164,7 +226,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
         if (targets[n] < 0 || targets[n] >= V)
             fail("CudaModel: target id %d outside the vocabulary of %d", targets[n], V);
     }
-    B_ = B, Tn_ = Tn, N_ = N;
+    B_ = B, Tn_ = Tn, N_ = N, recur_ = recur_active;
 
     // The staging buffer is free once the previous forward's copy has run (long ago, as a rule).
     PG_CHECK(cudaEventSynchronize(staged_));
@@ -175,22 +237,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
                              stream_));
     PG_CHECK(cudaEventRecord(staged_, stream_));
 
-    embedding_forward(x_emb_, inputs_, P(ix_.tok_emb), N, D, stream_);
-    if (cfg_.bigram_buckets > 0) {
-        const int bd = cfg_.bigram_dim;
-        bigram_hash(buckets_, inputs_, B, Tn, cfg_.bigram_buckets, stream_);
-        embedding_forward(big_e_, buckets_, P(ix_.bigram_emb), N, bd, stream_);
-        observe(ix_.bigram_proj, big_e_, bd);
-        linear_forward(gemm_, big_p_, big_e_, W(ix_.bigram_proj), N, bd, D, stream_);
-        add_scaled_forward(x_emb_, x_emb_, big_p_, P(ix_.bigram_scale), N, D, 0, stream_);
-    }
-    rmsnorm_forward(x_norm_, rstd_emb_, x_emb_, N, D, 1.f, stream_);
-    x0_ = x_norm_;
-    if (cfg_.smear_gate) {
-        smear_forward(x_smear_, x_norm_, P(ix_.smear_gate), B, Tn, D, stream_);
-        x0_ = x_smear_;
-    }
-
+    // The schedule, and where each entry reads its residual from.
     schedule_ = cfg_.layer_schedule(recur_active);
     const int S = int(schedule_.size());
     n_enc_ = cfg_.unet_skips ? S / 2 : 0;
@@ -199,66 +246,99 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
     for (int i = 0; i < S; ++i) {
         Entry& E = entries_[i];
         E.layer = schedule_[i];
-        const float* x = i == 0 ? x0_ : slots_[i - 1].x_out;
+        E.x = i == 0 ? x0_ : slots_[i - 1].x_out;
         if (i >= n_enc_ && !stack.empty()) {
             E.skip = i - n_enc_;
             E.skip_src = stack.back();
             stack.pop_back();
-            skip_mix_forward(slots_[i].x, x, slots_[E.skip_src].x_out, P(ix_.skip_weights) + size_t(E.skip) * D,
-                             P(ix_.skip_gates) + size_t(E.skip) * D, N, D, stream_);
-            x = slots_[i].x;
+            E.x = slots_[i].x;
         }
-        E.x = x;
-        block_forward(i);
         if (i < n_enc_) stack.push_back(i);
     }
+    run(fwd_graphs_, {B, Tn, recur_active}, [this] { forward_body(); });
+}
 
-    rmsnorm_forward(xf_, rstd_f_, slots_[S - 1].x_out, N, D, 1.f, stream_);
+void CudaModel::forward_body() {
+    const int N = N_, D = cfg_.model_dim;
+    const cudaStream_t st = st_;
+
+    // The fused q|k|v weights of every layer, from this step's bf16 weights.
+    const size_t row_bytes = size_t(cfg_.model_dim) * sizeof(bf16);
+    int at = 0;
+    for (auto w : {&ParamIndex::Block::wq, &ParamIndex::Block::wk, &ParamIndex::Block::wv}) {
+        const ParamSpec& p = layout_.params[ix_.blocks[0].*w];
+        PG_CHECK(cudaMemcpy2DAsync(wqkv_.get() + size_t(at) * D, qkv_width() * row_bytes, W(ix_.blocks[0].*w),
+                                   p.rows * row_bytes, p.rows * row_bytes, cfg_.n_layers, cudaMemcpyDeviceToDevice,
+                                   st));
+        at += p.rows;
+    }
+
+    embedding_forward(x_emb_, inputs_, P(ix_.tok_emb), N, D, st);
+    if (cfg_.bigram_buckets > 0) {
+        const int bd = cfg_.bigram_dim;
+        bigram_hash(buckets_, inputs_, B_, Tn_, cfg_.bigram_buckets, st);
+        embedding_forward(big_e_, buckets_, P(ix_.bigram_emb), N, bd, st);
+        observe(ix_.bigram_proj, big_e_, bd);
+        linear_forward(gemm_, big_p_, big_e_, W(ix_.bigram_proj), N, bd, D, st);
+        ResidualIn t;
+        t.x = x_emb_, t.a = big_p_, t.wa = P(ix_.bigram_scale), t.wstride = 0;
+        residual_forward(x_emb_, nullptr, nullptr, t, N, D, 1.f, st);
+    }
+    rmsnorm_forward(x_norm_, rstd_emb_, x_emb_, N, D, 1.f, st);
+    if (cfg_.smear_gate) smear_forward(x_smear_, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
+
+    const int S = int(schedule_.size());
+    for (int i = 0; i < S; ++i) {
+        const Entry& E = entries_[i];
+        if (E.skip >= 0)
+            skip_mix_forward(slots_[i].x, slots_[i - 1].x_out, slots_[E.skip_src].x_out,
+                             P(ix_.skip_weights) + size_t(E.skip) * D, P(ix_.skip_gates) + size_t(E.skip) * D, N, D,
+                             st);
+        block_forward(i);
+    }
+
+    rmsnorm_forward(xf_, rstd_f_, slots_[S - 1].x_out, N, D, 1.f, st);
     observe(ix_.tok_emb, xf_, D);
-    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), nullptr, 0.f);
+    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), nullptr);
 }
 
 void CudaModel::block_forward(int i) {
-    Entry& E = entries_[i];
+    const Entry& E = entries_[i];
     const Slot& A = slots_[i];
     const ParamIndex::Block& L = ix_.blocks[E.layer];
-    const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
-    const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
+    const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, hd = cfg_.head_dim, QD = H * hd;
+    const int hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
     const float s = ln_scale(E.layer);
-    cudaStream_t st = stream_;
+    const cudaStream_t st = st_;
 
-    mix_forward(A.x_in, E.x, x0_, P(L.resid_mix), P(L.resid_mix) + D, N, D, 1, st);
-    rmsnorm_forward(A.h, A.rstd1, A.x_in, N, D, s, st);
+    // x_in = resid_mix . (x, x0), and h = s rmsnorm(x_in); x_in itself is not stored.
+    ResidualIn mix;
+    mix.x = E.x, mix.wx = P(L.resid_mix), mix.x0 = x0_, mix.w0 = P(L.resid_mix) + D;
+    residual_forward(nullptr, A.h, A.rstd1, mix, N, D, s, st);
 
-    // Attention. The q/k kernel does QK norm, partial RoPE and q_gain in one pass.
+    // Attention: one product for q|k|v, then QK norm, partial RoPE, q_gain and the value mix.
     for (int w : {L.wq, L.wk, L.wv}) observe(w, A.h, D);
-    linear_forward(gemm_, A.q_raw, A.h, W(L.wq), N, D, QD, st);
-    linear_forward(gemm_, A.k_raw, A.h, W(L.wk), N, D, KVD, st);
-    linear_forward(gemm_, A.v_raw, A.h, W(L.wv), N, D, KVD, st);
-    qk_prep_forward(A.q, A.q_rstd, A.q_raw, P(L.q_gain), B_, Tn_, H, hd, cfg_.rope_dims, cfg_.rope_base, cfg_.qk_norm,
-                    st);
-    qk_prep_forward(A.k, A.k_rstd, A.k_raw, nullptr, B_, Tn_, Hkv, hd, cfg_.rope_dims, cfg_.rope_base, cfg_.qk_norm,
-                    st);
-    E.v = A.v_raw;
-    if (cfg_.value_residual && i > 0) {
-        mix_forward(A.v, A.v_raw, entries_[0].v, P(L.v_mix), P(L.v_mix) + 1, N, KVD, 0, st);
-        E.v = A.v;
-    }
-    flash_attention_forward(A.q, A.k, E.v, A.y, A.lse, B_, Tn_, H, Hkv, hd, st);
+    linear_forward(gemm_, A.qkv, A.h, Wqkv(E.layer), N, D, qkv_width(), st);
+    qkv_prep_forward(qkv_in(i), qkv_shape(), st);
+    flash_attention_forward(A.q, A.k, A.v, A.y, A.lse, B_, Tn_, H, cfg_.n_kv_heads, hd, st);
     const bf16* y = A.y;
     if (xsa(E.layer)) {
-        xsa_forward(A.y_xsa, A.y, E.v, N, H, Hkv, hd, st);
+        xsa_forward(A.y_xsa, A.y, A.v, N, H, cfg_.n_kv_heads, hd, st);
         y = A.y_xsa;
     }
     observe(L.wo, y, QD);
     linear_forward(gemm_, A.a, y, W(L.wo), N, QD, D, st);
-    add_scaled_forward(A.x_mid, A.x_in, A.a, P(L.attn_scale), N, D, 1, st);
 
-    // MLP, on the attention's input (parallel residuals) or on the updated residual.
+    // MLP, on the attention's input (parallel residuals) or on the updated residual
+    // x_mid = x_in + attn_scale a, which is kept, with its norm u, for the backward.
+    ResidualIn out = mix;  // x_out = x_in + attn_scale a + mlp_scale m
+    out.a = A.a, out.wa = P(L.attn_scale);
     const bf16* u = A.h;
     if (!parallel(E.layer)) {
-        rmsnorm_forward(A.u, A.rstd2, A.x_mid, N, D, s, st);
+        residual_forward(A.x_mid, A.u, A.rstd2, out, N, D, s, st);
         u = A.u;
+        out = ResidualIn{};  // x_out = x_mid + mlp_scale m
+        out.x = A.x_mid;
     }
     observe(L.fc, u, D);
     linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
@@ -266,22 +346,24 @@ void CudaModel::block_forward(int i) {
     else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     observe(L.proj, A.act, hidden);
     linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
-    add_scaled_forward(A.x_out, A.x_mid, A.m, P(L.mlp_scale), N, D, 1, st);
+    out.m = A.m, out.wm = P(L.mlp_scale);
+    residual_forward(A.x_out, nullptr, nullptr, out, N, D, 1.f, st);
 }
 
 // Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; in the backward
-// (dxf given) dlogits (dlogit_scale d(sum of losses)/dz) replace the logits, and the rows of
+// (dxf given) dlogits (loss_scale_ d(sum of losses)/dz) replace the logits, and the rows of
 // dxf and the tied embedding's gradient follow from them.
-void CudaModel::head_chunk(int r0, int rows, float* dxf, float dlogit_scale) {
+void CudaModel::head_chunk(int r0, int rows, float* dxf) {
     const int D = cfg_.model_dim, V = cfg_.vocab_size;
     const bf16* x = xf_ + size_t(r0) * D;
-    linear_forward(gemm_, logits_, x, W(ix_.tok_emb), rows, D, V, stream_);
-    const bool grad = dxf != nullptr;
-    softcap_ce(losses_ + r0, grad ? logits_ : nullptr, logits_, targets_ + r0, rows, V, cfg_.logit_softcap,
-               dlogit_scale, stream_);
-    if (!grad) return;
-    linear_backward_input(gemm_, dxf + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, stream_);
-    linear_backward_weight(gemm_, G(ix_.tok_emb), logits_, x, rows, D, V, stream_);
+    linear_forward(gemm_, logits_, x, W(ix_.tok_emb), rows, D, V, st_);
+    if (!dxf) {
+        softcap_ce_forward(losses_ + r0, lse_ + r0, logits_, targets_ + r0, rows, V, cfg_.logit_softcap, st_);
+        return;
+    }
+    softcap_ce_backward(logits_, logits_, lse_ + r0, targets_ + r0, rows, V, cfg_.logit_softcap, loss_scale_, st_);
+    linear_backward_input(gemm_, dxf + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, st_);
+    linear_backward_weight(gemm_, G(ix_.tok_emb), logits_, x, rows, D, V, st_);
 }
 
 float CudaModel::loss() {
@@ -303,29 +385,32 @@ void CudaModel::per_token_loss(float* host_out) {
 
 void CudaModel::backward(float loss_scale) {
     PG_CHECK(N_ > 0);
+    // From pageable memory: the copy call returns once the value is staged, so the local may go.
+    const float dloss = loss_scale / float(N_);
+    PG_CHECK(cudaMemcpyAsync(loss_scale_, &dloss, sizeof dloss, cudaMemcpyHostToDevice, stream_));
+    run(bwd_graphs_, {B_, Tn_, recur_}, [this] { backward_body(); });
+}
+
+void CudaModel::backward_body() {
     const int N = N_, D = cfg_.model_dim, KVD = cfg_.n_kv_heads * cfg_.head_dim;
     const size_t ND = size_t(N) * D;
-    cudaStream_t st = stream_;
+    const cudaStream_t st = st_;
 
     float* dxf = dh_;
-    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), dxf, loss_scale / N);
+    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), dxf);
     float* dx = dx_;
     float* dblock = dblock_;
     zero(dx, ND, st);
     rmsnorm_backward(dx, dxf, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st);
 
-    // Blocks in reverse. dskip_[i] collects the gradient of encoder entry i's output through
-    // its decoder skip; the decoder runs later, so it is complete when i is reached.
-    for (int i = 0; i < n_enc_; ++i) zero(dskip_[i], ND, st);
+    // Blocks in reverse. The decoder entry that pops encoder entry i runs first, and its skip
+    // backward writes dskip_[i], the gradient of i's output through that skip.
     zero(dx0_, ND, st);
-    zero(dv_first_, size_t(N) * KVD, st);
+    if (cfg_.value_residual) zero(dv_first_, size_t(N) * KVD, st);
     for (int i = int(schedule_.size()) - 1; i >= 0; --i) {
         const Entry& E = entries_[i];
-        if (i < n_enc_) accumulate(dx, dskip_[i], ND, st);
-        zero(dblock, ND, st);
         block_backward(i, dx, dblock);
         if (E.skip >= 0) {
-            zero(dx, ND, st);
             skip_mix_backward(dx, dskip_[E.skip_src], G(ix_.skip_weights) + size_t(E.skip) * D,
                               G(ix_.skip_gates) + size_t(E.skip) * D, dblock, slots_[i - 1].x_out,
                               slots_[E.skip_src].x_out, P(ix_.skip_weights) + size_t(E.skip) * D,
@@ -343,92 +428,95 @@ void CudaModel::backward(float loss_scale) {
         smear_backward(dblock, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
         dnorm = dblock;
     }
-    float* demb = dx_mid_;
+    float* demb = dh_;
     zero(demb, ND, st);
     rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;
-        // add_scaled_backward also adds demb into its dx; the tok_emb path reads demb itself,
-        // so that copy goes to a scratch buffer nothing reads.
-        add_scaled_backward(dx_in_, dbranch_, G(ix_.bigram_scale), demb, big_p_, P(ix_.bigram_scale), N, D, 0, st);
-        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dbranch_, W(ix_.bigram_proj), N, bd, D, st);
-        linear_backward_weight(gemm_, G(ix_.bigram_proj), dbranch_, big_e_, N, bd, D, st);
+        ResidualIn t;
+        t.a = big_p_, t.wa = P(ix_.bigram_scale), t.wstride = 0;
+        ResidualGrad d;
+        d.da = dm_, d.dwa = G(ix_.bigram_scale);
+        residual_backward(nullptr, demb, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
+        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dm_, W(ix_.bigram_proj), N, bd, D, st);
+        linear_backward_weight(gemm_, G(ix_.bigram_proj), dm_, big_e_, N, bd, D, st);
         embedding_backward(G(ix_.bigram_emb), buckets_, dbig_e_, N, bd, st);
     }
     embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
 }
 
-// dx_out: gradient of the block's output. Adds the gradient of its input residual into dx
-// (zeroed by the caller), of x0 into dx0_, and of the first block's values into dv_first_.
-// GEMM operands (dm, da, dact, df, dy, dq, dk, dv) are bf16; residual-stream gradients and
-// dh, which sums four products, fp32.
-void CudaModel::block_backward(int i, const float* dx_out, float* dx) {
+// dx: the gradient of the block's output, used up (it holds the residual's gradient as it
+// passes back through the block). Writes the gradient of the block's input residual into
+// dblock, adds that of x0 into dx0_ and of the first block's values into dv_first_.
+// GEMM operands (dm, da, dact, df, dy, dq, dk, dv, dqkv) are bf16; residual-stream gradients
+// and dh, which sums the products of every matrix that read h, fp32.
+void CudaModel::block_backward(int i, float* dx, float* dblock) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
     const ParamIndex::Block& L = ix_.blocks[E.layer];
     const int N = N_, D = cfg_.model_dim, H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
-    const int QD = H * hd, KVD = Hkv * hd, hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden;
-    const size_t ND = size_t(N) * D, NKV = size_t(N) * KVD;
+    const int QD = H * hd, KVD = Hkv * hd, QKV = qkv_width(), hidden = cfg_.hidden_dim();
+    const int F = cfg_.swiglu ? 2 * hidden : hidden;
     const float s = ln_scale(E.layer);
-    cudaStream_t st = stream_;
+    const bool par = parallel(E.layer);
+    const cudaStream_t st = st_;
 
-    // MLP.
-    zero(dx_mid_, ND, st);
-    bf16* dm = dbranch_;
-    add_scaled_backward(dx_mid_, dm, G(L.mlp_scale), dx_out, A.m, P(L.mlp_scale), N, D, 1, st);
-    linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm, W(L.proj), N, hidden, D, st);
-    linear_backward_weight(gemm_, G(L.proj), dm, A.act, N, hidden, D, st);
+    // The branches' gradients from the output's: the MLP's, and with parallel residuals the
+    // attention's too. An encoder entry's output also fed a skip: its gradient is added first.
+    {
+        const float* dskip = i < n_enc_ ? dskip_[i] : nullptr;
+        ResidualIn t;
+        ResidualGrad d;
+        t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_, d.dwm = G(L.mlp_scale);
+        if (par) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
+        residual_backward(dskip ? dx : nullptr, dx, dskip, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
+    }
+
+    // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
+    // otherwise it is u's gradient, which goes back through the second norm into dx.
+    linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);
+    linear_backward_weight(gemm_, G(L.proj), dm_, A.act, N, hidden, D, st);
     if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);
     else leaky_relu2_backward(df_, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
-    const bool par = parallel(E.layer);
-    // dh collects the MLP's input gradient when the MLP read h (parallel residuals); otherwise
-    // it passes through the second norm and the attention's products start dh afresh.
     linear_backward_input(gemm_, dh_, OutType::F32, 0.f, df_, W(L.fc), N, D, F, st);
     linear_backward_weight(gemm_, G(L.fc), df_, par ? A.h : A.u, N, D, F, st);
-    float dh_beta = 1.f;
-    if (!par) {
-        rmsnorm_backward(dx_mid_, dh_, A.x_mid, A.rstd2, N, D, s, st);
-        dh_beta = 0.f;
+    if (!par) {  // dx = d x_mid = dx + s rmsnorm_backward(du); then attn_scale's and a's gradients
+        ResidualIn t;
+        ResidualGrad d;
+        t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
+        residual_backward(dx, dx, nullptr, dh_, A.x_mid, A.rstd2, s, t, d, N, D, st);
     }
 
     // Attention.
-    zero(dx_in_, ND, st);
-    bf16* da = dbranch_;
-    add_scaled_backward(dx_in_, da, G(L.attn_scale), dx_mid_, A.a, P(L.attn_scale), N, D, 1, st);
     const bool x = xsa(E.layer);
-    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da, W(L.wo), N, QD, D, st);
-    linear_backward_weight(gemm_, G(L.wo), da, x ? A.y_xsa : A.y, N, QD, D, st);
-    zero(dv_, NKV, st);
+    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da_, W(L.wo), N, QD, D, st);
+    linear_backward_weight(gemm_, G(L.wo), da_, x ? A.y_xsa : A.y, N, QD, D, st);
     const bf16* dy = dyo_;
     if (x) {
-        xsa_backward(dy_, dv_, dyo_, A.y, E.v, N, H, Hkv, hd, st);
+        zero(dv_, size_t(N) * KVD, st);
+        xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st);
         dy = dy_;
     }
-    flash_attention_backward(A.q, A.k, E.v, A.y, A.lse, dy, dq_, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
-    accumulate(dv_, dv_att_, NKV, st);
-    const float* dv_raw = dv_;
-    if (cfg_.value_residual && i > 0) {
-        zero(dv_raw32_, NKV, st);
-        mix_backward(dv_raw32_, dv_first_, G(L.v_mix), G(L.v_mix) + 1, dv_, A.v_raw, entries_[0].v, P(L.v_mix),
-                     P(L.v_mix) + 1, N, KVD, 0, st);
-        dv_raw = dv_raw32_;
-    } else if (cfg_.value_residual) {
-        accumulate(dv_, dv_first_, NKV, st);  // the first block's v is v_first itself
+    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, dq_, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
+    QkvGrad d;
+    d.dqkv = dqkv_, d.dq_gain = G(L.q_gain), d.dq = dq_, d.dk = dk_, d.dv = dv_att_;
+    d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
+    if (cfg_.value_residual) {
+        if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix);
+        else d.dv_add2 = dv_first_;  // the first block's v is v_first itself
     }
-    convert(dv_raw_, dv_raw, NKV, st);
-    qk_prep_backward(dq_raw_, G(L.q_gain), dq_, A.q_raw, A.q_rstd, P(L.q_gain), B_, Tn_, H, hd, cfg_.rope_dims,
-                     cfg_.rope_base, cfg_.qk_norm, st);
-    qk_prep_backward(dk_raw_, nullptr, dk_, A.k_raw, A.k_rstd, nullptr, B_, Tn_, Hkv, hd, cfg_.rope_dims,
-                     cfg_.rope_base, cfg_.qk_norm, st);
-    linear_backward_input(gemm_, dh_, OutType::F32, dh_beta, dq_raw_, W(L.wq), N, D, QD, st);
-    linear_backward_weight(gemm_, G(L.wq), dq_raw_, A.h, N, D, QD, st);
-    linear_backward_input(gemm_, dh_, OutType::F32, 1.f, dk_raw_, W(L.wk), N, D, KVD, st);
-    linear_backward_weight(gemm_, G(L.wk), dk_raw_, A.h, N, D, KVD, st);
-    linear_backward_input(gemm_, dh_, OutType::F32, 1.f, dv_raw_, W(L.wv), N, D, KVD, st);
-    linear_backward_weight(gemm_, G(L.wv), dv_raw_, A.h, N, D, KVD, st);
-    rmsnorm_backward(dx_in_, dh_, A.x_in, A.rstd1, N, D, s, st);
-    mix_backward(dx, dx0_, G(L.resid_mix), G(L.resid_mix) + D, dx_in_, E.x, x0_, P(L.resid_mix),
-                 P(L.resid_mix) + D, N, D, 1, st);
+    qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
+    linear_backward_input(gemm_, dh_, OutType::F32, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
+    linear_backward_weight(gemm_, G(L.wq), dqkv_, A.h, N, D, QD, st, QKV);
+    linear_backward_weight(gemm_, G(L.wk), dqkv_ + QD, A.h, N, D, KVD, st, QKV);
+    linear_backward_weight(gemm_, G(L.wv), dqkv_ + QD + KVD, A.h, N, D, KVD, st, QKV);
+
+    // Through the first norm (x_in formed again from x and x0) and resid_mix.
+    ResidualIn t;
+    ResidualGrad g;
+    t.x = E.x, t.wx = P(L.resid_mix), t.x0 = x0_, t.w0 = P(L.resid_mix) + D;
+    g.dx = dblock, g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D;
+    residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
 }
 
 }  // namespace pg

@@ -7,10 +7,20 @@
 // all buffers are allocated once, for max_rows sequences of cfg.seq_len, so a step allocates
 // nothing and enqueues everything on one stream (forward and backward never wait for the
 // host; loss() and per_token_loss() do). The tied head runs in row chunks: bf16 logits of a
-// chunk -> fused softcap + cross-entropy (loss, and in the backward bf16 dlogits written in
-// place) -> dX and dE products, so the fp32 logits [N, vocab] never exist. The forward keeps
-// only the losses; the backward computes each chunk's logits again (one extra GEMM of
-// N x dim x vocab) because the loss scale is known only then.
+// chunk -> fused softcap + cross-entropy (loss and log-sum-exp; in the backward bf16 dlogits
+// written in place) -> dX and dE products, so the fp32 logits [N, vocab] never exist. The
+// forward keeps only the losses and log-sum-exps; the backward computes each chunk's logits
+// again (one extra GEMM of N x dim x vocab) because the loss scale is known only then.
+//
+// Where RefModel runs op after op, the GPU fuses neighbours that would re-read the same
+// tensors: the residual sums of a block with the RMSNorm that follows them (and their
+// backward with the norm's), q/k/v preparation in one pass over one fused q|k|v projection
+// (the three weight matrices gathered into one bf16 matrix per layer at each forward).
+//
+// CUDA graphs: the first forward (backward) of a shape (rows, tokens, recurrence) runs
+// eagerly, which also makes the GEMM plans and the kernels' scratch; the second is captured
+// into a graph, and later ones replay it. What changes between calls lives in device memory
+// (tokens, the loss scale), so a replay is exact.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,6 +28,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <set>
+#include <tuple>
 #include <vector>
 
 #include "common/config.h"
@@ -62,47 +75,70 @@ public:
     // GPTQ calibration, as RefModel::on_linear_input: forward() calls it with the bf16 input
     // x [rows, cols] (device memory) of every linear map, param its index in layout() (tok_emb
     // for the tied head), when x is ready on stream(); the observer enqueues its work there.
+    // While an observer is set, forwards run eagerly (a graph would replay the observer's
+    // launches, not call it).
     using InputObserver = std::function<void(int param, const bf16* x, int rows, int cols)>;
     void set_input_observer(InputObserver f) { observer_ = std::move(f); }
+    // With false, every forward and backward runs eagerly, launch by launch (for a caller that
+    // hooks into the forward, or a profiler); on by default.
+    void use_graphs(bool on) { graphs_on_ = on; }
 
     // Bytes of every buffer sized by max_rows (activations, backward scratch, head chunk,
     // attention workspace); parameters, gradients and their bf16 copy not included.
     size_t activation_bytes() const { return arena_.size(); }
 
 private:
-    // The buffers of one schedule entry: what RefModel's BlockActs holds.
+    // The buffers of one schedule entry: what RefModel's BlockActs holds (x_in is not kept:
+    // the backward forms it again from x and x0, which it reads anyway).
     struct Slot {
-        float *x, *x_in, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
+        float *x, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
         float *rstd1, *rstd2, *q_rstd, *k_rstd, *lse;
-        bf16 *h, *q_raw, *k_raw, *v_raw, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;
+        bf16 *h, *qkv, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;  // qkv: [N, (H + 2 Hkv) hd]
     };
     // How the last forward ran one schedule entry.
     struct Entry {
         int layer = 0;
         int skip = -1, skip_src = -1;  // U-Net row mixed in before the block, and whose output
         const float* x = nullptr;      // residual entering the block
-        const bf16* v = nullptr;       // values the attention read (v_raw, or the mix with v_first)
+    };
+    // Captured graphs of one direction, by (rows, tokens, recurrence).
+    using GraphKey = std::tuple<int, int, bool>;
+    struct Graphs {
+        std::set<GraphKey> seen;
+        std::map<GraphKey, cudaGraphExec_t> exec;
     };
 
     float* P(int i) const { return params_.get() + layout_.params[i].offset; }
     const bf16* W(int i) const { return params_bf16_.get() + layout_.params[i].offset; }
     float* G(int i) const { return grads_.get() + layout_.params[i].offset; }
+    const bf16* Wqkv(int l) const { return wqkv_.get() + size_t(l) * qkv_width() * cfg_.model_dim; }
+    int qkv_width() const { return (cfg_.n_heads + 2 * cfg_.n_kv_heads) * cfg_.head_dim; }
     float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
     bool parallel(int l) const { return l >= cfg_.parallel_from; }
     bool xsa(int l) const { return l >= cfg_.n_layers - cfg_.xsa_last; }
     void observe(int param, const bf16* x, int cols) const {
         if (observer_) observer_(param, x, N_, cols);
     }
+    QkvShape qkv_shape() const;
+    QkvIn qkv_in(int i) const;
 
+    // Runs body (which enqueues on st_) eagerly, or as the captured graph of key (above).
+    void run(Graphs& graphs, const GraphKey& key, const std::function<void()>& body);
+    void forward_body();
+    void backward_body();
     void block_forward(int i);
-    void block_backward(int i, const float* dx_out, float* dx);
+    void block_backward(int i, float* dx, float* dblock);
     // Rows [r0, r0 + rows) of the tied head: losses; with dxf, also the backward into dxf and dE.
-    void head_chunk(int r0, int rows, float* dxf, float dlogit_scale);
+    void head_chunk(int r0, int rows, float* dxf);
 
     ModelConfig cfg_;
     ParamLayout layout_;
     int max_tokens_ = 0;
     cudaStream_t stream_;
+    cudaStream_t st_;                  // where the bodies enqueue: stream_, or capture_ while capturing
+    cudaStream_t capture_ = nullptr;  // graphs are captured here (a capture cannot use the legacy stream)
+    bool graphs_on_ = true;
+    Graphs fwd_graphs_, bwd_graphs_;
     Gemm gemm_;
     ParamIndex ix_;  // where each named parameter sits in layout_
     int head_rows_ = 0;  // rows of one head chunk
@@ -110,6 +146,7 @@ private:
 
     DeviceArray<float> params_, grads_;
     DeviceArray<bf16> params_bf16_;
+    DeviceArray<bf16> wqkv_;            // per layer [wq; wk; wv], gathered from params_bf16_ by each forward
     DeviceArray<unsigned char> arena_;  // every buffer below, 256-byte aligned
 
     // Token staging: pinned, so the copy up needs no stream sync; `staged_` marks when the
@@ -119,19 +156,21 @@ private:
 
     // Forward state.
     int B_ = 0, Tn_ = 0, N_ = 0, n_enc_ = 0;
+    bool recur_ = false;
     std::vector<int> schedule_;
     std::vector<Entry> entries_;
     std::vector<Slot> slots_;  // one per entry of the longest schedule
     int32_t *inputs_, *targets_, *buckets_;
-    float *x_emb_, *x_norm_, *x_smear_, *rstd_emb_, *rstd_f_, *losses_;
+    float *x_emb_, *x_norm_, *x_smear_, *rstd_emb_, *rstd_f_, *losses_, *lse_;
+    float* loss_scale_;  // d(sum of losses)/d(each loss) of the current backward, on the device
     const float* x0_ = nullptr;  // x_smear_, or x_norm_ without the smear gate
     bf16 *big_e_, *big_p_, *xf_, *logits_;
     void* attn_ws_;
 
     // Backward scratch, named after the gradients they hold.
-    float *dx_, *dblock_, *dx0_, *dx_mid_, *dx_in_, *dh_, *dv_first_, *dv_, *dv_raw32_;
+    float *dx_, *dblock_, *dx0_, *dh_, *dv_first_, *dv_;
     std::vector<float*> dskip_;  // per encoder entry: the gradient of its output through its skip
-    bf16 *dbranch_, *dact_, *df_, *dyo_, *dy_, *dq_, *dk_, *dv_att_, *dq_raw_, *dk_raw_, *dv_raw_, *dbig_e_;
+    bf16 *dm_, *da_, *dact_, *df_, *dyo_, *dy_, *dq_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
 };
 
 }  // namespace pg

@@ -595,4 +595,227 @@ void add_scaled_backward(T* dx, T* da, T* dw, const T* dout, const T* a, const T
     for (int c = 0; c < C; ++c) dw[c * wstride] += gw[c];
 }
 
+// ---------------------------------------------------------------------------------------
+// Fused forms, as the GPU runs them (model/kernels.cuh): the oracles of those kernels, built
+// from the ops above or written out where they only regroup them. RefModel runs the ops
+// above one by one. Unlike the ops above, gradients that feed a GEMM (da, dm, dqkv, dlogits)
+// and the residual gradient dx of residual_backward are overwritten, not added to.
+
+// The terms of a residual-stream sum, out = wx x + w0 x0 + wa a + wm m: x and x0 are
+// streams of the residual (fp32 on the GPU), a and m branch outputs (bf16 on the GPU). A null
+// term is absent, a null weight is 1; weights are [C] (wstride 1) or one scalar (wstride 0).
+template <typename S, typename B, typename W>
+struct ResidualTerms {
+    const S *x = nullptr, *x0 = nullptr;
+    const B *a = nullptr, *m = nullptr;
+    const W *wx = nullptr, *w0 = nullptr, *wa = nullptr, *wm = nullptr;
+    int wstride = 1;
+};
+
+// The gradients residual_backward writes; null ones are skipped.
+template <typename S, typename B, typename W>
+struct ResidualGrads {
+    S* dx = nullptr;                 // = wx g
+    S* dx0 = nullptr;                // += w0 g
+    B *da = nullptr, *dm = nullptr;  // = wa g, wm g
+    W *dwx = nullptr, *dw0 = nullptr, *dwa = nullptr, *dwm = nullptr;  // += sum over rows of g * term
+};
+
+// Row n's sum of the terms into out[C].
+template <typename S, typename B, typename W, typename T>
+void residual_row(T* out, const ResidualTerms<S, B, W>& t, int n, int C) {
+    const size_t o = size_t(n) * C;
+    auto w = [&](const W* p, int c) { return p ? T(p[c * t.wstride]) : T(1); };
+    for (int c = 0; c < C; ++c) {
+        T s = 0;
+        if (t.x) s += w(t.wx, c) * T(t.x[o + c]);
+        if (t.x0) s += w(t.w0, c) * T(t.x0[o + c]);
+        if (t.a) s += w(t.wa, c) * T(t.a[o + c]);
+        if (t.m) s += w(t.wm, c) * T(t.m[o + c]);
+        out[c] = s;
+    }
+}
+
+// sum (if non-null) = the terms' sum; norm (if non-null) = scale * rmsnorm(sum), rstd [N].
+template <typename T>
+void residual_forward(T* sum, T* norm, T* rstd, const ResidualTerms<T, T, T>& t, int N, int C, T scale) {
+    std::vector<T> s(size_t(N) * C);
+    for (int n = 0; n < N; ++n) residual_row(s.data() + size_t(n) * C, t, n, C);
+    if (sum) std::copy(s.begin(), s.end(), sum);
+    if (norm) rmsnorm_forward(norm, rstd, s.data(), N, C, scale);
+}
+
+// The backward of a residual sum whose gradient is dy (+ dadd) and which, when dnorm is
+// given, also fed scale * rmsnorm (input xn, the stored sum; or, when xn is null, the terms'
+// sum again; rstd from the forward):
+//   g = dy + dadd + rmsnorm_backward(dnorm)
+// dres (if non-null; may alias dy) = g, then each term's gradient from g (ResidualGrads).
+template <typename T>
+void residual_backward(T* dres, const T* dy, const T* dadd, const T* dnorm, const T* xn, const T* rstd, T scale,
+                       const ResidualTerms<T, T, T>& t, const ResidualGrads<T, T, T>& d, int N, int C) {
+    const size_t NC = size_t(N) * C;
+    std::vector<T> g(dy, dy + NC);
+    if (dadd)
+        for (size_t i = 0; i < NC; ++i) g[i] += dadd[i];
+    if (dnorm) {
+        std::vector<T> s(NC);
+        if (xn) std::copy(xn, xn + NC, s.begin());
+        else
+            for (int n = 0; n < N; ++n) residual_row(s.data() + size_t(n) * C, t, n, C);
+        rmsnorm_backward(g.data(), dnorm, s.data(), rstd, N, C, scale);
+    }
+    if (dres) std::copy(g.begin(), g.end(), dres);
+    auto w = [&](const T* p, int c) { return p ? p[c * t.wstride] : T(1); };
+    for (int n = 0; n < N; ++n)
+        for (int c = 0; c < C; ++c) {
+            const size_t i = size_t(n) * C + c;
+            if (d.dx) d.dx[i] = w(t.wx, c) * g[i];
+            if (d.dx0) d.dx0[i] += w(t.w0, c) * g[i];
+            if (d.da) d.da[i] = w(t.wa, c) * g[i];
+            if (d.dm) d.dm[i] = w(t.wm, c) * g[i];
+            if (d.dwx) d.dwx[c * t.wstride] += g[i] * t.x[i];
+            if (d.dw0) d.dw0[c * t.wstride] += g[i] * t.x0[i];
+            if (d.dwa) d.dwa[c * t.wstride] += g[i] * t.a[i];
+            if (d.dwm) d.dwm[c * t.wstride] += g[i] * t.m[i];
+        }
+}
+
+// The shape of the attention's inputs: the fused projection qkv [N, (H + 2 Hkv) hd] holds
+// each row's q | k | v; q is [N, H, hd], k and v [N, Hkv, hd], N = B * Tn.
+struct QkvShape {
+    int B = 0, Tn = 0, H = 0, Hkv = 0, hd = 0, rope_dims = 0;
+    float rope_base = 10000.f;
+    bool norm = true;  // QK norm
+    int N() const { return B * Tn; }
+    int width() const { return (H + 2 * Hkv) * hd; }
+};
+
+// F: the fp32 side (statistics, parameters and their gradients), A: the activations (bf16 on
+// the GPU).
+template <typename F, typename A>
+struct QkvForward {
+    A *q = nullptr, *k = nullptr, *v = nullptr;
+    F *q_rstd = nullptr, *k_rstd = nullptr;  // [N, H], [N, Hkv]; written with norm
+    const A* qkv = nullptr;
+    const F* q_gain = nullptr;   // [H], or null
+    const A* v_first = nullptr;  // with v_mix: the values v is mixed with
+    const F* v_mix = nullptr;    // [2], or null: v = v_raw
+};
+
+template <typename F, typename A>
+struct QkvBackward {
+    A* dqkv = nullptr;                                          // overwritten
+    F *dq_gain = nullptr, *dv_mix = nullptr, *dv_first = nullptr;  // +=
+    const A *dq = nullptr, *dk = nullptr, *dv = nullptr;        // the attention's input gradients
+    const F *dv_add = nullptr, *dv_add2 = nullptr;              // more gradient of v (fp32), or null
+};
+
+// q = q_gain * rope(rmsnorm(q_raw)) per head, k = rope(rmsnorm(k_raw)) (rmsnorm with norm
+// only), v = v_mix[0] v_raw + v_mix[1] v_first (v_raw without v_mix): the block's q/k/v steps
+// of model_ref.h in one.
+template <typename T>
+void qkv_prep_forward(const QkvForward<T, T>& p, const QkvShape& s) {
+    const int N = s.N(), W = s.width(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
+    std::vector<T> q(size_t(N) * QD), k(size_t(N) * KVD), v(size_t(N) * KVD);
+    for (int n = 0; n < N; ++n) {
+        const T* row = p.qkv + size_t(n) * W;
+        std::copy(row, row + QD, q.begin() + size_t(n) * QD);
+        std::copy(row + QD, row + QD + KVD, k.begin() + size_t(n) * KVD);
+        std::copy(row + QD + KVD, row + W, v.begin() + size_t(n) * KVD);
+    }
+    if (s.norm) {
+        rmsnorm_forward(q.data(), p.q_rstd, q.data(), N * s.H, s.hd);
+        rmsnorm_forward(k.data(), p.k_rstd, k.data(), N * s.Hkv, s.hd);
+    }
+    std::vector<T> qr(q.size());
+    rope_forward(qr.data(), q.data(), s.B, s.Tn, s.H, s.hd, s.rope_dims, double(s.rope_base));
+    rope_forward(p.k, k.data(), s.B, s.Tn, s.Hkv, s.hd, s.rope_dims, double(s.rope_base));
+    if (p.q_gain) head_gain_forward(p.q, qr.data(), p.q_gain, N, s.H, s.hd);
+    else std::copy(qr.begin(), qr.end(), p.q);
+    if (p.v_mix) mix_forward(p.v, v.data(), p.v_first, p.v_mix, p.v_mix + 1, N, KVD, 0);
+    else std::copy(v.begin(), v.end(), p.v);
+}
+
+// The backward of qkv_prep_forward with dv + dv_add + dv_add2 as the gradient of v: dqkv
+// overwritten; dq_gain, and with v_mix dv_mix and dv_first, added to. q_rstd / k_rstd are
+// the forward's.
+template <typename T>
+void qkv_prep_backward(const QkvBackward<T, T>& d, const QkvForward<T, T>& p, const QkvShape& s) {
+    const int N = s.N(), W = s.width(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
+    std::vector<T> qn(size_t(N) * QD), kn(size_t(N) * KVD), v_raw(size_t(N) * KVD);
+    for (int n = 0; n < N; ++n) {
+        const T* row = p.qkv + size_t(n) * W;
+        std::copy(row, row + QD, qn.begin() + size_t(n) * QD);
+        std::copy(row + QD, row + QD + KVD, kn.begin() + size_t(n) * KVD);
+        std::copy(row + QD + KVD, row + W, v_raw.begin() + size_t(n) * KVD);
+    }
+    std::vector<T> q_raw = qn, k_raw = kn;
+    if (s.norm) {  // the normed q and k again, with the forward's rstd
+        for (size_t i = 0; i < qn.size(); ++i) qn[i] *= p.q_rstd[i / s.hd];
+        for (size_t i = 0; i < kn.size(); ++i) kn[i] *= p.k_rstd[i / s.hd];
+    }
+    std::vector<T> dqr(size_t(N) * QD, T(0)), dqn(size_t(N) * QD, T(0)), dkn(size_t(N) * KVD, T(0));
+    if (p.q_gain) {
+        std::vector<T> qr(qn.size());
+        rope_forward(qr.data(), qn.data(), s.B, s.Tn, s.H, s.hd, s.rope_dims, double(s.rope_base));
+        head_gain_backward(dqr.data(), d.dq_gain, d.dq, qr.data(), p.q_gain, N, s.H, s.hd);
+    } else {
+        std::copy(d.dq, d.dq + dqr.size(), dqr.begin());
+    }
+    rope_backward(dqn.data(), dqr.data(), s.B, s.Tn, s.H, s.hd, s.rope_dims, double(s.rope_base));
+    rope_backward(dkn.data(), d.dk, s.B, s.Tn, s.Hkv, s.hd, s.rope_dims, double(s.rope_base));
+    std::vector<T> dq = dqn, dk = dkn;
+    if (s.norm) {
+        std::fill(dq.begin(), dq.end(), T(0));
+        std::fill(dk.begin(), dk.end(), T(0));
+        rmsnorm_backward(dq.data(), dqn.data(), q_raw.data(), p.q_rstd, N * s.H, s.hd);
+        rmsnorm_backward(dk.data(), dkn.data(), k_raw.data(), p.k_rstd, N * s.Hkv, s.hd);
+    }
+    std::vector<T> dv(d.dv, d.dv + size_t(N) * KVD), dv_raw(dv.size(), T(0));
+    for (size_t i = 0; i < dv.size(); ++i) dv[i] += (d.dv_add ? d.dv_add[i] : T(0)) + (d.dv_add2 ? d.dv_add2[i] : T(0));
+    if (p.v_mix)
+        mix_backward(dv_raw.data(), d.dv_first, d.dv_mix, d.dv_mix + 1, dv.data(), v_raw.data(), p.v_first, p.v_mix,
+                     p.v_mix + 1, N, KVD, 0);
+    else
+        dv_raw = dv;
+    for (int n = 0; n < N; ++n) {
+        T* row = d.dqkv + size_t(n) * W;
+        std::copy(dq.begin() + size_t(n) * QD, dq.begin() + size_t(n + 1) * QD, row);
+        std::copy(dk.begin() + size_t(n) * KVD, dk.begin() + size_t(n + 1) * KVD, row + QD);
+        std::copy(dv_raw.begin() + size_t(n) * KVD, dv_raw.begin() + size_t(n + 1) * KVD, row + QD + KVD);
+    }
+}
+
+// The tied head's loss in two passes, as the GPU runs it: the forward keeps each row's
+// log-sum-exp, so that the backward is one elementwise pass. s = softcap(z) (cap <= 0: none).
+//   forward   losses[n] = lse[n] - s[n, t_n], lse[n] = logsumexp(s[n, :])
+//   backward  dlogits = scale * (exp(s - lse) - onehot(t)) * ds/dz   (overwritten; may alias logits)
+template <typename T>
+T softcap_value(T z, T cap) {
+    return cap > 0 ? cap * std::tanh(z / cap) : z;
+}
+
+template <typename T>
+void softcap_ce_forward(T* losses, T* lse, const T* logits, const int32_t* targets, int n, int V, T cap) {
+    std::vector<T> s(V);
+    for (int r = 0; r < n; ++r) {
+        for (int v = 0; v < V; ++v) s[v] = softcap_value(logits[size_t(r) * V + v], cap);
+        T l;
+        crossentropy_forward(&l, s.data(), targets + r, 1, V);
+        losses[r] = l;
+        lse[r] = l + s[targets[r]];
+    }
+}
+
+template <typename T>
+void softcap_ce_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, int n, int V, T cap,
+                         T scale) {
+    for (int r = 0; r < n; ++r)
+        for (int v = 0; v < V; ++v) {
+            const size_t i = size_t(r) * V + v;
+            const T s = softcap_value(logits[i], cap), t = cap > 0 ? s / cap : T(0);
+            dlogits[i] = scale * (std::exp(s - lse[r]) - (v == targets[r] ? T(1) : T(0))) * (T(1) - t * t);
+        }
+}
+
 }  // namespace pg

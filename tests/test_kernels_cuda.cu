@@ -221,67 +221,117 @@ void check_rmsnorm(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t s
     E.check("rmsnorm_backward " + tag, minus(download(ddx, st), base), dref, kSum);
 }
 
-template <typename T, typename G>
-void check_mix(Errors& E, std::mt19937_64& rng, int N, int C, int wstride, cudaStream_t st) {
-    const std::string tag = std::string(name(T())) + "/" + name(G()) + (wstride ? " per-channel" : " scalar");
-    const size_t n = size_t(N) * C, nw = wstride ? C : 1;
-    const Vec a = held<T>(randn(rng, n)), b = held<T>(randn(rng, n));
-    const Vec wa = held<float>(randn(rng, nw)), wb = held<float>(randn(rng, nw));
-    auto da = upload<T>(a);
-    auto db = upload<T>(b);
-    auto dwa = upload<float>(wa);
-    auto dwb = upload<float>(wb);
-    auto dout = poisoned<T>(n);
-    mix_forward<T>(dout.get(), da.get(), db.get(), dwa.get(), dwb.get(), N, C, wstride, st);
-    Vec out(n);
-    pg::mix_forward(out.data(), a.data(), b.data(), wa.data(), wb.data(), N, C, wstride);
-    E.check("mix_forward " + tag, download(dout, st), out, std::is_same_v<T, float> ? kF32 : kBf16);
+// One use of the residual kernels: which terms the sum has, which have weights, and what the
+// forward writes and the backward reads and writes. The model's uses are among them.
+struct ResidualCase {
+    const char* what;
+    bool x, x0, a, m;      // terms present
+    bool wx, w0, wa, wm;   // weighted (else weight 1)
+    int wstride;           // 1 per channel, 0 one scalar
+    bool sum, norm, alias; // forward: keep the sum, normalise it; the sum overwrites x in place
+    // Backward.
+    bool dadd, dnorm, xn;  // xn: the stored sum is passed (else the kernel forms it again)
+    int dres;              // 0 none, 1 separate buffer, 2 in place over dy
+    bool dx, dx0, da, dm;  // term gradients wanted
+    bool dwx, dw0, dwa, dwm;
+};
 
-    const Vec g = held<G>(randn(rng, n));
-    const Vec base_a = randn(rng, n), base_b = randn(rng, n), base_wa = randn(rng, nw), base_wb = randn(rng, nw);
-    auto dg = upload<G>(g);
-    auto gda = upload<float>(base_a);
-    auto gdb = upload<float>(base_b);
-    auto gwa = upload<float>(base_wa);
-    auto gwb = upload<float>(base_wb);
-    mix_backward<T, G>(gda.get(), gdb.get(), gwa.get(), gwb.get(), dg.get(), da.get(), db.get(), dwa.get(), dwb.get(),
-                       N, C, wstride, st);
-    Vec ra(n, 0.0), rb(n, 0.0), rwa(nw, 0.0), rwb(nw, 0.0);
-    pg::mix_backward(ra.data(), rb.data(), rwa.data(), rwb.data(), g.data(), a.data(), b.data(), wa.data(), wb.data(),
-                     N, C, wstride);
-    E.check("mix_backward da " + tag, minus(download(gda, st), base_a), ra, kF32);
-    E.check("mix_backward db " + tag, minus(download(gdb, st), base_b), rb, kF32);
-    E.check("mix_backward dwa " + tag, minus(download(gwa, st), base_wa), rwa, kSum);
-    E.check("mix_backward dwb " + tag, minus(download(gwb, st), base_wb), rwb, kSum);
-}
+const ResidualCase kResidualCases[] = {
+    // what                         x  x0 a  m   wx w0 wa wm  ws  sum nrm alias  dadd dnrm xn dres  dx dx0 da dm  dwx dw0 dwa dwm
+    {"mix + norm (block input)", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0},
+    {"mix + attn + norm (x_mid)", 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 0, 1, 0},
+    {"x_mid + mlp (x_out)", 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1},
+    {"parallel block output", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1},
+    {"bigram add in place, scalar", 1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0},
+    {"all terms, norm, separate dres", 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1},
+};
 
-template <typename A>
-void check_add_scaled(Errors& E, std::mt19937_64& rng, int N, int C, int wstride, bool alias, cudaStream_t st) {
-    const std::string tag =
-        std::string(name(A())) + (wstride ? " per-channel" : " scalar") + (alias ? " in place" : "");
-    const size_t n = size_t(N) * C, nw = wstride ? C : 1;
-    const Vec x = randn(rng, n), a = held<A>(randn(rng, n)), w = randn(rng, nw);
-    auto dx = upload<float>(x);
-    auto da = upload<A>(a);
-    auto dw = upload<float>(w);
-    auto dout = poisoned<float>(n);
-    float* out = alias ? dx.get() : dout.get();
-    add_scaled_forward<A>(out, dx.get(), da.get(), dw.get(), N, C, wstride, st);
-    Vec ref(n);
-    pg::add_scaled_forward(ref.data(), x.data(), a.data(), w.data(), N, C, wstride);
-    E.check("add_scaled_forward " + tag, download(out, n, st), ref, kF32);
+void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int N, int C, cudaStream_t st) {
+    const std::string tag = std::string(rc.what) + ", C=" + std::to_string(C);
+    const size_t n = size_t(N) * C, nw = rc.wstride ? C : 1;
+    const double scale = 0.7;
+    // Inputs, held in the types the kernels read; weights away from 1 so that a dropped one shows.
+    const Vec x = randn(rng, n), x0 = randn(rng, n), a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n));
+    const Vec wx = randn(rng, nw, 0.5), w0 = randn(rng, nw, 0.5), wa = randn(rng, nw, 0.5), wm = randn(rng, nw, 0.5);
+    auto dx_ = upload<float>(x);
+    auto dx0_ = upload<float>(x0);
+    auto da_ = upload<bf16>(a);
+    auto dm_ = upload<bf16>(m);
+    auto dwx_ = upload<float>(wx);
+    auto dw0_ = upload<float>(w0);
+    auto dwa_ = upload<float>(wa);
+    auto dwm_ = upload<float>(wm);
+    ResidualIn t;
+    ResidualTerms<double, double, double> r;
+    r.wstride = t.wstride = rc.wstride;
+    if (rc.x) t.x = dx_.get(), r.x = x.data();
+    if (rc.x0) t.x0 = dx0_.get(), r.x0 = x0.data();
+    if (rc.a) t.a = da_.get(), r.a = a.data();
+    if (rc.m) t.m = dm_.get(), r.m = m.data();
+    if (rc.wx) t.wx = dwx_.get(), r.wx = wx.data();
+    if (rc.w0) t.w0 = dw0_.get(), r.w0 = w0.data();
+    if (rc.wa) t.wa = dwa_.get(), r.wa = wa.data();
+    if (rc.wm) t.wm = dwm_.get(), r.wm = wm.data();
 
-    const Vec g = randn(rng, n), base_x = randn(rng, n), base_w = randn(rng, nw);
-    auto dg = upload<float>(g);
-    auto gdx = upload<float>(base_x);
+    // Forward.
+    auto dsum = poisoned<float>(n);
+    auto dnorm_out = poisoned<bf16>(n);
+    auto drstd = poisoned<float>(N);
+    float* sum = rc.sum ? (rc.alias ? dx_.get() : dsum.get()) : nullptr;
+    residual_forward(sum, rc.norm ? dnorm_out.get() : nullptr, rc.norm ? drstd.get() : nullptr, t, N, C, float(scale),
+                     st);
+    Vec sum_ref(n), norm_ref(n), rstd_ref(N);
+    pg::residual_forward(sum_ref.data(), rc.norm ? norm_ref.data() : nullptr, rstd_ref.data(), r, N, C, scale);
+    if (rc.sum) E.check("residual_forward sum, " + tag, download(sum, n, st), sum_ref, kF32);
+    if (rc.norm) {
+        E.check("residual_forward norm, " + tag, download(dnorm_out, st), norm_ref, kBf16);
+        E.check("residual_forward rstd, " + tag, download(drstd, st), rstd_ref, kSum);
+    }
+    if (rc.alias) dx_.upload(std::vector<float>(x.begin(), x.end()));  // x again for the backward
+
+    // Backward: fp32 outputs that add start from random values; overwritten ones are poisoned.
+    const Vec dy = randn(rng, n), dadd = randn(rng, n), dnorm = randn(rng, n), base_x0 = randn(rng, n);
+    const Vec base_w = randn(rng, nw), xn = held<float>(sum_ref), rstd = held<float>(rstd_ref);
+    auto ddy = upload<float>(dy);
+    auto ddadd = upload<float>(dadd);
+    auto ddnorm = upload<float>(dnorm);
+    auto dxn = upload<float>(xn);
+    auto dr = upload<float>(rstd);
+    auto ddres = poisoned<float>(n);
+    auto gdx = poisoned<float>(n);
+    auto gdx0 = upload<float>(base_x0);
     auto gda = poisoned<bf16>(n);
-    auto gdw = upload<float>(base_w);
-    add_scaled_backward<A>(gdx.get(), gda.get(), gdw.get(), dg.get(), da.get(), dw.get(), N, C, wstride, st);
-    Vec rx(n, 0.0), ra(n, 0.0), rw(nw, 0.0);
-    pg::add_scaled_backward(rx.data(), ra.data(), rw.data(), g.data(), a.data(), w.data(), N, C, wstride);
-    E.check("add_scaled_backward dx " + tag, minus(download(gdx, st), base_x), rx, kF32);
-    E.check("add_scaled_backward da " + tag, download(gda, st), ra, kBf16);
-    E.check("add_scaled_backward dw " + tag, minus(download(gdw, st), base_w), rw, kSum);
+    auto gdm = poisoned<bf16>(n);
+    DeviceArray<float> gdw[4] = {upload<float>(base_w), upload<float>(base_w), upload<float>(base_w),
+                                 upload<float>(base_w)};
+    ResidualGrad d;
+    ResidualGrads<double, double, double> rd;
+    Vec rdx(n, 0.0), rdx0(n, 0.0), rda(n, 0.0), rdm(n, 0.0), rdw[4] = {Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0),
+                                                                        Vec(nw, 0.0)};
+    if (rc.dx) d.dx = gdx.get(), rd.dx = rdx.data();
+    if (rc.dx0) d.dx0 = gdx0.get(), rd.dx0 = rdx0.data();
+    if (rc.da) d.da = gda.get(), rd.da = rda.data();
+    if (rc.dm) d.dm = gdm.get(), rd.dm = rdm.data();
+    if (rc.dwx) d.dwx = gdw[0].get(), rd.dwx = rdw[0].data();
+    if (rc.dw0) d.dw0 = gdw[1].get(), rd.dw0 = rdw[1].data();
+    if (rc.dwa) d.dwa = gdw[2].get(), rd.dwa = rdw[2].data();
+    if (rc.dwm) d.dwm = gdw[3].get(), rd.dwm = rdw[3].data();
+    float* dres = rc.dres == 2 ? ddy.get() : rc.dres == 1 ? ddres.get() : nullptr;
+    residual_backward(dres, ddy.get(), rc.dadd ? ddadd.get() : nullptr, rc.dnorm ? ddnorm.get() : nullptr,
+                      rc.xn ? dxn.get() : nullptr, dr.get(), float(scale), t, d, N, C, st);
+    Vec rres(n);
+    pg::residual_backward(rres.data(), dy.data(), rc.dadd ? dadd.data() : nullptr, rc.dnorm ? dnorm.data() : nullptr,
+                          rc.xn ? xn.data() : nullptr, rstd.data(), scale, r, rd, N, C);
+    if (dres) E.check("residual_backward dres, " + tag, download(dres, n, st), rres, kSum);
+    if (rc.dx) E.check("residual_backward dx, " + tag, download(gdx, st), rdx, kSum);
+    if (rc.dx0) E.check("residual_backward dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kSum);
+    if (rc.da) E.check("residual_backward da, " + tag, download(gda, st), rda, kBf16);
+    if (rc.dm) E.check("residual_backward dm, " + tag, download(gdm, st), rdm, kBf16);
+    const bool dw[4] = {rc.dwx, rc.dw0, rc.dwa, rc.dwm};
+    for (int k = 0; k < 4; ++k)
+        if (dw[k])
+            E.check("residual_backward dw" + std::to_string(k) + ", " + tag, minus(download(gdw[k], st), base_w),
+                    rdw[k], kSum);
 }
 
 }  // namespace
@@ -354,7 +404,7 @@ TEST_CASE("kernel rmsnorm: forward and backward, fp32 and bf16 in and out") {
     check_rmsnorm<float, bf16>(E, rng, 3, 8192 + 130, st.s);
 }
 
-TEST_CASE("kernel qk_prep: QK norm, partial RoPE and q gain, forward and backward") {
+TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward and backward") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -362,65 +412,108 @@ TEST_CASE("kernel qk_prep: QK norm, partial RoPE and q gain, forward and backwar
     Stream st;
     Errors E;
     struct Head {
-        int H, hd, rope_dims;
+        int H, Hkv, hd, rope_dims;
     };
-    const double base = 10000.0;
-    for (const RowShape& s : row_shapes()) {
-        if (s.C != 8) continue;  // the row shapes' sequences, once each
-        for (const Head& hs : {Head{8, 64, 16}, Head{4, 64, 16}, Head{8, 64, 64}, Head{3, 20, 6}})
+    for (const RowShape& rs : row_shapes()) {
+        if (rs.C != 8) continue;  // the row shapes' sequences, once each
+        for (const Head& hs : {Head{8, 4, 64, 16}, Head{4, 4, 64, 16}, Head{8, 2, 64, 64}, Head{3, 1, 20, 6}})
             for (const bool norm : {true, false})
-                for (const bool with_gain : {true, false}) {
-                    const int N = s.N(), H = hs.H, hd = hs.hd, rd = hs.rope_dims;
-                    const size_t n = size_t(N) * H * hd;
-                    CAPTURE(s.B);
-                    CAPTURE(s.Tn);
-                    CAPTURE(H);
-                    CAPTURE(hd);
-                    CAPTURE(rd);
-                    CAPTURE(norm);
-                    CAPTURE(with_gain);
-                    const std::string tag = std::string(norm ? "norm" : "no norm") + (with_gain ? ", gain" : "");
-                    const Vec x = held<bf16>(randn(rng, n, 1.5)), gain = randn(rng, H, 1.0);
-                    auto dx = upload<bf16>(x);
-                    auto dgain = upload<float>(gain);
-                    auto dout = poisoned<bf16>(n);
-                    auto drstd = poisoned<float>(size_t(N) * H);
-                    qk_prep_forward(dout.get(), norm ? drstd.get() : nullptr, dx.get(),
-                                    with_gain ? dgain.get() : nullptr, s.B, s.Tn, H, hd, rd, float(base), norm, st.s);
-                    // Oracle: rmsnorm over each head, then rope, then the gain.
-                    Vec y = x, rstd(size_t(N) * H, 1.0), z(n), o(n);
-                    if (norm) pg::rmsnorm_forward(y.data(), rstd.data(), x.data(), N * H, hd, 1.0);
-                    pg::rope_forward(z.data(), y.data(), s.B, s.Tn, H, hd, rd, base);
-                    if (with_gain)
-                        pg::head_gain_forward(o.data(), z.data(), gain.data(), N, H, hd);
-                    else
-                        o = z;
-                    E.check("qk_prep_forward out, " + tag, download(dout, st.s), o, kBf16);
-                    if (norm) E.check("qk_prep_forward rstd", download(drstd, st.s), rstd, kSum);
+                for (const bool with_gain : {true, false})
+                    for (const bool vmix : {true, false}) {
+                        QkvShape s;
+                        s.B = rs.B, s.Tn = rs.Tn, s.H = hs.H, s.Hkv = hs.Hkv, s.hd = hs.hd, s.rope_dims = hs.rope_dims;
+                        s.norm = norm;
+                        const int N = s.N();
+                        const size_t nqkv = size_t(N) * s.width(), nq = size_t(N) * s.H * s.hd,
+                                     nkv = size_t(N) * s.Hkv * s.hd;
+                        CAPTURE(s.B);
+                        CAPTURE(s.Tn);
+                        CAPTURE(s.H);
+                        CAPTURE(s.Hkv);
+                        CAPTURE(s.hd);
+                        CAPTURE(s.rope_dims);
+                        CAPTURE(norm);
+                        CAPTURE(with_gain);
+                        CAPTURE(vmix);
+                        const std::string tag = std::string(norm ? "norm" : "no norm") + (with_gain ? ", gain" : "") +
+                                                (vmix ? ", v mix" : "");
+                        const Vec qkv = held<bf16>(randn(rng, nqkv, 1.5)), gain = randn(rng, s.H, 1.0);
+                        const Vec v_first = held<bf16>(randn(rng, nkv)), v_mix = randn(rng, 2, 0.7);
+                        auto dqkv_in = upload<bf16>(qkv);
+                        auto dgain = upload<float>(gain);
+                        auto dvf = upload<bf16>(v_first);
+                        auto dvm = upload<float>(v_mix);
+                        auto dq = poisoned<bf16>(nq);
+                        auto dk = poisoned<bf16>(nkv);
+                        auto dv = poisoned<bf16>(nkv);
+                        auto dqr = poisoned<float>(size_t(N) * s.H);
+                        auto dkr = poisoned<float>(size_t(N) * s.Hkv);
+                        QkvIn p;
+                        p.q = dq.get(), p.k = dk.get(), p.v = dv.get(), p.q_rstd = dqr.get(), p.k_rstd = dkr.get();
+                        p.qkv = dqkv_in.get();
+                        if (with_gain) p.q_gain = dgain.get();
+                        if (vmix) p.v_first = dvf.get(), p.v_mix = dvm.get();
+                        qkv_prep_forward(p, s, st.s);
+                        Vec q(nq), k(nkv), v(nkv), qr(size_t(N) * s.H, 1.0), kr(size_t(N) * s.Hkv, 1.0);
+                        QkvForward<double, double> r;
+                        r.q = q.data(), r.k = k.data(), r.v = v.data(), r.q_rstd = qr.data(), r.k_rstd = kr.data();
+                        r.qkv = qkv.data();
+                        if (with_gain) r.q_gain = gain.data();
+                        if (vmix) r.v_first = v_first.data(), r.v_mix = v_mix.data();
+                        pg::qkv_prep_forward(r, s);
+                        E.check("qkv_prep_forward q, " + tag, download(dq, st.s), q, kBf16);
+                        E.check("qkv_prep_forward k, " + tag, download(dk, st.s), k, kBf16);
+                        E.check("qkv_prep_forward v, " + tag, download(dv, st.s), v, kBf16);
+                        if (norm) {
+                            E.check("qkv_prep_forward q rstd", download(dqr, st.s), qr, kSum);
+                            E.check("qkv_prep_forward k rstd", download(dkr, st.s), kr, kSum);
+                        }
 
-                    const Vec g = held<bf16>(randn(rng, n)), base_gain = randn(rng, H);
-                    const Vec rstd32 = held<float>(rstd);
-                    auto dg = upload<bf16>(g);
-                    auto dr = upload<float>(rstd32);
-                    auto ddx = poisoned<bf16>(n);
-                    auto ddgain = upload<float>(base_gain);
-                    qk_prep_backward(ddx.get(), with_gain ? ddgain.get() : nullptr, dg.get(), dx.get(),
-                                     norm ? dr.get() : nullptr, with_gain ? dgain.get() : nullptr, s.B, s.Tn, H, hd, rd,
-                                     float(base), norm, st.s);
-                    Vec dz = g, dgain_ref(H, 0.0), dy(n, 0.0), dxr(n, 0.0);
-                    if (with_gain) {
-                        std::fill(dz.begin(), dz.end(), 0.0);
-                        pg::head_gain_backward(dz.data(), dgain_ref.data(), g.data(), z.data(), gain.data(), N, H, hd);
+                        // Backward, with both extra fp32 gradients of v (XSA's, and v_first's in
+                        // the first block) present or not, and the forward's rstd rounded to fp32.
+                        const bool adds = vmix != with_gain;
+                        const Vec gq = held<bf16>(randn(rng, nq)), gk = held<bf16>(randn(rng, nkv)),
+                                  gv = held<bf16>(randn(rng, nkv)), add1 = randn(rng, nkv), add2 = randn(rng, nkv);
+                        const Vec base_gain = held<float>(randn(rng, s.H)), base_mix = held<float>(randn(rng, 2)),
+                                  base_vf = held<float>(randn(rng, nkv));
+                        Vec qr32 = held<float>(qr), kr32 = held<float>(kr);
+                        auto dgq = upload<bf16>(gq);
+                        auto dgk = upload<bf16>(gk);
+                        auto dgv = upload<bf16>(gv);
+                        auto dadd1 = upload<float>(add1);
+                        auto dadd2 = upload<float>(add2);
+                        auto dqr32 = upload<float>(qr32);
+                        auto dkr32 = upload<float>(kr32);
+                        auto out = poisoned<bf16>(nqkv);
+                        auto ggain = upload<float>(base_gain);
+                        auto gmix = upload<float>(base_mix);
+                        auto gvf = upload<float>(base_vf);
+                        p.q_rstd = dqr32.get(), p.k_rstd = dkr32.get();
+                        QkvGrad d;
+                        d.dqkv = out.get(), d.dq_gain = ggain.get(), d.dv_mix = gmix.get(), d.dv_first = gvf.get();
+                        d.dq = dgq.get(), d.dk = dgk.get(), d.dv = dgv.get();
+                        if (adds) d.dv_add = dadd1.get(), d.dv_add2 = dadd2.get();
+                        qkv_prep_backward(d, p, s, st.s);
+                        Vec rout(nqkv), rgain(s.H, 0.0), rmix(2, 0.0), rvf(nkv, 0.0);
+                        r.q_rstd = qr32.data(), r.k_rstd = kr32.data();
+                        QkvBackward<double, double> rd;
+                        rd.dqkv = rout.data(), rd.dq_gain = rgain.data(), rd.dv_mix = rmix.data();
+                        rd.dv_first = rvf.data(), rd.dq = gq.data(), rd.dk = gk.data(), rd.dv = gv.data();
+                        if (adds) rd.dv_add = add1.data(), rd.dv_add2 = add2.data();
+                        pg::qkv_prep_backward(rd, r, s);
+                        E.check("qkv_prep_backward dqkv, " + tag, download(out, st.s), rout, kBf16);
+                        if (with_gain)
+                            E.check("qkv_prep_backward dgain", minus(download(ggain, st.s), base_gain), rgain, kSum);
+                        else
+                            CHECK(download(ggain, st.s) == base_gain);
+                        if (vmix) {
+                            E.check("qkv_prep_backward dv_mix", minus(download(gmix, st.s), base_mix), rmix, kSum);
+                            E.check("qkv_prep_backward dv_first", minus(download(gvf, st.s), base_vf), rvf, kF32);
+                        } else {
+                            CHECK(download(gmix, st.s) == base_mix);
+                            CHECK(download(gvf, st.s) == base_vf);
+                        }
                     }
-                    pg::rope_backward(dy.data(), dz.data(), s.B, s.Tn, H, hd, rd, base);
-                    if (norm)
-                        pg::rmsnorm_backward(dxr.data(), dy.data(), x.data(), rstd32.data(), N * H, hd, 1.0);
-                    else
-                        dxr = dy;
-                    E.check("qk_prep_backward dinp, " + tag, download(ddx, st.s), dxr, kBf16);
-                    if (with_gain)
-                        E.check("qk_prep_backward dgain", minus(download(ddgain, st.s), base_gain), dgain_ref, kSum);
-                }
     }
 }
 
@@ -506,7 +599,7 @@ TEST_CASE("kernel mlp activations: leaky_relu2 and swiglu, forward and backward"
     }
 }
 
-TEST_CASE("kernel residual mixes: smear, skip_mix, mix, add_scaled, forward and backward") {
+TEST_CASE("kernel smear gate and U-Net skip mix, forward and backward") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -539,7 +632,7 @@ TEST_CASE("kernel residual mixes: smear, skip_mix, mix, add_scaled, forward and 
         }
         {  // U-Net skip
             const Vec x = randn(rng, n), sk = randn(rng, n), w = randn(rng, C), gate = randn(rng, C), g = randn(rng, n);
-            const Vec bx = randn(rng, n), bs = randn(rng, n), bw = randn(rng, C), bgate = randn(rng, C);
+            const Vec bw = randn(rng, C), bgate = randn(rng, C);
             auto dx = upload<float>(x);
             auto ds = upload<float>(sk);
             auto dw = upload<float>(w);
@@ -550,32 +643,45 @@ TEST_CASE("kernel residual mixes: smear, skip_mix, mix, add_scaled, forward and 
             pg::skip_mix_forward(out.data(), x.data(), sk.data(), w.data(), gate.data(), N, C);
             E.check("skip_mix_forward", download(dout, st.s), out, kF32);
             auto dg = upload<float>(g);
-            auto gx = upload<float>(bx);
-            auto gs = upload<float>(bs);
+            auto gx = poisoned<float>(n);  // dx and ds are overwritten
+            auto gs = poisoned<float>(n);
             auto gw = upload<float>(bw);
             auto ggate = upload<float>(bgate);
             skip_mix_backward(gx.get(), gs.get(), gw.get(), ggate.get(), dg.get(), dx.get(), ds.get(), dw.get(),
                               dgate.get(), N, C, st.s);
             pg::skip_mix_backward(rx.data(), rs.data(), rw.data(), rgate.data(), g.data(), x.data(), sk.data(),
                                   w.data(), gate.data(), N, C);
-            E.check("skip_mix_backward dx", minus(download(gx, st.s), bx), rx, kF32);
-            E.check("skip_mix_backward ds", minus(download(gs, st.s), bs), rs, kF32);
+            E.check("skip_mix_backward dx", download(gx, st.s), rx, kF32);
+            E.check("skip_mix_backward ds", download(gs, st.s), rs, kF32);
             E.check("skip_mix_backward dw", minus(download(gw, st.s), bw), rw, kSum);
             E.check("skip_mix_backward dgate", minus(download(ggate, st.s), bgate), rgate, kSum);
-        }
-        for (int wstride : {0, 1}) {
-            check_mix<float, float>(E, rng, N, C, wstride, st.s);
-            check_mix<float, bf16>(E, rng, N, C, wstride, st.s);
-            check_mix<bf16, float>(E, rng, N, C, wstride, st.s);
-            check_mix<bf16, bf16>(E, rng, N, C, wstride, st.s);
-            check_add_scaled<float>(E, rng, N, C, wstride, false, st.s);
-            check_add_scaled<float>(E, rng, N, C, wstride, true, st.s);
-            check_add_scaled<bf16>(E, rng, N, C, wstride, false, st.s);
         }
     }
 }
 
-TEST_CASE("kernel softcap_ce: loss and gradient through the softcap, in place and not") {
+TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward and backward") {
+    PG_REQUIRE_GPU();
+    const uint64_t seed = fresh_seed();
+    INFO("seed = " << seed);
+    std::mt19937_64 rng(seed);
+    Stream st;
+    Errors E;
+    for (const RowShape& s : row_shapes())
+        for (const ResidualCase& rc : kResidualCases) {
+            CAPTURE(s.N());
+            CAPTURE(s.C);
+            CAPTURE(rc.what);
+            check_residual(E, rng, rc, s.N(), s.C, st.s);
+        }
+    // Rows longer than 512 values take more chunks per lane; longer than 1024 are refused.
+    for (const ResidualCase& rc : kResidualCases) check_residual(E, rng, rc, 5, 1000, st.s);
+    ResidualIn t;
+    DeviceArray<float> x(1025), out(1025);
+    t.x = x.get();
+    CHECK_THROWS_AS(residual_forward(out.get(), nullptr, nullptr, t, 1, 1025, 1.f, st.s), Error);
+}
+
+TEST_CASE("kernel softcap_ce: loss, log-sum-exp, and the gradient from them, in place and not") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -589,37 +695,44 @@ TEST_CASE("kernel softcap_ce: loss and gradient through the softcap, in place an
                 CAPTURE(V);
                 CAPTURE(cap);
                 const size_t nv = size_t(n) * V;
-                const double loss_scale = 1.0 / n;
+                const double scale = 1.0 / n;
                 const std::string tag = cap > 0 ? "capped" : "no cap";
                 const Vec z = held<bf16>(randn(rng, nv, 12.0));  // wide enough to bend the tanh
                 const std::vector<int32_t> targets = randint(rng, n, V);
                 DeviceArray<int32_t> dt(targets);
-                // Oracle: softcap_forward, then cross-entropy, its backward, and the softcap's.
-                Vec s = z, losses(n), ds(nv, 0.0), dz(nv, 0.0);
-                if (cap > 0) pg::softcap_forward(s.data(), z.data(), nv, cap);
-                pg::crossentropy_forward(losses.data(), s.data(), targets.data(), n, V);
-                pg::crossentropy_backward(ds.data(), s.data(), targets.data(), loss_scale, n, V);
-                if (cap > 0)
-                    pg::softcap_backward(dz.data(), ds.data(), s.data(), nv, cap);
-                else
-                    dz = ds;
+                Vec losses(n), lse(n), dz(nv);
+                pg::softcap_ce_forward(losses.data(), lse.data(), z.data(), targets.data(), n, V, cap);
+                // The gradient from the forward's lse rounded to fp32, as the kernel gets it.
+                const Vec lse32 = held<float>(lse);
+                pg::softcap_ce_backward(dz.data(), z.data(), lse32.data(), targets.data(), n, V, cap, scale);
+                // The oracle against the plain ops: softcap, then cross-entropy and its backward.
+                {
+                    Vec s = z, l2(n), ds(nv, 0.0), dz2(nv, 0.0);
+                    if (cap > 0) pg::softcap_forward(s.data(), z.data(), nv, cap);
+                    pg::crossentropy_forward(l2.data(), s.data(), targets.data(), n, V);
+                    pg::crossentropy_backward(ds.data(), s.data(), targets.data(), scale, n, V);
+                    if (cap > 0) pg::softcap_backward(dz2.data(), ds.data(), s.data(), nv, cap);
+                    else dz2 = ds;
+                    E.check("softcap_ce oracle loss vs plain ops", losses, l2, 1e-12);
+                    // lse rounded to fp32 moves exp(s - lse) by up to |lse| 2^-24 relative: 3e-6 at |lse| ~ 50.
+                    E.check("softcap_ce oracle dlogits vs plain ops", dz, dz2, 1e-5);
+                }
 
                 auto dz_in = upload<bf16>(z);
                 auto dloss = poisoned<float>(n);
-                auto dgrad = poisoned<bf16>(nv);
-                softcap_ce(dloss.get(), dgrad.get(), dz_in.get(), dt.get(), n, V, float(cap), float(loss_scale), st.s);
-                E.check("softcap_ce loss, " + tag, download(dloss, st.s), losses, kSum);
-                E.check("softcap_ce dlogits, " + tag, download(dgrad, st.s), dz, kBf16);
-
-                auto dloss2 = poisoned<float>(n);  // loss only
-                softcap_ce(dloss2.get(), nullptr, dz_in.get(), dt.get(), n, V, float(cap), float(loss_scale), st.s);
-                E.check("softcap_ce loss, no gradient", download(dloss2, st.s), losses, kSum);
+                auto dlse = poisoned<float>(n);
+                softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s);
+                E.check("softcap_ce_forward loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward lse, " + tag, download(dlse, st.s), lse, kSum);
                 CHECK(download(dz_in, st.s) == z);  // the logits are left alone
 
-                auto dloss3 = poisoned<float>(n);  // the gradient over the logits
-                softcap_ce(dloss3.get(), dz_in.get(), dz_in.get(), dt.get(), n, V, float(cap), float(loss_scale), st.s);
-                E.check("softcap_ce loss, in place", download(dloss3, st.s), losses, kSum);
-                E.check("softcap_ce dlogits, in place", download(dz_in, st.s), dz, kBf16);
+                auto dr = upload<float>(lse32);
+                auto dscale = upload<float>(Vec{scale});
+                auto dgrad = poisoned<bf16>(nv);
+                softcap_ce_backward(dgrad.get(), dz_in.get(), dr.get(), dt.get(), n, V, float(cap), dscale.get(), st.s);
+                E.check("softcap_ce_backward dlogits, " + tag, download(dgrad, st.s), dz, kBf16);
+                softcap_ce_backward(dz_in.get(), dz_in.get(), dr.get(), dt.get(), n, V, float(cap), dscale.get(), st.s);
+                E.check("softcap_ce_backward dlogits, in place", download(dz_in, st.s), dz, kBf16);
             }
 }
 
@@ -629,8 +742,8 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     INFO("seed = " << seed);
     std::mt19937_64 rng(seed);
     Stream st;
-    const int B = 2, Tn = 2048, N = B * Tn, C = 512, H = 8, hd = 64;
-    const size_t n = size_t(N) * C, nq = size_t(N) * H * hd;
+    const int B = 2, Tn = 2048, N = B * Tn, C = 512, H = 8, Hkv = 4, hd = 64;
+    const size_t n = size_t(N) * C, nq = size_t(N) * H * hd, nkv = size_t(N) * Hkv * hd;
     auto x = upload<float>(randn(rng, n));
     auto g = upload<float>(randn(rng, n));
     auto w = upload<float>(randn(rng, C));
@@ -638,126 +751,41 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto gq = upload<bf16>(randn(rng, nq));
     auto rstd = upload<float>(Vec(size_t(N) * H, 0.125));
     auto gain = upload<float>(randn(rng, H));
-    DeviceArray<float> dx(n), ds(n);
-    DeviceArray<bf16> dq(nq);
+    auto kv = upload<bf16>(randn(rng, nkv));
+    auto qkv = upload<bf16>(randn(rng, nq + 2 * nkv));
+    auto gkv = upload<bf16>(randn(rng, nkv));
+    auto mix = upload<float>(randn(rng, 2));
+    DeviceArray<float> dx(n), ds(n), dvf(nkv);
+    DeviceArray<bf16> dqkv(nq + 2 * nkv);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {
-        DeviceArray<float> dw(2 * C + 2 + H);  // skip dw, skip dgate, mix dwa and dwb (scalar), dgain
+        // skip dw and dgate; resid_mix-like dwx, dw0 (per channel) and bigram-like dwa (scalar);
+        // dgain and dv_mix.
+        DeviceArray<float> dw(4 * C + 1 + H + 2);
         PG_CHECK(cudaMemset(dw.get(), 0, dw.size() * sizeof(float)));
         float* p = dw.get();
         skip_mix_backward(dx.get(), ds.get(), p, p + C, g.get(), x.get(), x.get(), w.get(), w.get(), N, C, st.s);
-        mix_backward<float, float>(dx.get(), ds.get(), p + 2 * C, p + 2 * C + 1, g.get(), x.get(), x.get(), w.get(),
-                                   w.get(), N, C, 0, st.s);
-        qk_prep_backward(dq.get(), p + 2 * C + 2, gq.get(), q.get(), rstd.get(), gain.get(), B, Tn, H, hd, 16, 10000.f,
-                         true, st.s);
+        ResidualIn t;
+        ResidualGrad d;
+        t.x = x.get(), t.wx = w.get(), t.x0 = g.get(), t.w0 = w.get();
+        d.dx = dx.get(), d.dwx = p + 2 * C, d.dw0 = p + 3 * C;
+        residual_backward(nullptr, g.get(), nullptr, x.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s);
+        ResidualIn ts;
+        ResidualGrad dsg;
+        ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 4 * C;
+        residual_backward(nullptr, g.get(), nullptr, nullptr, nullptr, nullptr, 1.f, ts, dsg, N, C, st.s);
+        QkvShape s;
+        s.B = B, s.Tn = Tn, s.H = H, s.Hkv = Hkv, s.hd = hd, s.rope_dims = 16;
+        QkvIn qp;
+        qp.qkv = qkv.get(), qp.q_rstd = rstd.get(), qp.k_rstd = rstd.get(), qp.q_gain = gain.get();
+        qp.v_first = kv.get(), qp.v_mix = mix.get();
+        QkvGrad qd;
+        qd.dqkv = dqkv.get(), qd.dq_gain = p + 4 * C + 1, qd.dv_mix = p + 4 * C + 1 + H, qd.dv_first = dvf.get();
+        qd.dq = gq.get(), qd.dk = gkv.get(), qd.dv = gkv.get();
+        qkv_prep_backward(qd, qp, s, st.s);
         PG_CHECK(cudaStreamSynchronize(st.s));
         runs.push_back(dw.download());
     }
     CHECK(runs[1] == runs[0]);
     CHECK(runs[2] == runs[0]);
-}
-
-// Memory-bound kernels at the record's shapes (16 x 2048 tokens, 512 dims, 8 / 4 heads of 64,
-// MLP 2048, vocabulary 8192): median time and the bandwidth of the bytes each must move.
-// Run with --no-skip.
-TEST_CASE("kernel timing: record shapes" * doctest::skip()) {
-    PG_REQUIRE_GPU();
-    std::mt19937_64 rng(fresh_seed());
-    Stream st;
-    const int B = 16, Tn = 2048, N = B * Tn, C = 512, H = 8, Hkv = 4, hd = 64, hidden = 2048, V = 8192, nce = 8192;
-    const size_t nC = size_t(N) * C, nq = size_t(N) * H * hd, nkv = size_t(N) * Hkv * hd, nh = size_t(N) * hidden;
-    auto xf = upload<float>(randn(rng, nC));
-    auto sf = upload<float>(randn(rng, nC));
-    auto gf = upload<float>(randn(rng, nC));
-    auto of = upload<float>(randn(rng, nC));
-    auto of2 = upload<float>(randn(rng, nC));
-    auto xb = upload<bf16>(randn(rng, nC));
-    auto gate = upload<float>(randn(rng, C));
-    auto w = upload<float>(randn(rng, C));
-    auto rstd = upload<float>(Vec(size_t(N) * H, 0.5));
-    auto q = upload<bf16>(randn(rng, nq));
-    auto gq = upload<bf16>(randn(rng, nq));
-    auto oq = upload<bf16>(randn(rng, nq));
-    auto vkv = upload<bf16>(randn(rng, nkv));
-    auto dvkv = upload<float>(randn(rng, nkv));
-    auto qgain = upload<float>(randn(rng, H));
-    auto dgain = upload<float>(Vec(H, 0.0));
-    auto dwc = upload<float>(Vec(C, 0.0));
-    auto hb = upload<bf16>(randn(rng, 2 * nh));
-    auto gh = upload<bf16>(randn(rng, nh));
-    auto oh = upload<bf16>(randn(rng, 2 * nh));
-    auto logits = upload<bf16>(randn(rng, size_t(nce) * V, 10.0));
-    auto dlogits = upload<bf16>(randn(rng, size_t(nce) * V));
-    auto losses = upload<float>(Vec(nce));
-    const std::vector<int32_t> tg = randint(rng, nce, V), ids = randint(rng, N, V);
-    DeviceArray<int32_t> targets(tg), idx(ids);
-    auto table = upload<float>(randn(rng, size_t(V) * C));
-    DeviceArray<unsigned char> big_a(size_t(256) << 20), big_b(size_t(256) << 20);
-    PG_CHECK(cudaMemset(big_a.get(), 1, big_a.size()));
-
-    cudaEvent_t e0, e1;
-    PG_CHECK(cudaEventCreate(&e0));
-    PG_CHECK(cudaEventCreate(&e1));
-    auto time = [&](const std::string& what, double bytes, auto&& fn) {
-        for (int i = 0; i < 3; ++i) fn();
-        std::vector<float> ms;
-        for (int i = 0; i < 21; ++i) {
-            PG_CHECK(cudaEventRecord(e0, st.s));
-            fn();
-            PG_CHECK(cudaEventRecord(e1, st.s));
-            PG_CHECK(cudaEventSynchronize(e1));
-            float t = 0;
-            PG_CHECK(cudaEventElapsedTime(&t, e0, e1));
-            ms.push_back(t);
-        }
-        std::sort(ms.begin(), ms.end());
-        const double us = ms[ms.size() / 2] * 1e3;
-        MESSAGE(what << ": " << us << " us, " << bytes / us * 1e-3 << " GB/s");
-    };
-    const double f = 4, h = 2;
-    time("copy 256 MiB (read + write)", 2.0 * big_a.size(),
-         [&] { PG_CHECK(cudaMemcpyAsync(big_b.get(), big_a.get(), big_a.size(), cudaMemcpyDeviceToDevice, st.s)); });
-    time("embedding_forward bf16", nC * (f + h),
-         [&] { embedding_forward<bf16>(xb.get(), idx.get(), table.get(), N, C, st.s); });
-    time("rmsnorm_forward f32->bf16", nC * (f + h),
-         [&] { rmsnorm_forward<float, bf16>(xb.get(), rstd.get(), xf.get(), N, C, 1.f, st.s); });
-    time("rmsnorm_backward f32 x, bf16 dout", nC * (f + h + 2 * f),
-         [&] { rmsnorm_backward<float, bf16>(gf.get(), xb.get(), xf.get(), rstd.get(), N, C, 1.f, st.s); });
-    time("qk_prep_forward q (norm, rope 16, gain)", nq * 2 * h,
-         [&] { qk_prep_forward(oq.get(), rstd.get(), q.get(), qgain.get(), B, Tn, H, hd, 16, 10000.f, true, st.s); });
-    time("qk_prep_backward q", nq * 3 * h, [&] {
-        qk_prep_backward(oq.get(), dgain.get(), gq.get(), q.get(), rstd.get(), qgain.get(), B, Tn, H, hd, 16, 10000.f,
-                         true, st.s);
-    });
-    time("xsa_forward", nq * 2 * h + nkv * h, [&] { xsa_forward(oq.get(), q.get(), vkv.get(), N, H, Hkv, hd, st.s); });
-    time("xsa_backward", nq * 3 * h + nkv * (h + 2 * f),
-         [&] { xsa_backward(oq.get(), dvkv.get(), gq.get(), q.get(), vkv.get(), N, H, Hkv, hd, st.s); });
-    time("leaky_relu2_forward", nh * 2 * h, [&] { leaky_relu2_forward(oh.get(), hb.get(), nh, 0.5f, st.s); });
-    time("leaky_relu2_backward", nh * 3 * h,
-         [&] { leaky_relu2_backward(oh.get(), gh.get(), hb.get(), nh, 0.5f, st.s); });
-    time("swiglu_backward", nh * 5 * h, [&] { swiglu_backward(oh.get(), gh.get(), hb.get(), N, hidden, st.s); });
-    time("smear_forward", nC * 2 * f, [&] { smear_forward(of.get(), xf.get(), gate.get(), B, Tn, C, st.s); });
-    time("smear_backward", nC * 4 * f,
-         [&] { smear_backward(of.get(), dwc.get(), gf.get(), xf.get(), gate.get(), B, Tn, C, st.s); });
-    time("skip_mix_backward", nC * 7 * f, [&] {
-        skip_mix_backward(of.get(), of2.get(), dwc.get(), dwc.get(), gf.get(), xf.get(), sf.get(), w.get(), gate.get(),
-                          N, C, st.s);
-    });
-    time("mix_forward f32", nC * 3 * f,
-         [&] { mix_forward<float>(of.get(), xf.get(), sf.get(), w.get(), gate.get(), N, C, 1, st.s); });
-    time("mix_backward f32", nC * 7 * f, [&] {
-        mix_backward<float, float>(of.get(), of2.get(), dwc.get(), dwc.get(), gf.get(), xf.get(), sf.get(), w.get(),
-                                   gate.get(), N, C, 1, st.s);
-    });
-    time("add_scaled_forward f32, in place", nC * 3 * f,
-         [&] { add_scaled_forward<float>(of.get(), of.get(), xf.get(), w.get(), N, C, 0, st.s); });
-    time("add_scaled_backward f32", nC * (4 * f + h), [&] {
-        add_scaled_backward<float>(of.get(), xb.get(), dwc.get(), gf.get(), xf.get(), w.get(), N, C, 1, st.s);
-    });
-    time("softcap_ce 8192 x 8192, loss only", double(nce) * V * h,
-         [&] { softcap_ce(losses.get(), nullptr, logits.get(), targets.get(), nce, V, 30.f, 1.f / nce, st.s); });
-    time("softcap_ce 8192 x 8192, with gradient", double(nce) * V * 2 * h,
-         [&] { softcap_ce(losses.get(), dlogits.get(), logits.get(), targets.get(), nce, V, 30.f, 1.f / nce, st.s); });
-    PG_CHECK(cudaEventDestroy(e0));
-    PG_CHECK(cudaEventDestroy(e1));
 }

@@ -438,6 +438,126 @@ TEST_CASE("ref op resid mix, v mix and scaled residual add backward") {
     }
 }
 
+// The fused forms (the GPU kernels' oracles): each backward against differences of its forward.
+TEST_CASE("ref op fused residual sum + rmsnorm backward, stored or recomputed sum") {
+    const uint64_t seed = test::fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937_64 g(seed);
+    const int N = 4, C = 6;
+    const double scale = 0.8;
+    for (int wstride : {1, 0})
+        for (bool norm : {true, false}) {
+            INFO("wstride " << wstride << " norm " << norm);
+            const size_t nw = wstride ? C : 1;
+            Vec x = randn(N * C, g), x0 = randn(N * C, g), a = randn(N * C, g), m = randn(N * C, g);
+            Vec wx = randn(nw, g), w0 = randn(nw, g), wa = randn(nw, g), wm = randn(nw, g);
+            ResidualTerms<double, double, double> t;
+            t.x = x.data(), t.x0 = x0.data(), t.a = a.data(), t.m = m.data();
+            t.wx = wx.data(), t.w0 = w0.data(), t.wa = wa.data(), t.wm = wm.data(), t.wstride = wstride;
+            // Outputs: the sum, then (with norm) its normalised form.
+            auto fwd = [&] {
+                Vec y(2 * N * C, 0.0), rstd(N);
+                residual_forward(y.data(), norm ? y.data() + N * C : nullptr, rstd.data(), t, N, C, scale);
+                return y;
+            };
+            grad_check(
+                {&x, &x0, &a, &m, &wx, &w0, &wa, &wm}, fwd,
+                [&](const Vec& dy) {
+                    Vec sum(N * C), nrm(N * C), rstd(N);
+                    residual_forward(sum.data(), nrm.data(), rstd.data(), t, N, C, scale);
+                    const Vec dsum(dy.begin(), dy.begin() + N * C), dnorm(dy.begin() + N * C, dy.end());
+                    std::vector<Vec> out{Vec(N * C), zeros(N * C), Vec(N * C), Vec(N * C),
+                                         zeros(nw),  zeros(nw),    zeros(nw),  zeros(nw)};
+                    ResidualGrads<double, double, double> d;
+                    d.dx = out[0].data(), d.dx0 = out[1].data(), d.da = out[2].data(), d.dm = out[3].data();
+                    d.dwx = out[4].data(), d.dw0 = out[5].data(), d.dwa = out[6].data(), d.dwm = out[7].data();
+                    // The sum's gradient split as the model passes it: part in dy, part in dadd.
+                    Vec half = dsum, dres(N * C);
+                    for (double& v : half) v *= 0.5;
+                    residual_backward<double>(dres.data(), half.data(), half.data(), norm ? dnorm.data() : nullptr, nullptr,
+                                      rstd.data(), scale, t, d, N, C);
+                    if (norm) {  // the stored sum gives the same as forming it again
+                        Vec dres2(N * C);
+                        ResidualGrads<double, double, double> none;
+                        residual_backward(dres2.data(), half.data(), half.data(), dnorm.data(), sum.data(), rstd.data(),
+                                          scale, t, none, N, C);
+                        CHECK(rel_err(dres2, dres) < 1e-12);
+                    }
+                    return out;
+                },
+                g);
+        }
+}
+
+TEST_CASE("ref op fused q/k/v preparation backward, with and without QK norm, gain and value mix") {
+    const uint64_t seed = test::fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937_64 g(seed);
+    QkvShape s;
+    s.B = 2, s.Tn = 3, s.H = 4, s.Hkv = 2, s.hd = 6, s.rope_dims = 4, s.rope_base = 100.f;
+    const int N = s.N(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
+    for (bool norm : {true, false})
+        for (bool gain_mix : {true, false}) {
+            INFO("norm " << norm << " gain and mix " << gain_mix);
+            s.norm = norm;
+            Vec qkv = randn(size_t(N) * s.width(), g), gain = randn(s.H, g), vf = randn(N * KVD, g), mix = randn(2, g);
+            auto forward = [&](Vec& q_rstd, Vec& k_rstd) {
+                Vec y(size_t(N) * (QD + 2 * KVD));
+                q_rstd.assign(N * s.H, 1.0), k_rstd.assign(N * s.Hkv, 1.0);
+                QkvForward<double, double> p;
+                p.q = y.data(), p.k = y.data() + N * QD, p.v = y.data() + N * (QD + KVD);
+                p.q_rstd = q_rstd.data(), p.k_rstd = k_rstd.data(), p.qkv = qkv.data();
+                if (gain_mix) p.q_gain = gain.data(), p.v_first = vf.data(), p.v_mix = mix.data();
+                qkv_prep_forward(p, s);
+                return std::make_pair(y, p);
+            };
+            grad_check(
+                {&qkv, &gain, &vf, &mix},
+                [&] {
+                    Vec qr, kr;
+                    return forward(qr, kr).first;
+                },
+                [&](const Vec& dy) {
+                    Vec qr, kr;
+                    const QkvForward<double, double> p = forward(qr, kr).second;
+                    std::vector<Vec> out{Vec(qkv.size()), zeros(s.H), zeros(vf.size()), zeros(2)};
+                    QkvBackward<double, double> d;
+                    d.dqkv = out[0].data(), d.dq_gain = out[1].data(), d.dv_first = out[2].data();
+                    d.dv_mix = out[3].data();
+                    d.dq = dy.data(), d.dk = dy.data() + N * QD, d.dv = dy.data() + N * (QD + KVD);
+                    qkv_prep_backward(d, p, s);
+                    return out;
+                },
+                g);
+        }
+}
+
+TEST_CASE("ref op fused softcap + cross-entropy: log-sum-exp forward and one-pass backward") {
+    const uint64_t seed = test::fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937_64 g(seed);
+    const int N = 4, V = 7;
+    for (double cap : {2.5, 0.0}) {
+        INFO("cap " << cap);
+        const Vec z = randn(N * V, g, 2.0);
+        std::vector<int32_t> tgt(N);
+        for (auto& t : tgt) t = int32_t(g() % V);
+        Vec l(N), lse(N), dz(N * V);
+        softcap_ce_forward(l.data(), lse.data(), z.data(), tgt.data(), N, V, cap);
+        softcap_ce_backward(dz.data(), z.data(), lse.data(), tgt.data(), N, V, cap, 0.3);
+        // The plain ops: softcap, cross-entropy, their backwards.
+        Vec c = z, l2(N), dc = zeros(N * V), dz2 = zeros(N * V);
+        if (cap > 0) softcap_forward(c.data(), z.data(), z.size(), cap);
+        crossentropy_forward(l2.data(), c.data(), tgt.data(), N, V);
+        crossentropy_backward(dc.data(), c.data(), tgt.data(), 0.3, N, V);
+        if (cap > 0) softcap_backward(dz2.data(), dc.data(), c.data(), z.size(), cap);
+        else dz2 = dc;
+        CHECK(rel_err(l, l2) < 1e-12);
+        CHECK(rel_err(dz, dz2) < 1e-12);
+        for (int n = 0; n < N; ++n) CHECK(lse[n] - c[n * V + tgt[n]] == doctest::Approx(l[n]).epsilon(1e-12));
+    }
+}
+
 TEST_CASE("ref op attention_ref: forward against a masked softmax, backward against differences") {
     const uint64_t seed = test::fresh_seed();
     INFO("seed " << seed);
