@@ -416,6 +416,18 @@ TEST_CASE("run: settings resolve as preset < config file < flags, and bad files 
     CHECK(settings_toml(back) == settings_toml(s));
     CHECK(train_flag_args(back.cfg) == train_flag_args(s.cfg));
 
+    // The committed record config: the record shape under the 600 s cap, every val token scored, TTT on.
+    Config record;
+    apply_preset(record, "record");
+    RunSettings r = resolve("--config records/configs/record.toml");
+    CHECK(to_text(fields(r.cfg.model)) == to_text(fields(record.model)));
+    CHECK(r.cfg.train.batch_tokens == record.train.batch_tokens);
+    CHECK(r.cfg.train.max_wallclock_s == 600);
+    CHECK(r.cfg.train.val_tokens == 0);
+    CHECK(r.run.eval_tokens == 0);
+    CHECK(r.run.stride == 64);
+    CHECK(r.run.ttt);
+
     std::ofstream(d / "bad.toml") << "name = \"x\"\nmatrix_lr = 0.1\n";
     try {
         resolve("--config " + (d / "bad.toml"));
