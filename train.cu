@@ -275,6 +275,7 @@ int pgolf_main(int argc, char** argv) {
     add_eval_commands(app);
     add_quant_commands(app);
     add_bench_commands(app);
+    add_run_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

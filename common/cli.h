@@ -14,4 +14,5 @@ void add_tokenizer_commands(CLI::App& app);  // tokenizer train, data export, da
 void add_eval_commands(CLI::App& app);       // bpb, eval
 void add_quant_commands(CLI::App& app);      // size, pack
 void add_bench_commands(CLI::App& app);      // bench attention
+void add_run_command(CLI::App& app);         // run: the record pipeline (pipeline/run.cpp)
 }  // namespace pg
