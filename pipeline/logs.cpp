@@ -1,6 +1,7 @@
 #include "pipeline/logs.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -33,8 +34,8 @@ TrainLog parse_train_log(const std::string& text) {
         int step = 0;
         double a = 0, b = 0, c = 0;
         char kind[8] = {0};
-        if (starts_with(line, "pgolf train: device ")) {
-            t.device = line.substr(20);
+        if (starts_with(line, "pgolf train: training on the ")) {
+            t.device = line.substr(std::strlen("pgolf train: training on the "));
             t.complete = false;
             t.stopped_at = -1;
             t.final_scores.clear();

@@ -19,7 +19,7 @@ struct Score {
 };
 
 struct TrainLog {
-    std::string device;  // "pgolf train: device <this>"
+    std::string device;  // "pgolf train: training on the <this>"
     std::string data;    // "data <dir> (...)": the directory
     std::string data_summary;  // the whole parenthesis: shard and val token counts
     // The run's history as one uninterrupted run: lines of steps beyond the step a resume

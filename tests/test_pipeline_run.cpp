@@ -129,7 +129,8 @@ TrainFacts train_facts(const std::string& log) {
     while (std::getline(in, line)) {
         double a, b;
         int step;
-        if (line.rfind("pgolf train: device ", 0) == 0) f.device = line.substr(20);
+        const std::string head = "pgolf train: training on the ";
+        if (line.rfind(head, 0) == 0) f.device = line.substr(head.size());
         if (line.rfind("step ", 0) == 0) ++f.step_lines;
         if (std::sscanf(line.c_str(), "final step %d raw val loss %lf bpb %lf", &step, &a, &b) == 3) {
             f.steps = step, f.raw_bpb = b;
