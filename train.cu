@@ -230,18 +230,23 @@ void run_training(Config cfg, const DistOptions* dist) {
     save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
     const bool recur = phases_at(st.step, st.elapsed_s, cfg).recur;
     const BpbAccumulator raw = tr->validate(Weights::Master, recur, val, bytes, eo, comm.get());
-    log("final step %d raw   val loss %.4f bpb %.4f (%ld tokens, %.1f s of training)", st.step, raw.loss(),
+    log("final step %d raw   val loss %.8f bpb %.8f (%ld tokens, %.1f s of training)", st.step, raw.loss(),
         raw.bpb(), raw.tokens, st.elapsed_s);
+    // The weights `pgolf pack` takes by default (EMA when kept) give the RESULT line's val_bpb.
+    BpbAccumulator best = raw;
     const AverageState avg = tr->average_state();
     if (avg.ema_steps > 0) {
-        const BpbAccumulator e = tr->validate(Weights::Ema, recur, val, bytes, eo, comm.get());
-        log("final step %d ema   val loss %.4f bpb %.4f", st.step, e.loss(), e.bpb());
+        best = tr->validate(Weights::Ema, recur, val, bytes, eo, comm.get());
+        log("final step %d ema   val loss %.8f bpb %.8f", st.step, best.loss(), best.bpb());
     }
     if (avg.swa_count > 0) {
         const BpbAccumulator s = tr->validate(Weights::Swa, recur, val, bytes, eo, comm.get());
-        log("final step %d swa   val loss %.4f bpb %.4f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count);
+        log("final step %d swa   val loss %.8f bpb %.8f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count);
     }
     log("checkpoint: %s", ckpt_path.c_str());
+    log("RESULT steps=%d train_seconds=%.1f tokens_per_s=%.0f val_loss=%.8f val_bpb=%.8f weights=%s", st.step,
+        st.elapsed_s, st.elapsed_s > 0 ? double(st.step) * t.batch_tokens / st.elapsed_s : 0.0, best.loss(), best.bpb(),
+        avg.ema_steps > 0 ? "ema" : "raw");
 }
 
 static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist, int argc, char** argv) {
