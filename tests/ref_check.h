@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -33,6 +34,29 @@ inline double rel_err(const std::vector<double>& a, const std::vector<double>& b
         den = std::max(den, std::abs(b[i]));
     }
     return num / den;
+}
+
+// n floats from N(0, std^2).
+inline std::vector<float> gaussian(std::mt19937_64& rng, size_t n, float std = 1.f) {
+    std::normal_distribution<float> d(0.f, std);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+}
+
+// ||x - ref|| / ||ref|| in double (the absolute norm when ref is zero).
+template <typename T>
+double rel_l2(const std::vector<T>& x, const std::vector<T>& ref) {
+    double e = 0, r = 0;
+    for (size_t i = 0; i < x.size() && i < ref.size(); ++i) {
+        e += (double(x[i]) - double(ref[i])) * (double(x[i]) - double(ref[i]));
+        r += double(ref[i]) * double(ref[i]);
+    }
+    return x.size() != ref.size() ? INFINITY : r > 0 ? std::sqrt(e / r) : std::sqrt(e);
+}
+
+inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // A small model of odd shapes for layout-level tests (optimizers, QAT): banks of square, wide

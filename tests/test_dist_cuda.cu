@@ -25,40 +25,16 @@
 #include "model/optim_cuda.cuh"
 #include "model/params.h"
 #include "tests/gpu.h"
+#include "tests/ref_check.h"
 #include "tests/tmp_dir.h"
 
 using namespace pg;
+using test::gaussian;
+
+// test::odd_model's banks do not divide by 2 ranks: 6 of 24x24 (q and o), 6 of 8x24 (k and v),
+// 3 of 72x24 and 24x72 (padded to 4), 1 of 24x5 (padded to 2, nothing on rank 1); then AdamW.
 
 namespace {
-
-std::vector<float> gaussian(std::mt19937_64& rng, size_t n, float std = 1.f) {
-    std::normal_distribution<float> d(0.f, std);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
-
-// Small banks that do not divide by 2 ranks: 6 of 24x24 (q and o), 6 of 8x24 (k and v), 3 of
-// 72x24 and 24x72 (padded to 4), 1 of 24x5 (padded to 2, nothing on rank 1); then AdamW params.
-ParamLayout odd_layout() {
-    ModelConfig m;
-    m.vocab_size = 37;
-    m.model_dim = 24;
-    m.n_layers = 3;
-    m.n_heads = 3;
-    m.n_kv_heads = 1;
-    m.head_dim = 8;
-    m.mlp_mult = 3;
-    m.rope_dims = 4;
-    m.bigram_buckets = 8;
-    m.bigram_dim = 5;
-    m.xsa_last = 1;
-    m.recur_start = 0;
-    m.recur_end = 1;
-    m.parallel_from = 2;
-    m.seq_len = 8;
-    return make_layout(m);
-}
 
 TrainConfig clipped_config() {
     TrainConfig t;
@@ -102,7 +78,7 @@ TEST_CASE("dist cuda: one-rank Parallel Muon steps equal CudaOptimizer::step bit
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     const TrainConfig t = clipped_config();
     cudaStream_t stream;
     PG_CHECK(cudaStreamCreate(&stream));
@@ -141,7 +117,7 @@ TEST_CASE("dist cuda: one-rank Parallel Muon steps equal CudaOptimizer::step bit
 TEST_CASE("dist cuda: host helpers and the momentum gather on one rank") {
     PG_REQUIRE_GPU();
     std::mt19937_64 rng(fresh_seed());
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     cudaStream_t stream;
     PG_CHECK(cudaStreamCreate(&stream));
     Comm comm(new_id(), 0, 1, 0, 60);
@@ -257,7 +233,7 @@ TEST_CASE("dist cuda: rank worker" * doctest::skip()) {
     }
 
     // Two Parallel Muon steps on each rank's own gradients against CudaOptimizer::step on the mean.
-    const ParamLayout L = odd_layout();
+    const ParamLayout L = make_layout(test::odd_model());
     const TrainConfig t = clipped_config();
     Gemm gemm;
     CudaOptimizer whole(L, t, gemm, stream);

@@ -21,9 +21,12 @@
 #include "model/optim.h"
 #include "quant/calibrate.h"
 #include "tests/gpu.h"
+#include "tests/ref_check.h"
+#include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
 
 using namespace pg;
+using test::rel_l2;
 
 namespace {
 
@@ -82,12 +85,6 @@ std::vector<uint16_t> repeated_stream(size_t n, size_t period, int vocab, std::m
 }
 
 double rel_diff(double a, double ref) { return std::abs(a - ref) / std::abs(ref); }
-
-double rel_l2(const std::vector<double>& a, const std::vector<double>& ref) {
-    double e = 0, r = 0;
-    for (size_t i = 0; i < a.size(); ++i) e += (a[i] - ref[i]) * (a[i] - ref[i]), r += ref[i] * ref[i];
-    return std::sqrt(e / r);
-}
 
 // Measured on an H100 (MESSAGE lines of each run; docs/benchmarks/eval.md). The GPU model
 // computes in bf16 where the reference uses fp32 (model/model_cuda.cuh): per-token losses
@@ -319,28 +316,6 @@ TEST_CASE("calibrate cuda: Hessians of every quantized matrix equal collect_hess
     MESSAGE(cpu.size() << " Hessians; worst relative error " << worst << " (" << worst_name << ")");
 }
 
-namespace {
-
-int pgolf(const std::string& args, std::string& out) {
-    FILE* p = popen(("build/pgolf " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    out.clear();
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-    const int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-double result_value(const std::string& out, const std::string& key) {
-    const size_t r = out.rfind("RESULT ");
-    REQUIRE(r != std::string::npos);
-    const size_t k = out.find(" " + key + "=", r);
-    REQUIRE(k != std::string::npos);
-    return std::stod(out.substr(k + key.size() + 2));
-}
-
-}  // namespace
-
 TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree across --device cpu and cuda") {
     PG_REQUIRE_GPU();
     std::mt19937 g(fresh_seed());
@@ -355,17 +330,17 @@ TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree acro
     ck.put_vec("params", noisy_init(cfg.model, g));
     ck.save(d / "ck.bin");
     std::string out;
-    REQUIRE(pgolf("pack " + (d / "ck.bin") + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
+    REQUIRE(test::run_pgolf("pack " + (d / "ck.bin") + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
     INFO(out);
     CHECK(out.find("on 1 x ") != std::string::npos);  // calibrated on the GPU
     const std::string base = "eval --artifact " + (d / "a.art") + " --stride 16 --max-tokens 3000 ";
     for (const std::string mode : {"", "--ttt --ttt-chunk 1024 --ttt-batch-seqs 4"}) {
         CAPTURE(mode);
-        REQUIRE(pgolf(base + mode + " --device cpu", out) == 0);
-        const double cpu = result_value(out, "val_bpb");
-        REQUIRE(pgolf(base + mode + " --device cuda", out) == 0);
+        REQUIRE(test::run_pgolf(base + mode + " --device cpu", out) == 0);
+        const double cpu = test::result_value(out, "val_bpb");
+        REQUIRE(test::run_pgolf(base + mode + " --device cuda", out) == 0);
         CHECK(out.find("device 1 x ") != std::string::npos);
-        const double gpu = result_value(out, "val_bpb");
+        const double gpu = test::result_value(out, "val_bpb");
         MESSAGE("pgolf eval " << mode << ": val_bpb CPU " << cpu << ", GPU " << gpu);
         CHECK(rel_diff(gpu, cpu) < kChunkTol);
     }

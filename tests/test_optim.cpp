@@ -13,21 +13,17 @@
 #include "model/optim.h"
 #include "model/params.h"
 #include "model/schedule.h"
+#include "tests/ref_check.h"
 
 using namespace pg;
+using test::gaussian;
+using test::same_bits;
 
 namespace {
 
 using Mat = std::vector<double>;  // row-major
 
 uint64_t fresh_seed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}(); }
-
-std::vector<float> gaussian(std::mt19937_64& rng, size_t n, float std = 1.f) {
-    std::normal_distribution<float> d(0.f, std);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
 
 // A small real layout: banks 16x16 (x4), 8x16 (x4, wide), 32x16 (x2, tall), 16x32 (x2),
 // 16x4 (x1, tall 4:1), plus embeddings and vectors.
@@ -143,10 +139,6 @@ Mat newton_schulz_double(Mat X, int r, int c, int steps) {
 double quintic5(double x, int steps) {
     for (int s = 0; s < steps; ++s) x = 3.4445 * x - 4.7750 * x * x * x + 2.0315 * x * x * x * x * x;
     return x;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 }  // namespace

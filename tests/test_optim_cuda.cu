@@ -18,17 +18,11 @@
 #include "model/params.h"
 
 using namespace pg;
+using test::gaussian;
 
 namespace {
 
 uint64_t fresh_seed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}(); }
-
-std::vector<float> gaussian(std::mt19937_64& rng, size_t n, float std = 1.f) {
-    std::normal_distribution<float> d(0.f, std);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
 
 double rel_error(const float* x, const float* ref, size_t n) {
     double e = 0, r = 0;

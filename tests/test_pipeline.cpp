@@ -12,30 +12,12 @@
 #include "eval/evaluate.h"
 #include "model/model_ref.h"
 #include "quant/weights.h"
+#include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
 #include "tokenizer/loader.h"
 #include "tokenizer/sp.h"
 
 using namespace pg;
-
-// Runs build/pgolf with args; returns the exit code and fills the combined output.
-static int pgolf(const std::string& args, std::string& out) {
-    FILE* p = popen(("build/pgolf " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    out.clear();
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-    const int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static double result_value(const std::string& out, const std::string& key) {
-    const size_t r = out.rfind("RESULT ");
-    REQUIRE(r != std::string::npos);
-    const size_t k = out.find(key + "=", r);
-    REQUIRE(k != std::string::npos);
-    return std::stod(out.substr(k + key.size() + 1));
-}
 
 static std::string trained_checkpoint(const TmpDir& d) {
     Config c;
@@ -58,28 +40,28 @@ TEST_CASE("pipeline: pack writes an artifact that fits, eval reads it alone, bad
     TmpDir d;
     const std::string ck = trained_checkpoint(d), art = d / "model.art";
     std::string out;
-    REQUIRE(pgolf("pack " + ck + " -o " + art + " --calib-seqs 4", out) == 0);
+    REQUIRE(test::run_pgolf("pack " + ck + " -o " + art + " --calib-seqs 4", out) == 0);
     INFO(out);
     CHECK(out.find("GPTQ: Hessians of") != std::string::npos);
-    CHECK(result_value(out, "fits") == 1);
-    CHECK(pgolf("size " + art, out) == 0);
+    CHECK(test::result_value(out, "fits") == 1);
+    CHECK(test::run_pgolf("size " + art, out) == 0);
 
-    REQUIRE(pgolf("eval --artifact " + art + " --stride 64 --max-tokens 4096", out) == 0);
-    const double q_bpb = result_value(out, "val_bpb");
-    REQUIRE(pgolf("eval --checkpoint " + ck + " --weights ema --stride 64 --max-tokens 4096", out) == 0);
-    const double f_bpb = result_value(out, "val_bpb");
+    REQUIRE(test::run_pgolf("eval --artifact " + art + " --stride 64 --max-tokens 4096", out) == 0);
+    const double q_bpb = test::result_value(out, "val_bpb");
+    REQUIRE(test::run_pgolf("eval --checkpoint " + ck + " --weights ema --stride 64 --max-tokens 4096", out) == 0);
+    const double f_bpb = test::result_value(out, "val_bpb");
     CHECK(std::fabs(q_bpb - f_bpb) < 0.05);  // int5/int6 on a barely trained model: a small gap
 
     // A code archive of 16,000,000 bytes puts any artifact over the budget.
     std::ofstream(d / "big.tar.xz") << std::string(16000000, 'x');
-    CHECK(pgolf("size " + art + " --code " + (d / "big.tar.xz"), out) == 1);
+    CHECK(test::run_pgolf("size " + art + " --code " + (d / "big.tar.xz"), out) == 1);
     CHECK(out.find("over the 16000000-byte budget") != std::string::npos);
 
     // A flipped byte: eval refuses with one line and a non-zero exit.
     auto bytes = read_file(art);
     bytes[bytes.size() / 2] ^= 0x40;
     write_file_atomic(d / "bad.art", bytes.data(), bytes.size());
-    CHECK(pgolf("eval --artifact " + (d / "bad.art"), out) == 1);
+    CHECK(test::run_pgolf("eval --artifact " + (d / "bad.art"), out) == 1);
     CHECK(out.rfind("pgolf: error: ", 0) == 0);
     CHECK(std::count(out.begin(), out.end(), '\n') == 1);
 }
@@ -88,8 +70,8 @@ TEST_CASE("pipeline: eval's val_bpb equals a direct computation over plain chunk
     TmpDir d;
     const std::string ck = trained_checkpoint(d);
     std::string out;
-    REQUIRE(pgolf("eval --checkpoint " + ck + " --weights raw --stride 64 --max-tokens 2048", out) == 0);
-    const double bpb = result_value(out, "val_bpb");
+    REQUIRE(test::run_pgolf("eval --checkpoint " + ck + " --weights raw --stride 64 --max-tokens 2048", out) == 0);
+    const double bpb = test::result_value(out, "val_bpb");
 
     const Weights w = load_checkpoint_weights(ck, "raw");
     RefModel<float> model(w.config.model);

@@ -18,23 +18,13 @@
 #include "common/check.h"
 #include "common/io.h"
 #include "pipeline/options.h"
+#include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
 
 using namespace pg;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Runs build/pgolf with args; returns the exit code and fills the combined output.
-int run_pgolf(const std::string& args, std::string& out) {
-    FILE* p = popen(("build/pgolf " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    out.clear();
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-    const int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // A JSON document flattened to "a.b.c" -> scalar text (strings unquoted; arrays as "[1,2]").
 struct FlatJson {
@@ -188,7 +178,7 @@ const std::string& straight_run() {
     static std::string out;
     if (out.empty()) {
         std::string log;
-        const int rc = run_pgolf(kTiny + " --out " + (d / "a"), log);
+        const int rc = test::run_pgolf(kTiny + " --out " + (d / "a"), log);
         INFO(log);
         REQUIRE(rc == 0);
         out = d / "a";
@@ -294,7 +284,7 @@ TEST_CASE("run: the tiny pipeline writes a records folder whose every number mat
     // Started again when finished: every stage is skipped and every file stays byte for byte.
     const std::string before_json = read_text(dir + "/submission.json"), before_md = md, before_svg = svg;
     std::string log;
-    REQUIRE(run_pgolf(kTiny + " --out " + dir, log) == 0);
+    REQUIRE(test::run_pgolf(kTiny + " --out " + dir, log) == 0);
     INFO(log);
     size_t skipped = 0;
     for (size_t p = log.find("done before"); p != std::string::npos; p = log.find("done before", p + 1)) ++skipped;
@@ -309,7 +299,7 @@ TEST_CASE("run: a stopped or partly deleted run, started again, completes with t
     TmpDir d;
     const std::string dir = d / "b";
     std::string log;
-    REQUIRE(run_pgolf(kTiny + " --out " + dir + " --stop-after 6", log) == 0);
+    REQUIRE(test::run_pgolf(kTiny + " --out " + dir + " --stop-after 6", log) == 0);
     CHECK(log.find("train stopped after step 6") != std::string::npos);
     CHECK_FALSE(file_exists(dir + "/submission.json"));
     CHECK_FALSE(file_exists(dir + "/seed_42/pack.log"));
@@ -323,7 +313,7 @@ TEST_CASE("run: a stopped or partly deleted run, started again, completes with t
             if (!timing_key(k)) CHECK(j.v.at(k) == v);
         }
     };
-    REQUIRE(run_pgolf(kTiny + " --out " + dir, log) == 0);
+    REQUIRE(test::run_pgolf(kTiny + " --out " + dir, log) == 0);
     INFO(log);
     CHECK(log.find("resuming from") != std::string::npos);
     same_as_straight();
@@ -332,7 +322,7 @@ TEST_CASE("run: a stopped or partly deleted run, started again, completes with t
 
     // A later stage's output deleted: that stage and those after it run again, no others.
     fs::remove(dir + "/seed_42/eval_sliding.log");
-    REQUIRE(run_pgolf(kTiny + " --out " + dir, log) == 0);
+    REQUIRE(test::run_pgolf(kTiny + " --out " + dir, log) == 0);
     for (const char* s : {"train", "pack", "size", "eval_quant"})
         CHECK(log.find(format("run: seed 42: %-12s done before", s)) != std::string::npos);
     for (const char* s : {"eval_sliding", "eval_ttt"})
@@ -351,7 +341,7 @@ TEST_CASE("run: a failing stage or changed settings stop with one line naming th
     fs::remove(dir + "/seed_42/size.log");
     const std::string json = read_text(dir + "/submission.json");
     std::string log;
-    CHECK(run_pgolf(kTiny + " --out " + dir, log) == 1);
+    CHECK(test::run_pgolf(kTiny + " --out " + dir, log) == 1);
     INFO(log);
     const size_t e = log.find("pgolf: error: ");
     REQUIRE(e != std::string::npos);
@@ -362,7 +352,7 @@ TEST_CASE("run: a failing stage or changed settings stop with one line naming th
     CHECK(std::count(line.begin(), line.end(), '\n') == 1);
     CHECK(read_text(dir + "/submission.json") == json);  // nothing written over
 
-    CHECK(run_pgolf(kTiny + " --out " + dir + " --matrix-lr 0.05", log) == 1);
+    CHECK(test::run_pgolf(kTiny + " --out " + dir + " --matrix-lr 0.05", log) == 1);
     CHECK(log.find("config.toml: this folder was started with other settings ('matrix-lr = 0.04' there, "
                    "'matrix-lr = 0.05' now)") != std::string::npos);
 }
@@ -371,7 +361,7 @@ TEST_CASE("run: several seeds give a folder each and the mean and std of their s
     TmpDir d;
     const std::string dir = d / "m";
     std::string log;
-    const int rc = run_pgolf(kTiny + " --out " + dir + " --seeds 7,8 --iterations 4 --val-every 2 --val-tokens 512 --eval-tokens 512 --no-ttt --calib-seqs 0"
+    const int rc = test::run_pgolf(kTiny + " --out " + dir + " --seeds 7,8 --iterations 4 --val-every 2 --val-tokens 512 --eval-tokens 512 --no-ttt --calib-seqs 0"
                                       " --model-dim 64 --n-layers 2 --recur-start 1 --recur-end 1 --parallel-from 1 --seq-len 64 --batch-tokens 512", log);
     INFO(log);
     REQUIRE(rc == 0);

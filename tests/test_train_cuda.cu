@@ -26,29 +26,11 @@
 #include "train/trainer.h"
 
 using namespace pg;
+using test::gaussian;
+using test::rel_l2;
+using test::same_bits;
 
 namespace {
-
-std::vector<float> gaussian(std::mt19937_64& rng, size_t n, float std = 1.f) {
-    std::normal_distribution<float> d(0.f, std);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
-
-double rel_l2(const std::vector<float>& x, const std::vector<float>& ref) {
-    REQUIRE(x.size() == ref.size());
-    double e = 0, r = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-        e += (double(x[i]) - ref[i]) * (double(x[i]) - ref[i]);
-        r += double(ref[i]) * ref[i];
-    }
-    return r > 0 ? std::sqrt(e / r) : std::sqrt(e);
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
 
 
 // The largest difference between two runs' step lines.

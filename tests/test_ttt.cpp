@@ -12,6 +12,7 @@
 #include "common/checkpoint.h"
 #include "common/config.h"
 #include "eval/ttt.h"
+#include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
 
 using namespace pg;
@@ -324,16 +325,6 @@ TEST_CASE("ttt update: sgd_momentum_step against hand-computed values; the CPU m
 
 namespace {
 
-int pgolf(const std::string& args, std::string& out) {
-    FILE* p = popen(("build/pgolf " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    out.clear();
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-    const int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 // The RESULT line without its eval_seconds field, which differs from run to run.
 std::string result_line(const std::string& out) {
     const size_t r = out.rfind("RESULT ");
@@ -361,12 +352,12 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
     const std::string base = "eval --checkpoint " + (d / "ck.bin") + " --weights raw --stride 16 --max-tokens 1000 ";
     std::string out;
 
-    REQUIRE(pgolf(base, out) == 0);
+    REQUIRE(test::run_pgolf(base, out) == 0);
     const std::string plain = result_line(out);
-    REQUIRE(pgolf(base + "--ttt --ttt-chunk 256 --ttt-epochs 0", out) == 0);
+    REQUIRE(test::run_pgolf(base + "--ttt --ttt-chunk 256 --ttt-epochs 0", out) == 0);
     CHECK(result_line(out) == plain + " ttt=1");
 
-    REQUIRE(pgolf(base + "--ttt --plain --ttt-chunk 256 --ttt-lr 0.01 --ttt-batch-seqs 4", out) == 0);
+    REQUIRE(test::run_pgolf(base + "--ttt --plain --ttt-chunk 256 --ttt-lr 0.01 --ttt-batch-seqs 4", out) == 0);
     INFO(out);
     CHECK(out.find("plain: val_loss") != std::string::npos);
     CHECK(out.find("ttt chunk 4: targets [768, 1000)") != std::string::npos);
@@ -378,7 +369,7 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
                             "--ttt --ttt-batch-seqs 0", "--ttt-lr 0.1", "--device bogus",
                             "--device cuda"}) {  // no GPU here, or no GPU kernels for head_dim 16
         CAPTURE(bad);
-        CHECK(pgolf(base + bad, out) != 0);
+        CHECK(test::run_pgolf(base + bad, out) != 0);
         CHECK(out.rfind("pgolf: error: ", 0) == 0);
         CHECK(std::count(out.begin(), out.end(), '\n') == 1);
     }
