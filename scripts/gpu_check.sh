@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Everything on one GPU machine in one go, for a device call that must check and measure at
+# once: the whole test suite (GPU tests included), the model and attention benchmarks, a short
+# record-shaped `pgolf train`, and the default run. Needs `make` done (build/). Logs go to
+# $OUT (or /tmp/gpu_check); the last lines are a table of the RESULT lines and the failures.
+#   scripts/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+B=build
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+echo "== test suite"
+timeout 400 $B/pgolf_tests >"$OUT/tests.log" 2>&1
+grep -B2 -A8 "ERROR" "$OUT/tests.log" | head -80
+
+echo "== benchmarks"
+timeout 120 $B/pgolf bench model >"$OUT/bench_model.log" 2>&1
+timeout 60 $B/pgolf bench attention >"$OUT/bench_attention.log" 2>&1
+
+echo "== record-shaped training, 30 steps on the sample data"
+timeout 200 $B/pgolf train --preset record --vocab-size 1024 --data data/sample --iterations 30 \
+    --val-tokens 131072 --log-every 5 --out /tmp/gpu_check_rec >"$OUT/train_record.log" 2>&1
+echo "== default run"
+timeout 120 $B/pgolf train --out /tmp/gpu_check_tiny --log-every 100 >"$OUT/train_tiny.log" 2>&1
+
+echo "== summary"
+grep -E "test cases|assertions" "$OUT/tests.log"
+for f in bench_model bench_attention train_record train_tiny; do
+    printf '%-16s %s\n' "$f" "$(grep '^RESULT' "$OUT/$f.log" | tail -1 || echo 'no RESULT line (see the log)')"
+done
