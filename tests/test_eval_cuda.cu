@@ -19,6 +19,7 @@
 #include "common/config.h"
 #include "eval/ttt_cuda.cuh"
 #include "model/optim.h"
+#include "model/optim_cuda.cuh"
 #include "quant/calibrate.h"
 #include "tests/gpu.h"
 #include "tests/ref_check.h"
@@ -151,9 +152,12 @@ TEST_CASE("ttt cuda: the update kernels match sum_squares and sgd_momentum_step"
     // Clipped, not clipped, clip off; the momentum buffer carries from step to step.
     for (float clip : {0.5f * norm, 2.f * norm, 0.f}) {
         CAPTURE(clip);
-        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), nullptr);
+        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), false, nullptr);
         const double ss = sumsq.download()[0];
         CHECK(rel_diff(ss, sum_squares(grad.data(), n)) < 1e-12);
+        sum_squares_cuda(dg.get(), n / 3, partial.get(), sumsq.get(), true, nullptr);  // adds to *sumsq
+        CHECK(rel_diff(sumsq.download()[0], ss + sum_squares(grad.data(), n / 3)) < 1e-12);
+        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), false, nullptr);
         sgd_momentum_cuda(dw.get(), dwb.get(), dv.get(), dg.get(), n, sumsq.get(), 0.05f, 0.9f, clip, nullptr);
         sgd_momentum_step(w.data(), v.data(), grad.data(), n, 0.05f, 0.9f, clip);
         const std::vector<float> gw = dw.download(), gv = dv.download();
@@ -344,6 +348,60 @@ TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree acro
         MESSAGE("pgolf eval " << mode << ": val_bpb CPU " << cpu << ", GPU " << gpu);
         CHECK(rel_diff(gpu, cpu) < kChunkTol);
     }
+}
+
+TEST_CASE("eval cuda: --gpus 2 gives --gpus 1's numbers, plain and with TTT, printed once") {
+    PG_REQUIRE_GPU();
+    int gpus = 0;
+    PG_CHECK(cudaGetDeviceCount(&gpus));
+    if (gpus < 2) {
+        MESSAGE("skipped: needs 2 CUDA GPUs, " << gpus << " visible");
+        return;
+    }
+    std::mt19937 g(fresh_seed());
+    TmpDir d;
+    Config cfg;
+    cfg.model = small_model(1024);
+    cfg.train.data_dir = "data/sample";
+    Checkpoint ck;
+    ck.put_text("config.model", to_text(fields(cfg.model)));
+    ck.put_text("config.train", to_text(fields(cfg.train)));
+    ck.put_text("config.quant", to_text(fields(cfg.quant)));
+    ck.put_vec("params", noisy_init(cfg.model, g));
+    ck.save(d / "ck.bin");
+    // 3000 targets: 3 TTT chunks, 2 trained on; 16 sequences a chunk in steps of 5, 5, 5 and 1,
+    // so one step leaves rank 1 without rows.
+    const std::string base = "eval --checkpoint " + (d / "ck.bin") +
+                             " --weights raw --device cuda --stride 16 --max-tokens 3000 --batch-seqs 8 ";
+    const std::string ttt = "--ttt --ttt-chunk 1024 --ttt-batch-seqs 5 --ttt-lr 0.02";
+    std::string out;
+    double bpb[2][2];  // [plain, ttt][1 GPU, 2 GPUs]
+    for (int t = 0; t < 2; ++t)
+        for (int w = 0; w < 2; ++w) {
+            const std::string args = base + (t ? ttt : "") + " --gpus " + std::to_string(w + 1);
+            CAPTURE(args);
+            REQUIRE(pgolf(args, out) == 0);
+            INFO(out);
+            CHECK((out.find(", 2 ranks") != std::string::npos) == (w == 1));
+            size_t results = 0;
+            for (size_t at = out.find("RESULT "); at != std::string::npos; at = out.find("RESULT ", at + 1)) ++results;
+            CHECK(results == 1);  // rank 0 alone prints
+            CHECK(result_value(out, "tokens") == 3000);  // every target once, none twice
+            bpb[t][w] = result_value(out, "val_bpb");
+        }
+    MESSAGE("val_bpb plain: 1 GPU " << bpb[0][0] << ", 2 GPUs " << bpb[0][1] << "; TTT: 1 GPU " << bpb[1][0]
+                                    << ", 2 GPUs " << bpb[1][1]);
+    // Plain: the same windows, in other batches (another GEMM shape, another bf16 rounding here
+    // and there). TTT: besides, a gradient summed over 2 ranks, and steps that compound it.
+    constexpr double kPlainTol = 2e-4, kTttTol = 1e-3;
+    CHECK(rel_diff(bpb[0][1], bpb[0][0]) < kPlainTol);
+    CHECK(rel_diff(bpb[1][1], bpb[1][0]) < kTttTol);
+    // TTT moves the score by far more than the tolerance: a wrong gradient sum (an average, a
+    // missing rank) would show.
+    CHECK(rel_diff(bpb[1][0], bpb[0][0]) > 10 * kTttTol);
+
+    CHECK(pgolf(base + "--gpus 1000", out) != 0);
+    CHECK(out.find("pgolf: error: --gpus 1000: only") == 0);
 }
 
 TEST_CASE("calibrate cuda: record-shape timing, GPU vs CPU" * doctest::skip()) {
