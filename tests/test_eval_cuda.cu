@@ -1,7 +1,8 @@
 // Evaluation, score-first TTT and GPTQ calibration on the GPU against their CPU oracles:
 // sliding-window bpb (CudaTttModel::score vs RefModel), the TTT update kernels vs
 // sgd_momentum_step, TTT steps and per-chunk TTT scores vs RefTttModel, TTT legality with the
-// GPU model, Hessians vs collect_hessians, and pack/eval through the binary with --device.
+// GPU model, Hessians vs collect_hessians, pack/eval through the binary with --device, and
+// (2 GPUs and more) pgolf eval --gpus 2 against --gpus 1.
 // The record-shape calibration timing runs only when asked for (--no-skip).
 #include <doctest/doctest.h>
 
@@ -14,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "common/checkpoint.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "eval/ttt_cuda.cuh"
 #include "model/optim.h"
 #include "model/optim_cuda.cuh"
 #include "quant/calibrate.h"
+#include "tests/checkpoint_file.h"
 #include "tests/gpu.h"
 #include "tests/ref_check.h"
 #include "tests/run_pgolf.h"
@@ -320,21 +321,26 @@ TEST_CASE("calibrate cuda: Hessians of every quantized matrix equal collect_hess
     MESSAGE(cpu.size() << " Hessians; worst relative error " << worst << " (" << worst_name << ")");
 }
 
-TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree across --device cpu and cuda") {
-    PG_REQUIRE_GPU();
+namespace {
+
+// d/ck.bin: small_model on the sample tokenizer's vocab, noisy_init weights; returns its path.
+std::string small_checkpoint(const TmpDir& d) {
     std::mt19937 g(fresh_seed());
-    TmpDir d;
     Config cfg;
     cfg.model = small_model(1024);
     cfg.train.data_dir = "data/sample";
-    Checkpoint ck;
-    ck.put_text("config.model", to_text(fields(cfg.model)));
-    ck.put_text("config.train", to_text(fields(cfg.train)));
-    ck.put_text("config.quant", to_text(fields(cfg.quant)));
-    ck.put_vec("params", noisy_init(cfg.model, g));
-    ck.save(d / "ck.bin");
+    write_checkpoint(d / "ck.bin", cfg, noisy_init(cfg.model, g));
+    return d / "ck.bin";
+}
+
+}  // namespace
+
+TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree across --device cpu and cuda") {
+    PG_REQUIRE_GPU();
+    TmpDir d;
+    const std::string ck = small_checkpoint(d);
     std::string out;
-    REQUIRE(test::run_pgolf("pack " + (d / "ck.bin") + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
+    REQUIRE(test::run_pgolf("pack " + ck + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
     INFO(out);
     CHECK(out.find("on 1 x ") != std::string::npos);  // calibrated on the GPU
     const std::string base = "eval --artifact " + (d / "a.art") + " --stride 16 --max-tokens 3000 ";
@@ -343,7 +349,7 @@ TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree acro
         REQUIRE(test::run_pgolf(base + mode + " --device cpu", out) == 0);
         const double cpu = test::result_value(out, "val_bpb");
         REQUIRE(test::run_pgolf(base + mode + " --device cuda", out) == 0);
-        CHECK(out.find("device 1 x ") != std::string::npos);
+        CHECK(out.find("device CPU") == std::string::npos);
         const double gpu = test::result_value(out, "val_bpb");
         MESSAGE("pgolf eval " << mode << ": val_bpb CPU " << cpu << ", GPU " << gpu);
         CHECK(rel_diff(gpu, cpu) < kChunkTol);
@@ -358,21 +364,11 @@ TEST_CASE("eval cuda: --gpus 2 gives --gpus 1's numbers, plain and with TTT, pri
         MESSAGE("skipped: needs 2 CUDA GPUs, " << gpus << " visible");
         return;
     }
-    std::mt19937 g(fresh_seed());
     TmpDir d;
-    Config cfg;
-    cfg.model = small_model(1024);
-    cfg.train.data_dir = "data/sample";
-    Checkpoint ck;
-    ck.put_text("config.model", to_text(fields(cfg.model)));
-    ck.put_text("config.train", to_text(fields(cfg.train)));
-    ck.put_text("config.quant", to_text(fields(cfg.quant)));
-    ck.put_vec("params", noisy_init(cfg.model, g));
-    ck.save(d / "ck.bin");
+    const std::string ck = small_checkpoint(d);
     // 3000 targets: 3 TTT chunks, 2 trained on; 16 sequences a chunk in steps of 5, 5, 5 and 1,
-    // so one step leaves rank 1 without rows.
-    const std::string base = "eval --checkpoint " + (d / "ck.bin") +
-                             " --weights raw --device cuda --stride 16 --max-tokens 3000 --batch-seqs 8 ";
+    // so the last step leaves rank 0 without rows.
+    const std::string base = "eval --checkpoint " + ck + " --weights raw --device cuda --stride 16 --max-tokens 3000 --batch-seqs 8 ";
     const std::string ttt = "--ttt --ttt-chunk 1024 --ttt-batch-seqs 5 --ttt-lr 0.02";
     std::string out;
     double bpb[2][2];  // [plain, ttt][1 GPU, 2 GPUs]
@@ -380,14 +376,14 @@ TEST_CASE("eval cuda: --gpus 2 gives --gpus 1's numbers, plain and with TTT, pri
         for (int w = 0; w < 2; ++w) {
             const std::string args = base + (t ? ttt : "") + " --gpus " + std::to_string(w + 1);
             CAPTURE(args);
-            REQUIRE(pgolf(args, out) == 0);
+            REQUIRE(test::run_pgolf(args, out) == 0);
             INFO(out);
             CHECK((out.find(", 2 ranks") != std::string::npos) == (w == 1));
             size_t results = 0;
             for (size_t at = out.find("RESULT "); at != std::string::npos; at = out.find("RESULT ", at + 1)) ++results;
             CHECK(results == 1);  // rank 0 alone prints
-            CHECK(result_value(out, "tokens") == 3000);  // every target once, none twice
-            bpb[t][w] = result_value(out, "val_bpb");
+            CHECK(test::result_value(out, "tokens") == 3000);  // every target once, none twice
+            bpb[t][w] = test::result_value(out, "val_bpb");
         }
     MESSAGE("val_bpb plain: 1 GPU " << bpb[0][0] << ", 2 GPUs " << bpb[0][1] << "; TTT: 1 GPU " << bpb[1][0]
                                     << ", 2 GPUs " << bpb[1][1]);
@@ -400,7 +396,7 @@ TEST_CASE("eval cuda: --gpus 2 gives --gpus 1's numbers, plain and with TTT, pri
     // missing rank) would show.
     CHECK(rel_diff(bpb[1][0], bpb[0][0]) > 10 * kTttTol);
 
-    CHECK(pgolf(base + "--gpus 1000", out) != 0);
+    CHECK(test::run_pgolf(base + "--gpus 1000", out) != 0);
     CHECK(out.find("pgolf: error: --gpus 1000: only") == 0);
 }
 
