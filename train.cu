@@ -116,15 +116,12 @@ void run_training(Config cfg, const DistOptions* dist) {
 
     const ComputeDevice where = pick_device(t.device, m);
     const bool cuda = where.cuda;
-    // A rank started by launch_ranks (dist/launch.h) trains its share of every step.
-    RankInfo me;
-    std::unique_ptr<Comm> comm;
-    if (rank_from_env(me) && me.world > 1) {
-        if (!cuda) fail("training on %d ranks needs the GPU path (--device cuda)", me.world);
-        PG_CHECK(cudaSetDevice(me.local_rank));
-        comm = std::make_unique<Comm>(me.id, me.rank, me.world, me.local_rank,
-                                      dist ? dist->nccl_timeout_s : DistOptions{}.nccl_timeout_s);
-    }
+    // On the GPU with several of them (--gpus), the process the user started launches one rank a
+    // GPU and returns; each rank trains its share of every step.
+    Ranks ranks;
+    if (cuda && !join_ranks(t.gpus, dist ? *dist : DistOptions{}, ranks)) return;
+    const RankInfo& me = ranks.me;
+    const std::unique_ptr<Comm>& comm = ranks.comm;
     const int all_seqs = int(t.batch_tokens / m.seq_len);
     if (all_seqs % me.world != 0)
         fail("the %d sequences of a step do not split evenly over %d GPUs", all_seqs, me.world);
@@ -249,7 +246,7 @@ void run_training(Config cfg, const DistOptions* dist) {
         avg.ema_steps > 0 ? "ema" : "raw");
 }
 
-static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist, int argc, char** argv) {
+static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist) {
     CLI::App* sub = app.add_subcommand("train", "train a model on challenge shards");
     // The preset is applied before any other flag, so explicit flags override it.
     sub->add_option_function<std::string>(
@@ -260,13 +257,8 @@ static void add_train_command(CLI::App& app, Config& cfg, DistOptions& dist, int
     add_flags(*sub, fields(cfg.train));
     add_flags(*sub, fields(cfg.quant));
     add_flags(*sub, fields(dist));
-    // On the GPU with several of them (--gpus), this process becomes the launcher of one rank a GPU.
-    sub->callback([&cfg, &dist, argc, argv] {
-        RankInfo me;
-        if (pick_device(cfg.train.device, cfg.model).cuda && launch_ranks(argc, argv, cfg.train.gpus, dist, me))
-            return;
-        run_training(cfg, &dist);
-    });
+    dist.launch = true;
+    sub->callback([&cfg, &dist] { run_training(cfg, &dist); });
 }
 
 int pgolf_main(int argc, char** argv) {
@@ -275,7 +267,7 @@ int pgolf_main(int argc, char** argv) {
     Config cfg;
     apply_preset(cfg, "tiny");
     DistOptions dist;
-    add_train_command(app, cfg, dist, argc, argv);
+    add_train_command(app, cfg, dist);
     add_tokenizer_commands(app);
     add_eval_commands(app);
     add_quant_commands(app);

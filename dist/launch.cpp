@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "common/clock.h"
@@ -146,6 +148,21 @@ std::string try_fetch_tcp(const Rendezvous& r) {
     if (fd >= 0) close(fd);
     freeaddrinfo(res);
     return got;
+}
+
+// argv of this process, as the kernel holds it: NUL-terminated strings.
+std::vector<std::string> own_command_line() {
+    std::ifstream f("/proc/self/cmdline", std::ios::binary);
+    const std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (all.empty()) fail("/proc/self/cmdline: cannot read this process's command line to start the ranks");
+    std::vector<std::string> args;
+    for (size_t at = 0; at < all.size();) {
+        const size_t end = all.find('\0', at);
+        args.push_back(all.substr(at, end - at));
+        if (end == std::string::npos) break;
+        at = end + 1;
+    }
+    return args;
 }
 
 std::string trim(std::string s) {
@@ -323,6 +340,23 @@ bool launch_ranks(int argc, char** argv, int gpus, const DistOptions& opt, RankI
         plan.id = fetch_id(opt.rendezvous, opt.nccl_timeout_s);
     }
     run_ranks(plan);
+    return true;
+}
+
+bool join_ranks(int gpus, const DistOptions& opt, Ranks& out) {
+    out = Ranks{};
+    if (opt.launch) {
+        const std::vector<std::string> cmd = own_command_line();
+        std::vector<char*> argv;
+        for (const std::string& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+        if (launch_ranks(int(argv.size()), argv.data(), gpus, opt, out.me)) return false;
+    } else {
+        rank_from_env(out.me);
+    }
+    if (out.me.world > 1) {
+        PG_CHECK(cudaSetDevice(out.me.local_rank));
+        out.comm = std::make_unique<Comm>(out.me.id, out.me.rank, out.me.world, out.me.local_rank, opt.nccl_timeout_s);
+    }
     return true;
 }
 

@@ -12,10 +12,12 @@
 #pragma once
 #include <nccl.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/config.h"
+#include "dist/comm.h"
 
 namespace pg {
 
@@ -26,6 +28,9 @@ struct DistOptions {
     int node_rank = 0;
     std::string rendezvous;  // file:PATH | tcp:HOST:PORT; needed when nodes > 1
     double nccl_timeout_s = 300;
+    // Set by the command line (pgolf train, pgolf eval): this process may become the launcher.
+    // A library call (tests) leaves it false: it joins a rank that a launcher started, or runs alone.
+    bool launch = false;
 };
 std::vector<Field> fields(DistOptions& d);  // --nodes, --node-rank, --rendezvous, --nccl-timeout
 
@@ -52,6 +57,19 @@ bool rank_from_env(RankInfo& me);
 // returns true once all of them exited 0 (the caller then returns), or fails naming the rank
 // that did not.
 bool launch_ranks(int argc, char** argv, int gpus, const DistOptions& opt, RankInfo& me);
+
+// Where a command on the GPU path runs: this rank, and its communicator (null with one rank,
+// where every helper of dist/rank.h is the one-process one).
+struct Ranks {
+    RankInfo me;
+    std::unique_ptr<Comm> comm;
+};
+// The start of pgolf train and pgolf eval on the GPU path. In a rank that a launcher started:
+// fills `out` (its device made current, its communicator joined) and returns true. In the
+// process the user started, with opt.launch and more than one rank in all: launch_ranks with
+// this process's own command line (/proc/self/cmdline), then returns false; the caller returns,
+// the ranks did the work. Otherwise: rank 0 of 1, no communicator, true.
+bool join_ranks(int gpus, const DistOptions& opt, Ranks& out);
 
 // The pieces of launch_ranks, exposed for tests.
 struct LaunchPlan {

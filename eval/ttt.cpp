@@ -72,8 +72,8 @@ float train_chunk(TttModel& model, const std::vector<uint16_t>& tokens, long c0,
                 }
             const float loss = model.train_step(in.data(), tg.data(), rows, L, total, lr, opt.momentum, opt.clip);
             if (!std::isfinite(loss)) fail("eval: TTT loss is %g at targets [%ld, %ld): lower --ttt-lr", double(loss), c0, c1);
-            last_sum += loss;
-            ++last_steps, ++steps;
+            ++steps;
+            if (rows > 0) last_sum += loss, ++last_steps;  // a rank without rows has no loss to add
         }
     }
     return last_steps ? float(last_sum / last_steps) : 0.f;

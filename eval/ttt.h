@@ -18,6 +18,8 @@
 // and holds its share of each training step's sequences (the model sums the gradients);
 // every rank sees every chunk, so all keep the same weights.
 #pragma once
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -74,10 +76,16 @@ class RefTttModel : public TttModel {
     std::vector<float> velocity_;
 };
 
+// Several GPUs: sums the ranks' gradients (device fp32 [n]) in place, enqueued on `stream` (the
+// model's), between the backward and the norm. Each rank's gradient is already its rows' share
+// of the batch mean (train_step), so the sum is the one-GPU step's gradient.
+using GradReduce = std::function<void(float* grads, size_t n, cudaStream_t stream)>;
+
 // TTT on the GPU (eval/ttt_cuda.cuh): a CudaTttModel loaded with params (flat,
-// make_layout(cfg) order) with room for max_tokens tokens a forward pass.
+// make_layout(cfg) order) with room for max_tokens tokens a forward pass; `reduce` (if set)
+// sums each step's gradients over the ranks.
 std::unique_ptr<TttModel> make_cuda_ttt_model(const ModelConfig& cfg, const std::vector<float>& params,
-                                              long max_tokens, bool recur_active);
+                                              long max_tokens, bool recur_active, GradReduce reduce = nullptr);
 
 struct TttChunk {
     long first_target = 0, targets = 0;  // targets [first_target, first_target + targets)

@@ -2,39 +2,13 @@
 
 #include <algorithm>
 
+#include "model/optim_cuda.cuh"
+
 namespace pg {
 
 namespace {
 
 constexpr int kThreads = 256;
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024), the same order every run.
-__device__ double block_sum(double v) {
-    __shared__ double sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = 0;
-    if (warp == 0) {
-        v = lane < int(blockDim.x / 32) ? sh[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;  // valid in thread 0
-}
-
-__global__ void sum_squares_partial(const float* x, size_t n, double* partial) {
-    double s = 0;
-    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-        s += double(x[i]) * x[i];
-    s = block_sum(s);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
-}
-
-__global__ void sum_squares_finish(const double* partial, double* sumsq) {
-    const double s = block_sum(partial[threadIdx.x]);
-    if (threadIdx.x == 0) *sumsq = s;
-}
 
 __global__ void sgd_momentum_kernel(float* w, bf16* w_bf16, float* v, const float* g, size_t n, const double* sumsq,
                                     float lr, float momentum, float clip) {
@@ -51,13 +25,6 @@ __global__ void sgd_momentum_kernel(float* w, bf16* w_bf16, float* v, const floa
 }
 
 }  // namespace
-
-void sum_squares_cuda(const float* x, size_t n, double* partial, double* sumsq, cudaStream_t stream) {
-    sum_squares_partial<<<kSumSquaresBlocks, kThreads, 0, stream>>>(x, n, partial);
-    PG_CHECK_LAUNCH();
-    sum_squares_finish<<<1, kSumSquaresBlocks, 0, stream>>>(partial, sumsq);
-    PG_CHECK_LAUNCH();
-}
 
 void sgd_momentum_cuda(float* w, bf16* w_bf16, float* v, const float* g, size_t n, const double* sumsq, float lr,
                        float momentum, float clip, cudaStream_t stream) {
@@ -113,15 +80,17 @@ float CudaTttModel::train_step(const int32_t* inputs, const int32_t* targets, in
     }
     cudaStream_t st = model_.stream();
     if (reduce_) reduce_(model_.grads(), n, st);
-    sum_squares_cuda(model_.grads(), n, partial_.get(), sumsq_.get(), st);
+    sum_squares_cuda(model_.grads(), n, partial_.get(), sumsq_.get(), false, st);
     sgd_momentum_cuda(model_.params(), model_.params_bf16(), velocity_.get(), model_.grads(), n, sumsq_.get(), lr,
                       momentum, clip, st);
     return rows ? float(loss_sum / rows) : 0.f;
 }
 
 std::unique_ptr<TttModel> make_cuda_ttt_model(const ModelConfig& cfg, const std::vector<float>& params,
-                                              long max_tokens, bool recur_active) {
-    return std::make_unique<CudaTttModel>(cfg, params, max_tokens, recur_active);
+                                              long max_tokens, bool recur_active, GradReduce reduce) {
+    auto m = std::make_unique<CudaTttModel>(cfg, params, max_tokens, recur_active);
+    m->set_grad_reduce(std::move(reduce));
+    return m;
 }
 
 }  // namespace pg

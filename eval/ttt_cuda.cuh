@@ -2,8 +2,9 @@
 // A training step is the reference's (RefTttModel::train_step): forward and backward into the
 // fp32 gradients, the global gradient norm in double, SGD with momentum on the fp32 master
 // weights, then the bf16 copy that the forward reads. The step stays on the GPU; the host
-// waits only for the loss it returns. The two kernels of the update are declared below so
-// that tests hold them against their CPU oracles (sum_squares, sgd_momentum_step).
+// waits only for the loss it returns. The update's kernels, sum_squares_cuda
+// (model/optim_cuda.cuh) and sgd_momentum_cuda below, are held against their CPU oracles
+// (sum_squares, sgd_momentum_step) in the tests.
 #pragma once
 #include <functional>
 #include <vector>
@@ -26,9 +27,7 @@ public:
     float train_step(const int32_t* inputs, const int32_t* targets, int rows, int seq, int total_rows, float lr,
                      float momentum, float clip) override;
 
-    // Several GPUs: sums the ranks' gradients (device fp32 [n]) in place, enqueued on stream,
-    // between the backward and the norm. Needed when a step's rows are spread over ranks.
-    using GradReduce = std::function<void(float* grads, size_t n, cudaStream_t stream)>;
+    // Needed when a step's rows are spread over ranks (eval/ttt.h).
     void set_grad_reduce(GradReduce f) { reduce_ = std::move(f); }
 
 private:
@@ -43,11 +42,6 @@ private:
     DeviceArray<double> partial_, sumsq_;
 };
 
-// Blocks of sum_squares_cuda's first pass: the size of its `partial` buffer.
-constexpr int kSumSquaresBlocks = 1024;
-// *sumsq = sum_squares(x, n) (model/optim.h) on the GPU, in a fixed order: kSumSquaresBlocks
-// partial sums in `partial`, then one block adds them.
-void sum_squares_cuda(const float* x, size_t n, double* partial, double* sumsq, cudaStream_t stream);
 // sgd_momentum_step (eval/ttt.h) with the clip scale from *sumsq (device), and w_bf16 = bf16(w).
 void sgd_momentum_cuda(float* w, bf16* w_bf16, float* v, const float* g, size_t n, const double* sumsq, float lr,
                        float momentum, float clip, cudaStream_t stream);

@@ -13,6 +13,7 @@
 #include "common/cli.h"
 #include "common/cuda_check.cuh"
 #include "common/device.h"
+#include "eval/cli.h"
 #include "model/attention.cuh"
 #include "model/bench_model.h"
 
@@ -117,7 +118,7 @@ void bench_attention(const AttnBenchArgs& a) {
 }  // namespace
 
 void add_bench_commands(CLI::App& app) {
-    CLI::App* bench = app.add_subcommand("bench", "time GPU kernels");
+    CLI::App* bench = app.add_subcommand("bench", "time GPU kernels, the model and evaluation");
     bench->require_subcommand(1);
     static AttnBenchArgs args;
     CLI::App* attn = bench->add_subcommand("attention", "flash attention fwd/bwd TFLOP/s (causal, GQA)");
@@ -132,6 +133,7 @@ void add_bench_commands(CLI::App& app) {
     attn->add_option("--reps", args.reps, "timed runs (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
     attn->callback([] { bench_attention(args); });
     add_model_bench(*bench);
+    add_eval_bench(*bench);
 }
 
 }  // namespace pg

@@ -11,7 +11,6 @@ namespace {
 
 constexpr float kNsA = 3.4445f, kNsB = -4.7750f, kNsC = 2.0315f;
 constexpr int kThreads = 256;
-constexpr int kNormBlocks = 1024;    // fixed, so the norm's summation order is the same on every GPU
 constexpr size_t kFrobChunk = 16384; // floats per partial sum of a matrix's Frobenius norm
 constexpr int kAdamChunk = 4096;
 
@@ -243,6 +242,13 @@ size_t muon_numel(const ParamLayout& L) {
 
 }  // namespace
 
+void sum_squares_cuda(const float* x, size_t n, double* partial, double* sumsq, bool accumulate, cudaStream_t stream) {
+    sumsq_partial_kernel<<<kSumSquaresBlocks, kThreads, 0, stream>>>(x, n, partial);
+    PG_CHECK_LAUNCH();
+    sumsq_finish_kernel<<<1, kSumSquaresBlocks, 0, stream>>>(partial, sumsq, accumulate);
+    PG_CHECK_LAUNCH();
+}
+
 CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream)
     : layout_(layout),
       cfg_(cfg),
@@ -252,7 +258,7 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
       muon_u_(ns_sizes(layout).numel),
       ns_(ns_sizes(layout).numel, ns_sizes(layout).gram, ns_sizes(layout).count),
       sumsq_(1),
-      partial_(kNormBlocks),
+      partial_(kSumSquaresBlocks),
       clip_(2) {
     (void)Optimizer(ParamLayout{}, cfg);  // the CPU optimizer's checks of the flags, on an empty layout
     size_t muon_n = 0, adam_n = 0;
@@ -286,10 +292,7 @@ void CudaOptimizer::step(float* params, bf16* params_bf16, const float* grads, f
 }
 
 void CudaOptimizer::grad_sumsq(const float* x, size_t n, bool accumulate) {
-    sumsq_partial_kernel<<<kNormBlocks, kThreads, 0, stream_>>>(x, n, partial_.get());
-    PG_CHECK_LAUNCH();
-    sumsq_finish_kernel<<<1, kNormBlocks, 0, stream_>>>(partial_.get(), sumsq_.get(), accumulate);
-    PG_CHECK_LAUNCH();
+    sum_squares_cuda(x, n, partial_.get(), sumsq_.get(), accumulate, stream_);
 }
 
 void CudaOptimizer::finish_clip() {

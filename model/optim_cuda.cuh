@@ -22,6 +22,13 @@
 
 namespace pg {
 
+// Blocks of sum_squares_cuda's first pass: the size of its `partial` buffer.
+constexpr int kSumSquaresBlocks = 1024;
+// *sumsq = [*sumsq +] sum_squares(x, n) (model/optim.h) on the GPU, in a fixed order whatever
+// the GPU: kSumSquaresBlocks partial sums in `partial`, then one block adds them. The global
+// gradient norm of the optimizers here and of TTT (eval/ttt_cuda.cuh).
+void sum_squares_cuda(const float* x, size_t n, double* partial, double* sumsq, bool accumulate, cudaStream_t stream);
+
 // Orthogonalises `count` row-major [rows, cols] fp32 matrices (back to back) like newton_schulz()
 // in model/optim.h, in bf16. Holds its buffers, sized for calls of at most `max_count` matrices,
 // `max_numel` floats of input and `max_gram` Gram elements (count * min(rows, cols)^2).

@@ -1,7 +1,8 @@
 // Evaluation, score-first TTT and GPTQ calibration on the GPU against their CPU oracles:
 // sliding-window bpb (CudaTttModel::score vs RefModel), the TTT update kernels vs
 // sgd_momentum_step, TTT steps and per-chunk TTT scores vs RefTttModel, TTT legality with the
-// GPU model, Hessians vs collect_hessians, and pack/eval through the binary with --device.
+// GPU model, Hessians vs collect_hessians, pack/eval through the binary with --device, and
+// (2 GPUs and more) pgolf eval --gpus 2 against --gpus 1.
 // The record-shape calibration timing runs only when asked for (--no-skip).
 #include <doctest/doctest.h>
 
@@ -14,12 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "common/checkpoint.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "eval/ttt_cuda.cuh"
 #include "model/optim.h"
+#include "model/optim_cuda.cuh"
 #include "quant/calibrate.h"
+#include "tests/checkpoint_file.h"
 #include "tests/gpu.h"
 #include "tests/ref_check.h"
 #include "tests/run_pgolf.h"
@@ -151,9 +153,12 @@ TEST_CASE("ttt cuda: the update kernels match sum_squares and sgd_momentum_step"
     // Clipped, not clipped, clip off; the momentum buffer carries from step to step.
     for (float clip : {0.5f * norm, 2.f * norm, 0.f}) {
         CAPTURE(clip);
-        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), nullptr);
+        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), false, nullptr);
         const double ss = sumsq.download()[0];
         CHECK(rel_diff(ss, sum_squares(grad.data(), n)) < 1e-12);
+        sum_squares_cuda(dg.get(), n / 3, partial.get(), sumsq.get(), true, nullptr);  // adds to *sumsq
+        CHECK(rel_diff(sumsq.download()[0], ss + sum_squares(grad.data(), n / 3)) < 1e-12);
+        sum_squares_cuda(dg.get(), n, partial.get(), sumsq.get(), false, nullptr);
         sgd_momentum_cuda(dw.get(), dwb.get(), dv.get(), dg.get(), n, sumsq.get(), 0.05f, 0.9f, clip, nullptr);
         sgd_momentum_step(w.data(), v.data(), grad.data(), n, 0.05f, 0.9f, clip);
         const std::vector<float> gw = dw.download(), gv = dv.download();
@@ -316,21 +321,26 @@ TEST_CASE("calibrate cuda: Hessians of every quantized matrix equal collect_hess
     MESSAGE(cpu.size() << " Hessians; worst relative error " << worst << " (" << worst_name << ")");
 }
 
-TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree across --device cpu and cuda") {
-    PG_REQUIRE_GPU();
+namespace {
+
+// d/ck.bin: small_model on the sample tokenizer's vocab, noisy_init weights; returns its path.
+std::string small_checkpoint(const TmpDir& d) {
     std::mt19937 g(fresh_seed());
-    TmpDir d;
     Config cfg;
     cfg.model = small_model(1024);
     cfg.train.data_dir = "data/sample";
-    Checkpoint ck;
-    ck.put_text("config.model", to_text(fields(cfg.model)));
-    ck.put_text("config.train", to_text(fields(cfg.train)));
-    ck.put_text("config.quant", to_text(fields(cfg.quant)));
-    ck.put_vec("params", noisy_init(cfg.model, g));
-    ck.save(d / "ck.bin");
+    write_checkpoint(d / "ck.bin", cfg, noisy_init(cfg.model, g));
+    return d / "ck.bin";
+}
+
+}  // namespace
+
+TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree across --device cpu and cuda") {
+    PG_REQUIRE_GPU();
+    TmpDir d;
+    const std::string ck = small_checkpoint(d);
     std::string out;
-    REQUIRE(test::run_pgolf("pack " + (d / "ck.bin") + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
+    REQUIRE(test::run_pgolf("pack " + ck + " --weights raw -o " + (d / "a.art") + " --calib-seqs 4", out) == 0);
     INFO(out);
     CHECK(out.find("on 1 x ") != std::string::npos);  // calibrated on the GPU
     const std::string base = "eval --artifact " + (d / "a.art") + " --stride 16 --max-tokens 3000 ";
@@ -339,11 +349,55 @@ TEST_CASE("eval cuda: pack calibrates on the GPU; eval and eval --ttt agree acro
         REQUIRE(test::run_pgolf(base + mode + " --device cpu", out) == 0);
         const double cpu = test::result_value(out, "val_bpb");
         REQUIRE(test::run_pgolf(base + mode + " --device cuda", out) == 0);
-        CHECK(out.find("device 1 x ") != std::string::npos);
+        CHECK(out.find("device CPU") == std::string::npos);
         const double gpu = test::result_value(out, "val_bpb");
         MESSAGE("pgolf eval " << mode << ": val_bpb CPU " << cpu << ", GPU " << gpu);
         CHECK(rel_diff(gpu, cpu) < kChunkTol);
     }
+}
+
+TEST_CASE("eval cuda: --gpus 2 gives --gpus 1's numbers, plain and with TTT, printed once") {
+    PG_REQUIRE_GPU();
+    int gpus = 0;
+    PG_CHECK(cudaGetDeviceCount(&gpus));
+    if (gpus < 2) {
+        MESSAGE("skipped: needs 2 CUDA GPUs, " << gpus << " visible");
+        return;
+    }
+    TmpDir d;
+    const std::string ck = small_checkpoint(d);
+    // 3000 targets: 3 TTT chunks, 2 trained on; 16 sequences a chunk in steps of 5, 5, 5 and 1,
+    // so the last step leaves rank 0 without rows.
+    const std::string base = "eval --checkpoint " + ck + " --weights raw --device cuda --stride 16 --max-tokens 3000 --batch-seqs 8 ";
+    const std::string ttt = "--ttt --ttt-chunk 1024 --ttt-batch-seqs 5 --ttt-lr 0.02";
+    std::string out;
+    double bpb[2][2];  // [plain, ttt][1 GPU, 2 GPUs]
+    for (int t = 0; t < 2; ++t)
+        for (int w = 0; w < 2; ++w) {
+            const std::string args = base + (t ? ttt : "") + " --gpus " + std::to_string(w + 1);
+            CAPTURE(args);
+            REQUIRE(test::run_pgolf(args, out) == 0);
+            INFO(out);
+            CHECK((out.find(", 2 ranks") != std::string::npos) == (w == 1));
+            size_t results = 0;
+            for (size_t at = out.find("RESULT "); at != std::string::npos; at = out.find("RESULT ", at + 1)) ++results;
+            CHECK(results == 1);  // rank 0 alone prints
+            CHECK(test::result_value(out, "tokens") == 3000);  // every target once, none twice
+            bpb[t][w] = test::result_value(out, "val_bpb");
+        }
+    MESSAGE("val_bpb plain: 1 GPU " << bpb[0][0] << ", 2 GPUs " << bpb[0][1] << "; TTT: 1 GPU " << bpb[1][0]
+                                    << ", 2 GPUs " << bpb[1][1]);
+    // Plain: the same windows, in other batches (another GEMM shape, another bf16 rounding here
+    // and there). TTT: besides, a gradient summed over 2 ranks, and steps that compound it.
+    constexpr double kPlainTol = 2e-4, kTttTol = 1e-3;
+    CHECK(rel_diff(bpb[0][1], bpb[0][0]) < kPlainTol);
+    CHECK(rel_diff(bpb[1][1], bpb[1][0]) < kTttTol);
+    // TTT moves the score by far more than the tolerance: a wrong gradient sum (an average, a
+    // missing rank) would show.
+    CHECK(rel_diff(bpb[1][0], bpb[0][0]) > 10 * kTttTol);
+
+    CHECK(test::run_pgolf(base + "--gpus 1000", out) != 0);
+    CHECK(out.find("pgolf: error: --gpus 1000: only") == 0);
 }
 
 TEST_CASE("calibrate cuda: record-shape timing, GPU vs CPU" * doctest::skip()) {

@@ -9,9 +9,9 @@
 #include <random>
 
 #include "common/check.h"
-#include "common/checkpoint.h"
 #include "common/config.h"
 #include "eval/ttt.h"
+#include "tests/checkpoint_file.h"
 #include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
 
@@ -343,12 +343,7 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
     cfg.model = tiny_model(1024);  // the sample tokenizer's vocab
     RefModel<float> m(cfg.model);
     m.init(fresh_seed());
-    Checkpoint ck;
-    ck.put_text("config.model", to_text(fields(cfg.model)));
-    ck.put_text("config.train", to_text(fields(cfg.train)));
-    ck.put_text("config.quant", to_text(fields(cfg.quant)));
-    ck.put_vec("params", m.params);
-    ck.save(d / "ck.bin");
+    write_checkpoint(d / "ck.bin", cfg, m.params);
     const std::string base = "eval --checkpoint " + (d / "ck.bin") + " --weights raw --stride 16 --max-tokens 1000 ";
     std::string out;
 
@@ -373,4 +368,42 @@ TEST_CASE("ttt flags of pgolf eval: a run, its plain equivalent, and bad values 
         CHECK(out.rfind("pgolf: error: ", 0) == 0);
         CHECK(std::count(out.begin(), out.end(), '\n') == 1);
     }
+}
+
+TEST_CASE("pgolf eval --gpus and the multi-GPU flags; pgolf bench eval") {
+    TmpDir d;
+    Config cfg;
+    cfg.model = tiny_model(1024);  // head_dim 16: the CPU reference, whatever the machine
+    RefModel<float> m(cfg.model);
+    m.init(fresh_seed());
+    write_checkpoint(d / "ck.bin", cfg, m.params);
+    const std::string weights = " --checkpoint " + (d / "ck.bin") + " --weights raw ";
+    const std::string base = "eval" + weights + "--stride 16 --max-tokens 500 ";
+    std::string out;
+
+    REQUIRE(test::run_pgolf("eval --help", out) == 0);
+    for (const char* flag : {"--gpus", "--nodes", "--node-rank", "--rendezvous", "--nccl-timeout"}) {
+        CAPTURE(flag);
+        CHECK(out.find(flag) != std::string::npos);
+    }
+    // The CPU path runs in one process: the GPU flags leave its numbers alone.
+    REQUIRE(test::run_pgolf(base, out) == 0);
+    const std::string alone = result_line(out);
+    REQUIRE(test::run_pgolf(base + "--gpus 2 --nccl-timeout 5", out) == 0);
+    CHECK(result_line(out) == alone);
+    CHECK(out.find("ranks") == std::string::npos);
+    for (const char* bad : {"--gpus x", "--nodes two"}) {
+        CAPTURE(bad);
+        CHECK(test::run_pgolf(base + bad, out) == 2);
+        CHECK(out.rfind("pgolf: error: ", 0) == 0);
+    }
+
+    // eval-bench moved under bench.
+    CHECK(test::run_pgolf("eval-bench --tokens 256", out) == 2);
+    REQUIRE(test::run_pgolf("bench eval" + weights + "--device cpu --tokens 256 --stride 32 --ttt-chunk 128 --ttt-batch-seqs 2",
+                  out) == 0);
+    INFO(out);
+    CHECK(out.rfind("bench eval: ", 0) == 0);
+    for (const char* key : {" plain_s=", " sliding_s=", " sliding_ttt_s=", " sliding_ttt_full_8gpu_s="})
+        CHECK(out.find(key, out.rfind("RESULT ")) != std::string::npos);
 }
