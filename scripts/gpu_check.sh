@@ -17,6 +17,7 @@ grep -B2 -A8 "ERROR" "$OUT/tests.log" | head -80
 echo "== benchmarks"
 timeout 120 $B/pgolf bench model >"$OUT/bench_model.log" 2>&1
 timeout 60 $B/pgolf bench attention >"$OUT/bench_attention.log" 2>&1
+timeout 120 $B/pgolf bench eval --tokens 1048576 >"$OUT/bench_eval.log" 2>&1
 
 echo "== record-shaped training, 30 steps on the sample data"
 timeout 200 $B/pgolf train --preset record --vocab-size 1024 --data data/sample --iterations 30 \
@@ -26,6 +27,6 @@ timeout 120 $B/pgolf train --out /tmp/gpu_check_tiny --log-every 100 >"$OUT/trai
 
 echo "== summary"
 grep -E "test cases|assertions" "$OUT/tests.log"
-for f in bench_model bench_attention train_record train_tiny; do
+for f in bench_model bench_attention bench_eval train_record train_tiny; do
     printf '%-16s %s\n' "$f" "$(grep '^RESULT' "$OUT/$f.log" | tail -1 || echo 'no RESULT line (see the log)')"
 done
