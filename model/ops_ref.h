@@ -710,19 +710,27 @@ struct QkvBackward {
     const F *dv_add = nullptr, *dv_add2 = nullptr;              // more gradient of v (fp32), or null
 };
 
+// The rows of qkv [N, width] cut into q [N, H*hd], k and v [N, Hkv*hd].
+template <typename T>
+void split_qkv(const T* qkv, const QkvShape& s, std::vector<T>& q, std::vector<T>& k, std::vector<T>& v) {
+    const int N = s.N(), W = s.width(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
+    q.resize(size_t(N) * QD), k.resize(size_t(N) * KVD), v.resize(size_t(N) * KVD);
+    for (int n = 0; n < N; ++n) {
+        const T* row = qkv + size_t(n) * W;
+        std::copy(row, row + QD, q.begin() + size_t(n) * QD);
+        std::copy(row + QD, row + QD + KVD, k.begin() + size_t(n) * KVD);
+        std::copy(row + QD + KVD, row + W, v.begin() + size_t(n) * KVD);
+    }
+}
+
 // q = q_gain * rope(rmsnorm(q_raw)) per head, k = rope(rmsnorm(k_raw)) (rmsnorm with norm
 // only), v = v_mix[0] v_raw + v_mix[1] v_first (v_raw without v_mix): the block's q/k/v steps
 // of model_ref.h in one.
 template <typename T>
 void qkv_prep_forward(const QkvForward<T, T>& p, const QkvShape& s) {
-    const int N = s.N(), W = s.width(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
-    std::vector<T> q(size_t(N) * QD), k(size_t(N) * KVD), v(size_t(N) * KVD);
-    for (int n = 0; n < N; ++n) {
-        const T* row = p.qkv + size_t(n) * W;
-        std::copy(row, row + QD, q.begin() + size_t(n) * QD);
-        std::copy(row + QD, row + QD + KVD, k.begin() + size_t(n) * KVD);
-        std::copy(row + QD + KVD, row + W, v.begin() + size_t(n) * KVD);
-    }
+    const int N = s.N(), KVD = s.Hkv * s.hd;
+    std::vector<T> q, k, v;
+    split_qkv(p.qkv, s, q, k, v);
     if (s.norm) {
         rmsnorm_forward(q.data(), p.q_rstd, q.data(), N * s.H, s.hd);
         rmsnorm_forward(k.data(), p.k_rstd, k.data(), N * s.Hkv, s.hd);
@@ -742,13 +750,8 @@ void qkv_prep_forward(const QkvForward<T, T>& p, const QkvShape& s) {
 template <typename T>
 void qkv_prep_backward(const QkvBackward<T, T>& d, const QkvForward<T, T>& p, const QkvShape& s) {
     const int N = s.N(), W = s.width(), QD = s.H * s.hd, KVD = s.Hkv * s.hd;
-    std::vector<T> qn(size_t(N) * QD), kn(size_t(N) * KVD), v_raw(size_t(N) * KVD);
-    for (int n = 0; n < N; ++n) {
-        const T* row = p.qkv + size_t(n) * W;
-        std::copy(row, row + QD, qn.begin() + size_t(n) * QD);
-        std::copy(row + QD, row + QD + KVD, kn.begin() + size_t(n) * KVD);
-        std::copy(row + QD + KVD, row + W, v_raw.begin() + size_t(n) * KVD);
-    }
+    std::vector<T> qn, kn, v_raw;
+    split_qkv(p.qkv, s, qn, kn, v_raw);
     std::vector<T> q_raw = qn, k_raw = kn;
     if (s.norm) {  // the normed q and k again, with the forward's rstd
         for (size_t i = 0; i < qn.size(); ++i) qn[i] *= p.q_rstd[i / s.hd];
