@@ -1056,10 +1056,12 @@ constexpr int kCeThreads = 256, kCeCached = 4;
 // exponential and reciprocal (|x| clamped where tanh is 1 in fp32, so that the reciprocal's
 // argument stays in its range): these kernels are bound by the per-logit arithmetic, and
 // tanhf and an IEEE division cost several times as much. Absolute error a few 1e-7 cap.
+// The clamp is a comparison, not fminf, so that a NaN logit stays NaN: fminf would cap it,
+// and a model poisoned by NaN weights would then report a finite loss and train on.
 // inv_cap = 1 / cap; cap <= 0 means no cap.
 __device__ __forceinline__ float softcap(float z, float cap, float inv_cap) {
     if (cap <= 0.f) return z;
-    const float x = z * inv_cap, e = __expf(fminf(2.f * fabsf(x), 40.f));
+    const float x = z * inv_cap, ax = 2.f * fabsf(x), e = __expf(ax > 40.f ? 40.f : ax);
     return cap * copysignf(1.f - __fdividef(2.f, e + 1.f), x);
 }
 
