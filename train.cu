@@ -189,10 +189,15 @@ void run_training(Config cfg, const DistOptions* dist) {
     };
 
     bool first_step = true;
+    double leader_elapsed = -1;  // rank 0's elapsed_s at the previous step, -1 before the first
     for (;;) {
-        // Rank 0's clock drives every rank's schedule, so all take the same phases and stop together.
+        // Rank 0's clock drives every rank's schedule, so all take the same phases and stop
+        // together; its last step's duration, the difference of two broadcast values, is the
+        // same on every rank too.
         st.elapsed_s = leader_value(comm.get(), st.elapsed_s, nullptr);
-        const Phases ph = phases_at(st.step, st.elapsed_s, cfg);
+        const double last_step_s = leader_elapsed < 0 ? 0 : st.elapsed_s - leader_elapsed;
+        leader_elapsed = st.elapsed_s;
+        const Phases ph = phases_at(st.step, st.elapsed_s, cfg, last_step_s);
         if (ph.done || st.step >= t.iterations) break;
         if (t.stop_after > 0 && st.step >= t.stop_after) {
             save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
@@ -201,9 +206,15 @@ void run_training(Config cfg, const DistOptions* dist) {
         }
         const auto t0 = std::chrono::steady_clock::now();
         const double loss = mean_over_ranks(comm.get(), tr->forward_backward(next, grad_accum, ph.recur, ph.qat), nullptr);
-        if (!std::isfinite(loss))
-            fail("step %d: training loss is %g; stopping (the last checkpoint, if any, is kept)", st.step, loss);
+        // The gradient norm is checked too: a kernel that maps NaN to a finite value (a max, a
+        // clamp) can keep the loss of NaN weights finite, but not their gradient's norm.
+        const auto diverged = [&](const char* what, double v) {
+            fail("step %d: training diverged (%s is %g); stopping (the last checkpoint, if any, is kept)", st.step,
+                 what, v);
+        };
+        if (!std::isfinite(loss)) diverged("the loss", loss);
         const float gnorm = tr->optimizer_step(ph.lr_scale, st.step);
+        if (!std::isfinite(gnorm)) diverged("the gradient norm", gnorm);
         tr->update_average(st.step, ph.swa);
         const double dt = seconds_since(t0);
         st.elapsed_s += dt;

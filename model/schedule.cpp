@@ -18,12 +18,12 @@ float lr_scale(int step, double elapsed_s, const TrainConfig& cfg) {
     return float(s);
 }
 
-Phases phases_at(int step, double elapsed_s, const Config& cfg) {
+Phases phases_at(int step, double elapsed_s, const Config& cfg, double last_step_s) {
     const TrainConfig& t = cfg.train;
     Phases ph;
     ph.progress = train_progress(step, elapsed_s, t);
     ph.lr_scale = lr_scale(step, elapsed_s, t);
-    ph.done = ph.progress >= 1.0;
+    ph.done = ph.progress >= 1.0 || (t.max_wallclock_s > 0 && elapsed_s + last_step_s > t.max_wallclock_s);
     // Compared in float, the thresholds' own type, so 85 of 100 steps reaches qat_from = 0.85f.
     const float p = float(ph.progress);
     ph.qat = t.qat_from < 1 && p >= t.qat_from;

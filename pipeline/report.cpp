@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <memory>
 
@@ -229,8 +230,12 @@ std::string readme_md(const RunSettings& s, const std::vector<SeedResult>& seeds
                  t.max_wallclock_s, t.batch_tokens);
     md += "- **device**: " + first.train.device + "; **data**: `" + first.train.data + "` (" + first.train.data_summary + ").\n";
 
-    md += "\n## Reproduce\n\n```sh\nmake\n" +
-          shell_command("build/pgolf", {"run", "--config", out_dir + "/config.toml", "--out", "NEW_FOLDER"}) +
+    // The folder is written wherever --out says (often a scratch disk) but is read from records/.
+    std::string name = out_dir;
+    while (name.size() > 1 && name.back() == '/') name.pop_back();
+    name = std::filesystem::path(name).filename().string();
+    md += "\n## Reproduce\n\nFrom the repository root, with this folder committed as `records/" + name + "`:\n\n```sh\nmake\n" +
+          shell_command("build/pgolf", {"run", "--config", "records/" + name + "/config.toml", "--out", "NEW_FOLDER"}) +
           "\n```\n\n`config.toml` holds every setting of this run (preset, config file and flags, resolved). The "
           "same command with this folder as `--out` resumes a run that was stopped or killed and leaves a finished "
           "one as it is.\n";

@@ -5,13 +5,21 @@ The same architecture as model/model_ref.h (U-Net skips with sigmoid gates, dept
 recurrence, parallel residuals, GQA with QK-norm + partial RoPE + q gain, value residual,
 XSA, LeakyReLU(0.5)^2 MLP, BigramHash, SmearGate, tied softcapped head), written plainly
 in PyTorch with torch.compile and scaled_dot_product_attention, trained with Muon
-(Newton-Schulz in bf16) on matrices and Adam on the rest. It measures tokens/s on one GPU
-at the shape given by the flags. It is a benchmark only: pgolf never depends on Python.
+(Newton-Schulz in bf16) on matrices and Adam on the rest, with pgolf's record-preset
+optimizer settings (Nesterov momentum warming up 0.92 -> 0.99, decoupled weight decay, global
+grad-norm clip, LR warmup and linear warmdown). It measures tokens/s on one GPU at the shape
+given by the flags. It is a benchmark only: pgolf never depends on Python.
+
+Tokens are random unless --data names a folder of challenge shards: then the steps read the
+train shards in order as pgolf's loader does (each micro-step takes the next seqs*seq+1 tokens,
+inputs and targets offset by one), so the loss curve compares with `pgolf train` on the same
+folder (scripts/bench_loss_vs_torch.sh). Every step trains, the --warmup ones included; the
+timing is the median of the last --steps.
 
 Run on a GPU machine:  python3 scripts/bench_torch_model.py --steps 30
 Ends with: RESULT pytorch_tokens_per_s=... pytorch_peak_mem_gib=... pytorch_loss=... device=...
 """
-import argparse, math, time
+import argparse, array, glob, math, os, struct, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +43,16 @@ p.add_argument("--batch-tokens", type=int, default=786432 // 8, help="tokens per
 p.add_argument("--steps", type=int, default=30)
 p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
 p.add_argument("--no-compile", action="store_true")
+p.add_argument("--data", type=str, default="", help="folder of challenge shards (fineweb_train_*.bin)")
+p.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: never)")
+p.add_argument("--matrix-lr", type=float, default=0.022)
+p.add_argument("--embed-lr", type=float, default=0.03)
+p.add_argument("--scalar-lr", type=float, default=0.02)
+p.add_argument("--muon-wd", type=float, default=0.095)
+p.add_argument("--muon-momentum", type=str, default="0.92,0.99,1500", help="start,end,warmup steps")
+p.add_argument("--grad-clip", type=float, default=0.3)
+p.add_argument("--warmup-steps", type=int, default=20)
+p.add_argument("--warmdown-frac", type=float, default=0.72)
 args = p.parse_args()
 
 dev = "cuda"
@@ -177,46 +195,107 @@ def newton_schulz(G):
     return X.mT if tall else X
 
 
+class Shards:
+    """The train shards end to end, read in a cycle like pgolf's TokenStream."""
+
+    def __init__(self, folder):
+        files = sorted(glob.glob(os.path.join(folder, "fineweb_train_*.bin")))
+        if not files:
+            raise SystemExit(f"bench_torch_model.py: no fineweb_train_*.bin in {folder}")
+        tokens = array.array("H")
+        for f in files:
+            with open(f, "rb") as fh:
+                magic, version, count = struct.unpack("<3i", fh.read(1024)[:12])
+                body = fh.read(2 * count)
+            if magic != 20240520 or version != 1 or len(body) != 2 * count:
+                raise SystemExit(f"bench_torch_model.py: {f} is not a whole challenge shard")
+            tokens.frombytes(body)  # little-endian, as the shards and the GPU machines are
+        self.tokens = torch.tensor(tokens, dtype=torch.int64, device=dev)
+        if int(self.tokens.max()) >= args.vocab:
+            raise SystemExit(f"bench_torch_model.py: token {int(self.tokens.max())} >= --vocab {args.vocab}")
+        self.pos = 0
+
+    def take(self, n):
+        parts, k = [], 0
+        while k < n:
+            m = min(n - k, len(self.tokens) - self.pos)
+            parts.append(self.tokens[self.pos:self.pos + m])
+            k, self.pos = k + m, (self.pos + m) % len(self.tokens)
+        return torch.cat(parts)
+
+
 model = Model().to(dev)
 mats = [p for n, p in model.named_parameters() if p.ndim == 2 and "emb" not in n and "bigram." not in n and "skip" not in n and "resid_mix" not in n]
 mat_ids = {id(p) for p in mats}
-rest = [p for p in model.parameters() if id(p) not in mat_ids]
-adam = torch.optim.Adam(rest, lr=0.02, betas=(0.9, 0.95), fused=True)
+embeds = [model.tok_emb.weight, model.bigram.weight]
+emb_ids = {id(p) for p in embeds}
+rest = [p for p in model.parameters() if id(p) not in mat_ids and id(p) not in emb_ids]
+adam = torch.optim.Adam([{"params": embeds, "lr": args.embed_lr}, {"params": rest, "lr": args.scalar_lr}],
+                        betas=(0.9, 0.95), eps=1e-8, fused=True)
+base_lrs = [g["lr"] for g in adam.param_groups]
 mom = [torch.zeros_like(p) for p in mats]
 fwd = model if args.no_compile else torch.compile(model)
 accum = max(1, args.batch_tokens // (args.seq * args.micro_seqs))
 step_tokens = accum * args.micro_seqs * args.seq
 n_params = sum(p.numel() for p in model.parameters())
+total_steps = args.warmup + args.steps
+shards = Shards(args.data) if args.data else None
+mu_start, mu_end, mu_warmup = (float(v) for v in args.muon_momentum.split(","))
 
 
-def step():
+def lr_scale(s):
+    """pgolf's model/schedule.cpp with the step count as progress."""
+    f = (s + 1) / args.warmup_steps if s < args.warmup_steps else 1.0
+    prog, wd = s / total_steps, args.warmdown_frac
+    if wd > 0 and prog > 1 - wd:
+        f *= (1 - prog) / wd
+    return f
+
+
+def step(s):
     loss_sum = 0.0
     for _ in range(accum):
-        idx = torch.randint(0, args.vocab, (args.micro_seqs, args.seq + 1), device=dev)
+        n = args.micro_seqs * args.seq
+        if shards:
+            chunk = shards.take(n + 1)
+            inp, tgt = chunk[:-1].view(args.micro_seqs, args.seq), chunk[1:].view(args.micro_seqs, args.seq)
+        else:
+            idx = torch.randint(0, args.vocab, (args.micro_seqs, args.seq + 1), device=dev)
+            inp, tgt = idx[:, :-1], idx[:, 1:]
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = fwd(idx[:, :-1], idx[:, 1:]) / accum
+            loss = fwd(inp, tgt) / accum
         loss.backward()
         loss_sum += loss.detach()
+    f = lr_scale(s)
+    mu = mu_start + (mu_end - mu_start) * min(1.0, s / mu_warmup) if mu_warmup > 0 else mu_end
     with torch.no_grad():
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip, foreach=True)
+        lr = args.matrix_lr * f
         for p, m in zip(mats, mom):
-            m.mul_(0.95).add_(p.grad)
-            u = newton_schulz(p.grad + 0.95 * m)
-            p.add_(u.to(p.dtype), alpha=-0.02 * max(1, p.size(0) / p.size(1)) ** 0.5)
+            m.mul_(mu).add_(p.grad)
+            u = newton_schulz(p.grad + mu * m)
+            p.mul_(1 - lr * args.muon_wd)
+            p.add_(u.to(p.dtype), alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
+    for g, base in zip(adam.param_groups, base_lrs):
+        g["lr"] = base * f
     adam.step()
     model.zero_grad(set_to_none=True)
     return loss_sum
 
 
-for _ in range(args.warmup):
-    step()
-torch.cuda.synchronize()
-torch.cuda.reset_peak_memory_stats()
 times = []
-for _ in range(args.steps):
+for s in range(total_steps):
+    if s == args.warmup:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    loss = step()
-    torch.cuda.synchronize()
-    times.append(time.perf_counter() - t0)
+    loss = step(s)
+    if s >= args.warmup:
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if args.log_every and ((s + 1) % args.log_every == 0 or s == 0):
+        print(f"step {s + 1} loss {float(loss):.6f}", flush=True)
 times.sort()
 med = times[len(times) // 2]
 peak = torch.cuda.max_memory_allocated() / 2**30

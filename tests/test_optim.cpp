@@ -497,6 +497,12 @@ TEST_CASE("schedule: the wall clock drives progress when it is ahead of the step
     CHECK(phases_at(10, 100, c).done);
     CHECK(phases_at(1000, 0, c).done);
     CHECK(phases_at(10, 100, c).lr_scale == doctest::Approx(0.0));
+    // The cap is a bound: a step that would end past it, judged by the last one, is not taken.
+    CHECK_FALSE(phases_at(10, 98.0, c, 1.5).done);
+    CHECK(phases_at(10, 98.6, c, 1.5).done);
+    CHECK_FALSE(phases_at(10, 98.6, c, 0).done);
+    c.train.max_wallclock_s = 0;
+    CHECK_FALSE(phases_at(10, 1e6, c, 1e6).done);  // no cap: only the step count ends training
 }
 
 TEST_CASE("schedule: phase predicates switch at their fractions and stay off when disabled") {

@@ -267,7 +267,8 @@ TEST_CASE("run: the tiny pipeline writes a records folder whose every number mat
     CHECK(md.find(format("**val_bpb %.4f**", ttt.at("val_bpb"))) != std::string::npos);
     CHECK(md.find(format("**%s bytes** (model %s + code %s)", grouped(model_bytes + code_bytes).c_str(),
                          grouped(model_bytes).c_str(), grouped(code_bytes).c_str())) != std::string::npos);
-    CHECK(md.find("build/pgolf run --config " + dir + "/config.toml --out NEW_FOLDER") != std::string::npos);
+    const std::string name = fs::path(dir).filename().string();
+    CHECK(md.find("build/pgolf run --config records/" + name + "/config.toml --out NEW_FOLDER") != std::string::npos);
 
     // The plot: one train-loss point per step line, one val point per val line (every 4 steps).
     const std::string svg = read_text(dir + "/curve.svg");
