@@ -26,8 +26,10 @@
 #include "tests/ref_check.h"
 #include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
+#include "tests/toy_tables.h"
 
 using namespace pg;
+using pg::test::toy_tables;
 using test::rel_l2;
 
 namespace {
@@ -66,16 +68,6 @@ std::vector<float> noisy_init(const ModelConfig& c, std::mt19937& g) {
             if (p.kind == ParamKind::Embedding) m.params[e] *= 20.f;
         }
     return m.params;
-}
-
-ByteTables toy_tables(int vocab) {
-    ByteTables b;
-    for (int t = 0; t < vocab; ++t) {
-        b.base.push_back(t % 3 + 1);
-        b.leading_space.push_back(t % 2);
-        b.boundary.push_back(0);
-    }
-    return b;
 }
 
 // A random text of `period` tokens repeated: something TTT can learn.

@@ -5,19 +5,10 @@
 #include "common/check.h"
 #include "eval/evaluate.h"
 #include "tests/tmp_dir.h"
+#include "tests/toy_tables.h"
 
 using namespace pg;
-
-// Byte tables where token t stands for (t % 3) + 1 bytes and nothing is a boundary.
-static ByteTables toy_tables(int vocab) {
-    ByteTables b;
-    for (int t = 0; t < vocab; ++t) {
-        b.base.push_back(t % 3 + 1);
-        b.leading_space.push_back(t % 2);
-        b.boundary.push_back(0);
-    }
-    return b;
-}
+using pg::test::toy_tables;
 
 // A "model" whose loss for a target depends on the target and on how much context the
 // window gives it, so a scheduling error changes the sum.

@@ -14,21 +14,12 @@
 #include "tests/checkpoint_file.h"
 #include "tests/run_pgolf.h"
 #include "tests/tmp_dir.h"
+#include "tests/toy_tables.h"
 
 using namespace pg;
+using pg::test::toy_tables;
 
 namespace {
-
-// Byte tables where token t stands for (t % 3) + 1 bytes and nothing is a boundary.
-ByteTables toy_tables(int vocab) {
-    ByteTables b;
-    for (int t = 0; t < vocab; ++t) {
-        b.base.push_back(t % 3 + 1);
-        b.leading_space.push_back(t % 2);
-        b.boundary.push_back(0);
-    }
-    return b;
-}
 
 // 2 layers x 32 dims with every feature on, recurrence included.
 ModelConfig tiny_model(int vocab) {
