@@ -11,6 +11,11 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 B=build
+# `make` alone builds only build/pgolf: a test binary older than it may miss the latest fixes.
+if [ "$B/pgolf_tests" -ot "$B/pgolf" ]; then
+    echo "gpu_check.sh: $B/pgolf_tests is older than $B/pgolf; run make $B/pgolf $B/pgolf_tests" >&2
+    exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 echo "== test suite"
