@@ -107,6 +107,7 @@ static std::vector<float> initial_params(const ModelConfig& m, uint64_t seed) {
 }
 
 void run_training(Config cfg, const DistOptions* dist) {
+    const auto started = std::chrono::steady_clock::now();
     TrainConfig& t = cfg.train;
     ModelConfig& m = cfg.model;
     if (t.data_dir.empty()) t.data_dir = default_data_dir();
@@ -178,6 +179,8 @@ void run_training(Config cfg, const DistOptions* dist) {
         me.world > 1 ? format("%d ranks x ", me.world).c_str() : "", grad_accum, micro, m.seq_len, t.iterations,
         t.max_wallclock_s);
     log("trainer: %s", tr->describe().c_str());
+    // Time outside the training clock, so that a run's wall time can be accounted for.
+    log("set-up: %.1f s (tokenizer, data, weights, device)", seconds_since(started));
 
     EvalOptions eo;
     eo.seq_len = m.seq_len;
@@ -229,13 +232,18 @@ void run_training(Config cfg, const DistOptions* dist) {
             first_step = false;
         }
         if (t.val_every > 0 && st.step % t.val_every == 0) {
+            const auto v0 = std::chrono::steady_clock::now();
             const BpbAccumulator v = tr->validate(Weights::Master, ph.recur, val, bytes, eo, comm.get());
-            log("val step %d loss %.4f bpb %.4f (%ld tokens)", st.step, v.loss(), v.bpb(), v.tokens);
+            log("val step %d loss %.4f bpb %.4f (%ld tokens, %.1f s)", st.step, v.loss(), v.bpb(), v.tokens,
+                seconds_since(v0));
         }
         if (t.checkpoint_every > 0 && st.step % t.checkpoint_every == 0)
             save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
     }
+    const auto wrap0 = std::chrono::steady_clock::now();
     save_checkpoint(ckpt_path, cfg, st, *tr, stream, tok, comm.get());
+    const double ckpt_s = seconds_since(wrap0);
+    const auto val0 = std::chrono::steady_clock::now();
     const bool recur = phases_at(st.step, st.elapsed_s, cfg).recur;
     const BpbAccumulator raw = tr->validate(Weights::Master, recur, val, bytes, eo, comm.get());
     log("final step %d raw   val loss %.8f bpb %.8f (%ld tokens, %.1f s of training)", st.step, raw.loss(),
@@ -251,6 +259,7 @@ void run_training(Config cfg, const DistOptions* dist) {
         const BpbAccumulator s = tr->validate(Weights::Swa, recur, val, bytes, eo, comm.get());
         log("final step %d swa   val loss %.8f bpb %.8f (%ld snapshots)", st.step, s.loss(), s.bpb(), avg.swa_count);
     }
+    log("wrap-up: %.1f s writing the checkpoint, %.1f s in the final validations", ckpt_s, seconds_since(val0));
     log("checkpoint: %s", ckpt_path.c_str());
     log("RESULT steps=%d train_seconds=%.1f tokens_per_s=%.0f val_loss=%.8f val_bpb=%.8f weights=%s", st.step,
         st.elapsed_s, st.elapsed_s > 0 ? double(st.step) * t.batch_tokens / st.elapsed_s : 0.0, best.loss(), best.bpb(),

@@ -5,9 +5,9 @@ The same architecture as model/model_ref.h (U-Net skips with sigmoid gates, dept
 recurrence, parallel residuals, GQA with QK-norm + partial RoPE + q gain, value residual,
 XSA, LeakyReLU(0.5)^2 MLP, BigramHash, SmearGate, tied softcapped head), written plainly
 in PyTorch with torch.compile and scaled_dot_product_attention, trained with Muon
-(Newton-Schulz in bf16) on matrices and Adam on the rest, with pgolf's record-preset
-optimizer settings (Nesterov momentum warming up 0.92 -> 0.99, decoupled weight decay, global
-grad-norm clip, LR warmup and linear warmdown). It measures tokens/s on one GPU at the shape
+(Newton-Schulz in bf16, batched over same-shape matrices) on matrices and Adam on the rest,
+with pgolf's record-preset optimizer settings (Nesterov momentum warming up 0.92 -> 0.99,
+decoupled weight decay, global grad-norm clip, LR warmup and linear warmdown). It measures tokens/s on one GPU at the shape
 given by the flags. It is a benchmark only: pgolf never depends on Python.
 
 Tokens are random unless --data names a folder of challenge shards: then the steps read the
@@ -43,6 +43,7 @@ p.add_argument("--batch-tokens", type=int, default=786432 // 8, help="tokens per
 p.add_argument("--steps", type=int, default=30)
 p.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation)")
 p.add_argument("--no-compile", action="store_true")
+p.add_argument("--profile", action="store_true", help="after timing, print one step's CUDA kernels by time")
 p.add_argument("--data", type=str, default="", help="folder of challenge shards (fineweb_train_*.bin)")
 p.add_argument("--log-every", type=int, default=0, help="print the loss every N steps (0: never)")
 p.add_argument("--matrix-lr", type=float, default=0.022)
@@ -233,7 +234,12 @@ rest = [p for p in model.parameters() if id(p) not in mat_ids and id(p) not in e
 adam = torch.optim.Adam([{"params": embeds, "lr": args.embed_lr}, {"params": rest, "lr": args.scalar_lr}],
                         betas=(0.9, 0.95), eps=1e-8, fused=True)
 base_lrs = [g["lr"] for g in adam.param_groups]
-mom = [torch.zeros_like(p) for p in mats]
+# Muon on banks: same-shape matrices stacked, so one batched Newton-Schulz serves each shape
+# (the parameter banking of today's best PyTorch entries), not a Python loop over matrices.
+banks = {}
+for p_ in mats:
+    banks.setdefault(tuple(p_.shape), []).append(p_)
+banks = [(ps, torch.zeros((len(ps),) + shape, device=dev)) for shape, ps in banks.items()]
 fwd = model if args.no_compile else torch.compile(model)
 accum = max(1, args.batch_tokens // (args.seq * args.micro_seqs))
 step_tokens = accum * args.micro_seqs * args.seq
@@ -272,11 +278,12 @@ def step(s):
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip, foreach=True)
         lr = args.matrix_lr * f
-        for p, m in zip(mats, mom):
-            m.mul_(mu).add_(p.grad)
-            u = newton_schulz(p.grad + mu * m)
-            p.mul_(1 - lr * args.muon_wd)
-            p.add_(u.to(p.dtype), alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
+        for ps, m in banks:
+            g = torch.stack([p_.grad for p_ in ps])
+            m.mul_(mu).add_(g)
+            u = newton_schulz(g + mu * m).float()
+            torch._foreach_mul_(ps, 1 - lr * args.muon_wd)
+            torch._foreach_add_(ps, u.unbind(0), alpha=-lr * max(1, ps[0].size(0) / ps[0].size(1)) ** 0.5)
     for g, base in zip(adam.param_groups, base_lrs):
         g["lr"] = base * f
     adam.step()
@@ -296,6 +303,11 @@ for s in range(total_steps):
         times.append(time.perf_counter() - t0)
     if args.log_every and ((s + 1) % args.log_every == 0 or s == 0):
         print(f"step {s + 1} loss {float(loss):.6f}", flush=True)
+if args.profile:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step(total_steps - 1)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
 times.sort()
 med = times[len(times) // 2]
 peak = torch.cuda.max_memory_allocated() / 2**30

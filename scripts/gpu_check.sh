@@ -19,7 +19,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 echo "== test suite"
-timeout 400 $B/pgolf_tests >"$OUT/tests.log" 2>&1
+timeout 600 $B/pgolf_tests >"$OUT/tests.log" 2>&1
 grep -B2 -A8 "ERROR" "$OUT/tests.log" | head -80
 
 echo "== benchmarks"

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 #include <numeric>
+#include <utility>
 
 #include "model/model_ref.h"
 #include "tests/ref_check.h"
@@ -207,6 +208,33 @@ TEST_CASE("ref model float forward agrees with double; per-token losses match th
     double max_logit = 0;
     for (double x : logits_d) max_logit = std::max(max_logit, std::abs(x));
     CHECK(max_logit <= c.logit_softcap);
+}
+
+TEST_CASE("ref model init: semi-orthogonal over several Gram-Schmidt blocks, wide and tall") {
+    const uint64_t seed = test::fresh_seed();
+    INFO("seed " << seed);
+    // 150 and 130 vectors: two whole blocks of 64 and a part block, so every vector after the
+    // first block is projected off the earlier blocks by the matrix products.
+    for (const std::pair<int, int>& shape : {std::pair{150, 200}, std::pair{300, 130}}) {
+        const int rows = shape.first, cols = shape.second;
+        CAPTURE(rows);
+        CAPTURE(cols);
+        std::vector<double> w(size_t(rows) * cols), again(w.size());
+        NormalRng r1(seed), r2(seed);
+        semi_orthogonal_init(w.data(), rows, cols, r1);
+        semi_orthogonal_init(again.data(), rows, cols, r2);
+        CHECK(w == again);
+        const int n = std::min(rows, cols), len = std::max(rows, cols);
+        auto at = [&](int vec, int e) { return rows <= cols ? w[size_t(vec) * cols + e] : w[size_t(e) * cols + vec]; };
+        double worst = 0;
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j <= i; ++j) {
+                double s = 0;
+                for (int e = 0; e < len; ++e) s += at(i, e) * at(j, e);
+                worst = std::max(worst, std::abs(s - (i == j ? 1.0 : 0.0)));
+            }
+        CHECK(worst < 1e-12);
+    }
 }
 
 TEST_CASE("ref model init: deterministic, orthogonal matrices, scaled output projections") {

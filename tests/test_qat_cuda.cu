@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/config.h"
@@ -106,7 +107,7 @@ TEST_CASE("qat cuda: fake quantization equals the CPU oracle on the same grid") 
     Config rec;
     apply_preset(rec, "record");
     struct Case {
-        const char* name;
+        std::string name;
         ModelConfig model;
         QuantConfig quant;
     };

@@ -244,10 +244,10 @@ TEST_CASE("train cuda: a checkpoint written on one device resumes on the other")
     TmpDir d;
     run_training(test::small_run(d / "gpu", "cuda"));
     run_training(test::small_run(d / "cpu", "cpu"));
-    for (const char* from : {"cuda", "cpu"}) {
-        const std::string to = std::string(from) == "cuda" ? "cpu" : "cuda";
+    for (const std::string from : {"cuda", "cpu"}) {
+        const std::string to = from == "cuda" ? "cpu" : "cuda";
         CAPTURE(from);
-        const std::string dir = d / (std::string(from) + "_to_" + to);
+        const std::string dir = d / (from + "_to_" + to);
         Config first = test::small_run(dir, from);
         first.train.stop_after = 3;
         run_training(first);
@@ -260,7 +260,7 @@ TEST_CASE("train cuda: a checkpoint written on one device resumes on the other")
         // Steps 1-3 are the first device's own run; steps 4-8 ran on the other device from its
         // checkpoint, so they follow the straight run up to the devices' difference (bf16
         // matrices and Newton-Schulz on the GPU), far below the loss's step-to-step moves.
-        const auto straight = test::parse_steps(d / (std::string(from) == "cuda" ? "gpu" : "cpu") + "/train.log");
+        const auto straight = test::parse_steps(d / (from == "cuda" ? "gpu" : "cpu") + "/train.log");
         const auto split = test::parse_steps(dir + "/train.log");
         REQUIRE(split.size() == 8);
         const LineDiff own = compare_lines(straight, split, 0, 3), other = compare_lines(straight, split, 3, 8);
