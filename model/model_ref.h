@@ -63,9 +63,9 @@ class NormalRng {
 // columns (rows > cols) of a Gaussian matrix, orthonormalised by block Gram-Schmidt run twice
 // (BCGS2). Each block of kBlock vectors loses its projections on all earlier vectors through
 // two matrix products, twice, then is orthonormalised within itself one vector at a time
-// (classical Gram-Schmidt, twice); that keeps it orthogonal to ~1e-15. Vector by vector,
-// the 512 x 2048 matrices of the record model streamed all earlier vectors from memory for
-// every vector, and the init took longer than the first training steps.
+// (classical Gram-Schmidt, twice); that keeps it orthogonal to ~1e-15. Run vector by vector,
+// the projections streamed all earlier vectors from memory once per vector; by blocks, once
+// per kBlock vectors, which matters for the record model's 512 x 2048 matrices.
 template <typename T>
 void semi_orthogonal_init(T* w, int rows, int cols, NormalRng& rng) {
     constexpr int kBlock = 64;

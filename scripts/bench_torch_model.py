@@ -7,8 +7,9 @@ XSA, LeakyReLU(0.5)^2 MLP, BigramHash, SmearGate, tied softcapped head), written
 in PyTorch with torch.compile and scaled_dot_product_attention, trained with Muon
 (Newton-Schulz in bf16, batched over same-shape matrices) on matrices and Adam on the rest,
 with pgolf's record-preset optimizer settings (Nesterov momentum warming up 0.92 -> 0.99,
-decoupled weight decay, global grad-norm clip, LR warmup and linear warmdown). It measures tokens/s on one GPU at the shape
-given by the flags. It is a benchmark only: pgolf never depends on Python.
+decoupled weight decay, global grad-norm clip, LR warmup and linear warmdown). It measures
+tokens/s on one GPU at the shape given by the flags. It is a benchmark only: pgolf never
+depends on Python.
 
 Tokens are random unless --data names a folder of challenge shards: then the steps read the
 train shards in order as pgolf's loader does (each micro-step takes the next seqs*seq+1 tokens,
