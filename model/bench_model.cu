@@ -171,7 +171,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     auto dy = random_array<float>(size_t(nC), g), dn = random_array<float>(size_t(nC), g);
     auto out = random_array<float>(size_t(nC), g), out2 = random_array<float>(size_t(nC), g);
     auto a = random_array<bf16>(size_t(nC), g), mb = random_array<bf16>(size_t(nC), g);
-    auto ob = random_array<bf16>(size_t(nC), g);
+    auto ob = random_array<bf16>(size_t(nC), g), dnb = random_array<bf16>(size_t(nC), g);
     auto w = random_array<float>(C, g), w2 = random_array<float>(C, g), dw = random_array<float>(2 * C, g);
     auto rstd = random_array<float>(size_t(N) * H, g, 0.5f);
     auto qkv = random_array<bf16>(size_t(N) * QKV, g), dqkv = random_array<bf16>(size_t(N) * QKV, g);
@@ -236,15 +236,15 @@ void bench_kernels(const ModelConfig& m, int rows) {
         ResidualIn tb;
         ResidualGrad d;
         tb.a = a.get(), tb.wa = w.get(), d.da = ob.get(), d.dwa = dw.get();
-        row("residual_backward: dy, du, x_mid, a -> dy, da, dw (norm 2)", nC * (3 * f + h + f + h), [&] {
-            residual_backward(dy.get(), dy.get(), nullptr, dn.get(), x.get(), rstd.get(), 0.5f, tb, d, N, C, st);
+        row("residual_backward: dy, du, x_mid, a -> dy, da, dw (norm 2)", nC * (2 * f + 2 * h + f + h), [&] {
+            residual_backward(dy.get(), dy.get(), nullptr, dnb.get(), x.get(), rstd.get(), 0.5f, tb, d, N, C, st);
         });
     }
     {
         ResidualGrad d;
         d.dx = out.get(), d.dx0 = out2.get(), d.dwx = dw.get(), d.dw0 = dw.get() + C;
-        row("residual_backward: dy, dh, x, x0, dx0 -> dx, dx0, dw (norm 1)", nC * (5 * f + 2 * f), [&] {
-            residual_backward(nullptr, dy.get(), nullptr, dn.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st);
+        row("residual_backward: dy, dh, x, x0, dx0 -> dx, dx0, dw (norm 1)", nC * (4 * f + h + 2 * f), [&] {
+            residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st);
         });
     }
     const double nq = double(N) * QKV, nkv = double(N) * KVD;

@@ -2,7 +2,8 @@
 // each thread moves 8 values at a time (16-byte accesses where the address allows, scalar
 // ones otherwise, so that any row size and offset works), row statistics are reduced with
 // warp shuffles, and parameter gradients that sum over rows go through per-block partial
-// sums and a second pass, both in a fixed order, so that a step is reproducible bit for bit.
+// sums and a second pass, both in a fixed order, so that a step is reproducible bit for bit
+// on one GPU model (the kernels that loop over rows size their grids to fill the device once).
 #include "model/kernels.cuh"
 
 #include <algorithm>
@@ -172,6 +173,19 @@ float* scratch(size_t n) {
     return mine.back().get();
 }
 
+// Blocks for a kernel that loops over its work: as many as the device holds at once, so that
+// they all run in one wave and none waits for a last, part-empty one (qkv_prep's backward ran
+// 2.6 waves of a fixed 1,024-block grid, its last wave 60% idle), or `work` when that is fewer. The count, and with it the order
+// of any per-block partial sums, depends on the device and the kernel, never on the data.
+template <class Kernel>
+int one_wave(Kernel kernel, int threads, size_t smem, int work) {
+    int dev = 0, sms = 0, per_sm = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    PG_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+    return std::max(1, std::min(work, sms * std::max(per_sm, 1)));
+}
+
 // ---- flat elementwise passes: op(i, cnt) handles elements [i, i + cnt), cnt <= 8 ----
 
 template <class Op>
@@ -247,8 +261,6 @@ struct LeakyRelu2Backward {
 // op(cols, n, c0, cnt, acc), which does row n's chunk and adds its parameter-gradient terms
 // to acc[g][j]. Threads sum their rows, the block its threads, into partial[g][blockIdx.y][C].
 
-constexpr int kMaxRowParts = 512;
-
 template <int K>
 using Acc = float[K > 0 ? K : 1][8];
 
@@ -296,7 +308,6 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const Op op, int N, int 
 }
 
 // Launches op over [N, C]; then adds each summed parameter gradient into dw[g][c * wstride].
-// The grid depends on N and C alone, so the summation order does too.
 template <class Op>
 void launch_rows(const Op& op, int N, int C, cudaStream_t stream, std::array<float*, Op::kGrads> dw = {},
                  int wstride = 1) {
@@ -304,10 +315,10 @@ void launch_rows(const Op& op, int N, int C, cudaStream_t stream, std::array<flo
     const int chunks = (C + 7) / 8;
     int tx = 1;
     while (tx < chunks && tx < 32) tx *= 2;
-    const int ty = kThreads / tx;
-    const int parts = std::min((N + ty - 1) / ty, kMaxRowParts);
+    const int ty = kThreads / tx, cx = (chunks + tx - 1) / tx;
+    const int parts = std::max(1, one_wave(rows_kernel<Op>, kThreads, 0, cx * ((N + ty - 1) / ty)) / cx);
     float* partial = Op::kGrads ? scratch(size_t(Op::kGrads) * parts * C) : nullptr;
-    rows_kernel<<<dim3((chunks + tx - 1) / tx, parts), dim3(tx, ty), 0, stream>>>(op, N, C, partial);
+    rows_kernel<<<dim3(cx, parts), dim3(tx, ty), 0, stream>>>(op, N, C, partial);
     PG_CHECK_LAUNCH();
     for (int g = 0; g < Op::kGrads; ++g)
         finish_partials(dw[g], partial + size_t(g) * parts * C, parts, C, wstride, stream);
@@ -564,17 +575,18 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* in
 // ---- the residual stream: one warp per row; lane l holds the chunks of 8 columns at
 // (k * 32 + l) * 8, k < K, so a row of up to K * 256 values sits in the warp's registers ----
 
-constexpr int kResWarps = 8, kMaxResBlocks = 1024, kMaxResChunks = 4;
+constexpr int kResWarps = 8, kMaxResChunks = 4;
 
-int res_chunks(int C) {
+// Calls f with std::integral_constant<int, K> for the row's chunks per lane K (1, 2 or 4).
+template <typename F>
+void with_res_chunks(int C, F&& f) {
     const int k = (C + 255) / 256;
     if (k > kMaxResChunks)
         fail("the residual-stream kernels take rows of up to %d values (model_dim %d)", kMaxResChunks * 256, C);
-    return k <= 1 ? 1 : k <= 2 ? 2 : 4;
+    if (k <= 1) f(std::integral_constant<int, 1>{});
+    else if (k <= 2) f(std::integral_constant<int, 2>{});
+    else f(std::integral_constant<int, 4>{});
 }
-
-// The grid depends on N alone, so the order of the parameter-gradient sums does too.
-int res_blocks(int N) { return std::min((N + kResWarps - 1) / kResWarps, kMaxResBlocks); }
 
 // v = w[(c0 + j) * wstride] for the chunk's columns, or 1 without weights.
 __device__ __forceinline__ void ldw(float (&v)[8], const float* w, int c0, int cnt, int wstride) {
@@ -644,7 +656,9 @@ __global__ void __launch_bounds__(kResWarps * 32)
 
 struct ResidualBackwardArgs {
     float* dres;
-    const float *dy, *dadd, *dnorm, *xn, *rstd;
+    const float *dy, *dadd;
+    const bf16* dnorm;
+    const float *xn, *rstd;
     float scale;
     ResidualIn t;
     ResidualGrad d;
@@ -762,10 +776,8 @@ __global__ void __launch_bounds__(kResWarps * 32)
 // holds one head vector, 8 dims per lane; a block holds rpb whole rows of `heads` vectors,
 // padded to whole warps (padding lanes compute on zeros and store nothing). ----
 
-constexpr int kMaxHeadBlocks = 1024;
-
 struct HeadLaunch {
-    int tpv, rpb, threads, blocks;
+    int tpv, rpb, threads, work;  // work: blocks of rpb rows that cover N (the grid is one_wave's)
 };
 
 HeadLaunch head_launch(int N, int heads, int hd) {
@@ -774,7 +786,7 @@ HeadLaunch head_launch(int N, int heads, int hd) {
     while (tpv * 8 < hd) tpv *= 2;
     PG_CHECK(heads > 0 && heads * tpv <= 512);
     const int rpb = std::max(1, kThreads / (heads * tpv));
-    return {tpv, rpb, (rpb * heads * tpv + 31) / 32 * 32, std::min((N + rpb - 1) / rpb, kMaxHeadBlocks)};
+    return {tpv, rpb, (rpb * heads * tpv + 31) / 32 * 32, (N + rpb - 1) / rpb};
 }
 
 // The rotary angles: cos and sin of t * base^(-2i / rope_dims) for positions t < Tn and
@@ -817,21 +829,66 @@ Rope make_rope(int rope_dims, int hd, float base, int Tn) {
     return r;
 }
 
-// v holds dims c0..c0+7 of the vector whose every value is in sh; turns the pairs (i, i+half)
-// at position t by +angle (sign 1, the forward) or -angle (sign -1, the transposed rotation).
-__device__ __forceinline__ void rope_chunk(float (&v)[8], const float* sh, int c0, int t, const Rope& rope,
-                                           float sign) {
-    if (c0 >= rope.dims) return;
-    const float2* cs = rope.table + size_t(t) * rope.half;
+// The rotation of partial RoPE on the chunk of 8 values c0..c0+7 that a lane holds of a head
+// vector (its other chunks sit in the lanes beside it): value d < half pairs with d + half,
+//   out[d] = v[d] cos + sign v[d + half] sin,  out[d + half] = v[d + half] cos - sign v[d] sin,
+// at the angle of pair d for position t (sign 1: the forward; -1: the transposed rotation).
+// Partners come by shuffle. For output j, the partner's place inside its chunk, (j +- half)
+// mod 8, is the same on every lane, so one shuffle a direction serves the whole warp; with
+// ALIGNED (half a multiple of 8) chunks pair whole and that place is j itself. Every lane of
+// the warp calls both functions; a lane with dims = 0 (a v vector) keeps its values.
+template <bool ALIGNED>
+__device__ __forceinline__ void rope_angles(float2 (&cs)[8], const Rope& rope, int dims, int c0, int t) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int d = c0 + j;
-        if (d < rope.dims) {
-            const int i = d < rope.half ? d : d - rope.half;
-            const float2 a = cs[i];
-            v[j] = d < rope.half ? sh[d] * a.x + sign * a.y * sh[d + rope.half] : sh[d] * a.x - sign * a.y * sh[i];
+    for (int j = 0; j < 8; ++j) cs[j] = make_float2(1.f, 0.f);
+    if (c0 >= dims) return;
+    const float2* row = rope.table + size_t(t) * rope.half;
+    if (ALIGNED) {  // 8 consecutive angles, 64-byte aligned
+        const float4* a = reinterpret_cast<const float4*>(row + (c0 < rope.half ? c0 : c0 - rope.half));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float4 x = a[k];
+            cs[2 * k] = make_float2(x.x, x.y), cs[2 * k + 1] = make_float2(x.z, x.w);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int d = c0 + j;
+            if (d < dims) cs[j] = row[d < rope.half ? d : d - rope.half];
         }
     }
+}
+
+// v[i] for a warp-uniform i, without local memory.
+__device__ __forceinline__ float pick8(const float (&v)[8], int i) {
+    float r = v[0];
+#pragma unroll
+    for (int k = 1; k < 8; ++k) r = i == k ? v[k] : r;
+    return r;
+}
+
+template <bool ALIGNED>
+__device__ __forceinline__ void rope8(float (&v)[8], const float2 (&cs)[8], int half, int dims, int c0, float sign) {
+    const int lane = threadIdx.x & 31;
+    float out[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        // The lanes that hold values d + half and d - half (floor division by 8).
+        const int up = (lane + ((j + half) >> 3)) & 31, down = (lane + ((j - half) >> 3)) & 31;
+        const int d = c0 + j;
+        float hi, lo;
+        if (ALIGNED) {
+            hi = lo = __shfl_sync(kFull, v[j], d < half ? up : down);
+        } else {
+            hi = __shfl_sync(kFull, pick8(v, (j + half) & 7), up);
+            lo = __shfl_sync(kFull, pick8(v, (j - half) & 7), down);
+        }
+        out[j] = d < half ? v[j] * cs[j].x + sign * hi * cs[j].y
+                 : d < dims ? v[j] * cs[j].x - sign * lo * cs[j].y
+                            : v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = out[j];
 }
 
 // The vectors of a qkv row, in order: H of q, Hkv of k, Hkv of v. A vector's role, its head
@@ -846,15 +903,16 @@ struct QkvVec {
     }
 };
 
-// Every lane of a warp runs the same shuffles (group_sum) and __syncwarp()s whatever its
-// vector's role; the roles differ only in straight-line code between them.
-__global__ void __launch_bounds__(kThreads, 4) qkv_prep_forward_kernel(const QkvIn p, int N, int Tn, int H, int Hkv, int hd, int tpv, int rpb,
-                                        const Rope rope, bool norm) {
-    extern __shared__ float sh[];
+// Every lane of a warp runs the same shuffles (group_sum, rope8) whatever its vector's role;
+// the roles differ only in straight-line code between them.
+template <bool ALIGNED>
+__global__ void __launch_bounds__(kThreads, 4)
+    qkv_prep_forward_kernel(const QkvIn p, int N, int Tn, int H, int Hkv, int hd, int tpv, int rpb, const Rope rope,
+                            bool norm) {
     const int nv = H + 2 * Hkv, width = nv * hd;
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
     const QkvVec r(j, H, Hkv);
-    float* y = sh + size_t(vec) * hd;
+    const int dims = r.role < 2 ? rope.dims : 0;
     const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
     const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
@@ -862,23 +920,18 @@ __global__ void __launch_bounds__(kThreads, 4) qkv_prep_forward_kernel(const Qkv
         const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
         const size_t o = (size_t(n) * r.heads + r.head) * hd + c0;
         float v[8];
+        float2 cs[8];
         ld8(v, p.qkv + size_t(n) * width + size_t(j) * hd + c0, cnt);
+        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, n % Tn);
         const float ss = group_sum(dot8(v, v), tpv);
-        if (r.role < 2) {
-            float rs = 1.f;
-            if (norm) {
-                rs = 1.f / sqrtf(ss / hd + float(kRmsEps));
-                if (cnt > 0 && c0 == 0) (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head] = rs;
-            }
+        if (r.role < 2 && norm) {
+            const float rs = 1.f / sqrtf(ss / hd + float(kRmsEps));
+            if (cnt > 0 && c0 == 0) (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head] = rs;
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                v[k] *= rs;
-                if (k < cnt) y[c0 + k] = v[k];
-            }
+            for (int k = 0; k < 8; ++k) v[k] *= rs;
         }
-        __syncwarp();
+        rope8<ALIGNED>(v, cs, rope.half, dims, c0, 1.f);
         if (r.role < 2) {
-            rope_chunk(v, y, c0, n % Tn, rope, 1.f);
 #pragma unroll
             for (int k = 0; k < 8; ++k) v[k] *= g;
             st8((r.role == 0 ? p.q : p.k) + o, v, cnt);
@@ -891,73 +944,61 @@ __global__ void __launch_bounds__(kThreads, 4) qkv_prep_forward_kernel(const Qkv
             }
             st8(p.v + o, v, cnt);
         }
-        __syncwarp();  // y is rewritten next round
     }
 }
 
 // partial[blockIdx.x][H + 2]: the block's sums of dq . (rotated normed q) per head (for
-// q_gain), then of dv . v_raw and dv . v_first (for v_mix).
-__global__ void __launch_bounds__(kThreads, 3) qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv,
-                                         int hd, int tpv, int rpb, const Rope rope, bool norm) {
-    extern __shared__ float sh[];
-    const int nv = H + 2 * Hkv, width = nv * hd, nvec = blockDim.x / tpv;
+// q_gain), then of dv . v_raw and dv . v_first (for v_mix). The rotation is orthogonal, so
+// dq . R(xn) = R^T(dq) . xn: one transposed rotation of dq serves q_gain's gradient and the
+// gradient through the norm.
+template <bool ALIGNED>
+__global__ void __launch_bounds__(kThreads, 4)
+    qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv, int hd,
+                             int tpv, int rpb, const Rope rope, bool norm) {
+    extern __shared__ float sums[];  // [vectors of the block][2]
+    const int nv = H + 2 * Hkv, width = nv * hd;
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
     const QkvVec r(j, H, Hkv);
-    float* y = sh + size_t(vec) * hd;
-    float* dz = sh + size_t(nvec + vec) * hd;
-    float* sums = sh + size_t(2 * nvec) * hd;  // [nvec][2]
+    const int dims = r.role < 2 ? rope.dims : 0;
     const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
     const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
     float s0 = 0.f, s1 = 0.f;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
-        const int n = n0 + vec / nv, t = n % Tn;
+        const int n = n0 + vec / nv;
         const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
         const size_t o = (size_t(n) * r.heads + r.head) * hd + c0, oi = size_t(n) * width + size_t(j) * hd + c0;
         float vx[8], vd[8];
+        float2 cs[8];
         ld8(vx, p.qkv + oi, cnt);
+        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, n % Tn);
         float rs = 1.f;
         if (r.role < 2) {
             ld8(vd, (r.role == 0 ? d.dq : d.dk) + o, cnt);
             if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head];
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                vx[k] *= rs;  // the normed input
-                if (k < cnt) y[c0 + k] = vx[k], dz[c0 + k] = g * vd[k];
-            }
+            for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input
         } else {
             ld8(vd, d.dv + o, cnt);
-            auto add = [&](const float* from) {
-                if (!from) return;
+            for (const float* from : {d.dv_add, d.dv_add2}) {
+                if (!from) continue;
                 float e[8];
                 ld8(e, from + o, cnt);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) vd[k] += e[k];
-            };
-            add(d.dv_add);
-            add(d.dv_add2);
+            }
         }
-        __syncwarp();
-        if (r.role == 0 && p.q_gain) {
-            float z[8];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) z[k] = vx[k];
-            rope_chunk(z, y, c0, t, rope, 1.f);
-            s0 += dot8(z, vd);
-        }
+        rope8<ALIGNED>(vd, cs, rope.half, dims, c0, -1.f);  // q, k: R^T of the output's gradient
+        const float part = dot8(vd, vx);
+        const float m = group_sum(part, tpv) / hd;
         if (r.role < 2) {
+            if (r.role == 0) s0 += part;
+            // vd = g R^T(dq), the normed input's gradient; then back through the norm.
 #pragma unroll
-            for (int k = 0; k < 8; ++k) vd[k] *= g;
-            rope_chunk(vd, dz, c0, t, rope, -1.f);  // vd = d/d(normed input)
-        }
-        const float m = group_sum(dot8(vd, vx), tpv) / hd;
-        if (r.role < 2) {
-            if (norm)
-#pragma unroll
-                for (int k = 0; k < 8; ++k) vd[k] = rs * (vd[k] - vx[k] * m);
+            for (int k = 0; k < 8; ++k) vd[k] = norm ? g * rs * (vd[k] - vx[k] * m) : g * vd[k];
         } else if (p.v_mix) {
             float f[8], df[8];
             ld8(f, p.v_first + o, cnt);
-            s0 += dot8(vd, vx);
+            s0 += part;
             s1 += dot8(vd, f);
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
@@ -967,7 +1008,6 @@ __global__ void __launch_bounds__(kThreads, 3) qkv_prep_backward_kernel(const Qk
             add8(d.dv_first + o, df, cnt);
         }
         st8(d.dqkv + oi, vd, cnt);
-        __syncwarp();
     }
     s0 = group_sum(s0, tpv);
     s1 = group_sum(s1, tpv);
@@ -1216,33 +1256,48 @@ HeadLaunch qkv_launch(const QkvShape& s) {
     return head_launch(s.N(), s.H + 2 * s.Hkv, s.hd);
 }
 
+// Calls f with std::bool_constant<ALIGNED> for the rotation's pairing (rope8).
+template <typename F>
+void with_rope_alignment(const Rope& rope, F&& f) {
+    if (rope.half % 8 == 0) f(std::true_type{});
+    else f(std::false_type{});
+}
+
 void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
     const HeadLaunch L = qkv_launch(s);
     PG_CHECK(!p.v_mix || p.v_first);
-    const size_t smem = size_t(L.threads / L.tpv) * s.hd * sizeof(float);
-    qkv_prep_forward_kernel<<<L.blocks, L.threads, smem, stream>>>(p, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb,
-                                                                   make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn), s.norm);
-    PG_CHECK_LAUNCH();
+    const Rope rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
+    with_rope_alignment(rope, [&](auto aligned) {
+        const auto kernel = qkv_prep_forward_kernel<decltype(aligned)::value>;
+        kernel<<<one_wave(kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(p, s.N(), s.Tn, s.H, s.Hkv, s.hd,
+                                                                                 L.tpv, L.rpb, rope, s.norm);
+        PG_CHECK_LAUNCH();
+    });
 }
 
 void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
     const HeadLaunch L = qkv_launch(s);
     PG_CHECK(!p.v_mix || (p.v_first && d.dv_first && d.dv_mix));
-    const int nvec = L.threads / L.tpv;
-    const size_t smem = (size_t(2 * nvec) * s.hd + 2 * nvec) * sizeof(float);
-    float* partial = scratch(size_t(L.blocks) * (s.H + 2));
-    qkv_prep_backward_kernel<<<L.blocks, L.threads, smem, stream>>>(
-        d, p, partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn), s.norm);
-    PG_CHECK_LAUNCH();
-    if (p.q_gain && d.dq_gain) finish_partials(d.dq_gain, partial, L.blocks, s.H, 1, stream, s.H + 2);
-    if (p.v_mix) finish_partials(d.dv_mix, partial + s.H, L.blocks, 2, 1, stream, s.H + 2);
+    const Rope rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
+    const size_t smem = size_t(2 * (L.threads / L.tpv)) * sizeof(float);
+    with_rope_alignment(rope, [&](auto aligned) {
+        const auto kernel = qkv_prep_backward_kernel<decltype(aligned)::value>;
+        const int blocks = one_wave(kernel, L.threads, smem, L.work);
+        float* partial = scratch(size_t(blocks) * (s.H + 2));
+        kernel<<<blocks, L.threads, smem, stream>>>(d, p, partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, rope,
+                                                    s.norm);
+        PG_CHECK_LAUNCH();
+        if (p.q_gain && d.dq_gain) finish_partials(d.dq_gain, partial, blocks, s.H, 1, stream, s.H + 2);
+        if (p.v_mix) finish_partials(d.dv_mix, partial + s.H, blocks, 2, 1, stream, s.H + 2);
+    });
 }
 
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream) {
     if (N <= 0) return;
     PG_CHECK(Hkv > 0 && H % Hkv == 0);
     const HeadLaunch L = head_launch(N, Hkv, hd);
-    xsa_forward_kernel<<<L.blocks, L.threads, 0, stream>>>(out, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
+    xsa_forward_kernel<<<one_wave(xsa_forward_kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(
+        out, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
     PG_CHECK_LAUNCH();
 }
 
@@ -1251,7 +1306,8 @@ void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf
     if (N <= 0) return;
     PG_CHECK(Hkv > 0 && H % Hkv == 0);
     const HeadLaunch L = head_launch(N, Hkv, hd);
-    xsa_backward_kernel<<<L.blocks, L.threads, 0, stream>>>(dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
+    xsa_backward_kernel<<<one_wave(xsa_backward_kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(
+        dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
     PG_CHECK_LAUNCH();
 }
 
@@ -1294,16 +1350,15 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
                       cudaStream_t stream) {
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!norm || rstd);
-    const int blocks = res_blocks(N), threads = kResWarps * 32;
-    switch (res_chunks(C)) {
-        case 1: residual_forward_kernel<1><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale); break;
-        case 2: residual_forward_kernel<2><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale); break;
-        default: residual_forward_kernel<4><<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale);
-    }
-    PG_CHECK_LAUNCH();
+    with_res_chunks(C, [&](auto k) {
+        const auto kernel = residual_forward_kernel<decltype(k)::value>;
+        const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
+        kernel<<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale);
+        PG_CHECK_LAUNCH();
+    });
 }
 
-void residual_backward(float* dres, const float* dy, const float* dadd, const float* dnorm, const float* xn,
+void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
                        cudaStream_t stream) {
     if (N <= 0 || C <= 0) return;
@@ -1314,16 +1369,15 @@ void residual_backward(float* dres, const float* dy, const float* dadd, const fl
     for (int i = 0; i < 4; ++i)
         if (dw[i]) a.slot[i] = slots++;
     PG_CHECK(slots <= 2);  // the kernel keeps two accumulators
-    const int blocks = res_blocks(N), threads = kResWarps * 32;
-    float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
-    switch (res_chunks(C)) {
-        case 1: residual_backward_kernel<1><<<blocks, threads, 0, stream>>>(a, N, C, partial); break;
-        case 2: residual_backward_kernel<2><<<blocks, threads, 0, stream>>>(a, N, C, partial); break;
-        default: residual_backward_kernel<4><<<blocks, threads, 0, stream>>>(a, N, C, partial);
-    }
-    PG_CHECK_LAUNCH();
-    for (int i = 0; i < 4; ++i)
-        if (dw[i]) finish_partials(dw[i], partial + size_t(a.slot[i]) * blocks * C, blocks, C, t.wstride, stream);
+    with_res_chunks(C, [&](auto k) {
+        const auto kernel = residual_backward_kernel<decltype(k)::value>;
+        const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
+        float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
+        kernel<<<blocks, threads, 0, stream>>>(a, N, C, partial);
+        PG_CHECK_LAUNCH();
+        for (int i = 0; i < 4; ++i)
+            if (dw[i]) finish_partials(dw[i], partial + size_t(a.slot[i]) * blocks * C, blocks, C, t.wstride, stream);
+    });
 }
 
 void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int32_t* targets, int n, int V, float cap,

@@ -93,8 +93,9 @@ using ResidualGrad = ResidualGrads<float, bf16, float>;
 void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
                       cudaStream_t stream);
 // g = dy + dadd + scale * rmsnorm_backward(dnorm; input xn, or the terms' sum when xn is null);
-// dres = g (may alias dy); term gradients as ResidualGrads says.
-void residual_backward(float* dres, const float* dy, const float* dadd, const float* dnorm, const float* xn,
+// dres = g (may alias dy); term gradients as ResidualGrads says. dnorm, the gradient of the
+// norm's output, comes from the products that read it, in bf16 like every GEMM's gradient output.
+void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
                        cudaStream_t stream);
 

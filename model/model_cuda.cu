@@ -108,10 +108,10 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
         for (bf16** p : {&s.k, &s.v}) want(*p, N * KVD);
         want(s.qkv, N * QKV), want(s.f, N * F), want(s.act, N * hidden);
     }
-    for (float** p : {&dx_, &dblock_, &dx0_, &dh_}) want(*p, N * D);
+    for (float** p : {&dx_, &dblock_, &dx0_, &dxf_}) want(*p, N * D);
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (float*& p : dskip_) want(p, N * D);
-    want(dm_, N * D), want(da_, N * D), want(dact_, N * hidden), want(df_, N * F);
+    want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(dact_, N * hidden), want(df_, N * F);
     for (bf16** p : {&dyo_, &dy_, &dq_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
     want(dqkv_, N * QKV), want(dbig_e_, N * bd);
@@ -396,7 +396,7 @@ void CudaModel::backward_body() {
     const size_t ND = size_t(N) * D;
     const cudaStream_t st = st_;
 
-    float* dxf = dh_;
+    float* dxf = dxf_;
     for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), dxf);
     float* dx = dx_;
     float* dblock = dblock_;
@@ -428,7 +428,7 @@ void CudaModel::backward_body() {
         smear_backward(dblock, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
         dnorm = dblock;
     }
-    float* demb = dh_;
+    float* demb = dxf_;
     zero(demb, ND, st);
     rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st);
     if (cfg_.bigram_buckets > 0) {
@@ -448,8 +448,11 @@ void CudaModel::backward_body() {
 // dx: the gradient of the block's output, used up (it holds the residual's gradient as it
 // passes back through the block). Writes the gradient of the block's input residual into
 // dblock, adds that of x0 into dx0_ and of the first block's values into dv_first_.
-// GEMM operands (dm, da, dact, df, dy, dq, dk, dv, dqkv) are bf16; residual-stream gradients
-// and dh, which sums the products of every matrix that read h, fp32.
+// GEMM operands (dm, da, dact, df, dy, dq, dk, dv, dqkv) are bf16, and so is dh, the input
+// gradient of the matrices that read h. dh is a GEMM output read once by a norm backward, so
+// bf16 halves its traffic (0.5 ms a step at the record shape). It takes the same bf16 rounding
+// that every other product's gradient already has. In a parallel block the second product
+// adds into it, which is one more rounding. Residual-stream gradients are fp32.
 void CudaModel::block_backward(int i, float* dx, float* dblock) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
@@ -478,7 +481,7 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
     linear_backward_weight(gemm_, G(L.proj), dm_, A.act, N, hidden, D, st);
     if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);
     else leaky_relu2_backward(df_, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
-    linear_backward_input(gemm_, dh_, OutType::F32, 0.f, df_, W(L.fc), N, D, F, st);
+    linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df_, W(L.fc), N, D, F, st);
     linear_backward_weight(gemm_, G(L.fc), df_, par ? A.h : A.u, N, D, F, st);
     if (!par) {  // dx = d x_mid = dx + s rmsnorm_backward(du); then attn_scale's and a's gradients
         ResidualIn t;
@@ -506,7 +509,7 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
         else d.dv_add2 = dv_first_;  // the first block's v is v_first itself
     }
     qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
-    linear_backward_input(gemm_, dh_, OutType::F32, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
+    linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
     linear_backward_weight(gemm_, G(L.wq), dqkv_, A.h, N, D, QD, st, QKV);
     linear_backward_weight(gemm_, G(L.wk), dqkv_ + QD, A.h, N, D, KVD, st, QKV);
     linear_backward_weight(gemm_, G(L.wv), dqkv_ + QD + KVD, A.h, N, D, KVD, st, QKV);

@@ -3,14 +3,18 @@
 
 Template arguments, parameters and anonymous namespaces are dropped, so every launch of one
 kernel counts together; cuBLASLt's nvjet and split-K kernels count as one line. Prints ms,
-launches and share per kernel, largest first, then the total.
+launches and share per kernel, largest first, then the total. When the CSV also has
+dram__bytes_read.sum and dram__bytes_write.sum, each line adds the kernel's DRAM traffic and
+its mean rate, which says how far a memory-bound kernel is from the bandwidth.
     ncu ... --csv build/pgolf bench model ... > step.csv
     python3 scripts/ncu_by_kernel.py step.csv        # or - for standard input
 """
 import collections, csv, re, sys
 
 src = sys.stdin if len(sys.argv) < 2 or sys.argv[1] == "-" else open(sys.argv[1])
-header, total = None, collections.defaultdict(lambda: [0.0, 0])
+header = None
+total = collections.defaultdict(lambda: [0.0, 0])  # ms, launches
+dram = collections.defaultdict(float)  # bytes
 for row in csv.reader(src):
     if "Kernel Name" in row:
         header = row
@@ -18,19 +22,25 @@ for row in csv.reader(src):
     if header is None or len(row) != len(header):
         continue  # the program's own output and ncu's notes
     rec = dict(zip(header, row))
-    if rec.get("Metric Name") != "gpu__time_duration.sum":
+    metric = rec.get("Metric Name")
+    if metric not in ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum"):
         continue
-    scale = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0}
-    scale = scale[rec["Metric Unit"]]
     name = rec["Kernel Name"].replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     name = re.split(r"[<(]", re.sub(r"^void ", "", name))[0]
     if name.startswith("nvjet") or "cublas" in name:
         name = "cuBLASLt GEMM (nvjet, split-K reduce)"
-    total[name][0] += float(rec["Metric Value"].replace(",", "")) * scale
+    value = float(rec["Metric Value"].replace(",", ""))
+    if metric.startswith("dram"):
+        units = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+        dram[name] += value * units[rec["Metric Unit"]]
+        continue
+    scale = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0}
+    total[name][0] += value * scale[rec["Metric Unit"]]
     total[name][1] += 1
 if not total:
     sys.exit("ncu_by_kernel.py: no gpu__time_duration.sum rows in the input")
 all_ms = sum(ms for ms, _ in total.values())
 for name, (ms, n) in sorted(total.items(), key=lambda kv: -kv[1][0]):
-    print(f"{ms:8.2f} ms {n:5d} launches {100 * ms / all_ms:5.1f}%  {name}")
+    traffic = f"  {dram[name] / 1e9:7.2f} GB {dram[name] / ms / 1e6:6.0f} GB/s" if dram else ""
+    print(f"{ms:8.2f} ms {n:5d} launches {100 * ms / all_ms:5.1f}%{traffic}  {name}")
 print(f"{all_ms:8.2f} ms total")

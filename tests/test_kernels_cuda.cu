@@ -290,11 +290,11 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     if (rc.alias) dx_.upload(std::vector<float>(x.begin(), x.end()));  // x again for the backward
 
     // Backward: fp32 outputs that add start from random values; overwritten ones are poisoned.
-    const Vec dy = randn(rng, n), dadd = randn(rng, n), dnorm = randn(rng, n), base_x0 = randn(rng, n);
+    const Vec dy = randn(rng, n), dadd = randn(rng, n), dnorm = held<bf16>(randn(rng, n)), base_x0 = randn(rng, n);
     const Vec base_w = randn(rng, nw), xn = held<float>(sum_ref), rstd = held<float>(rstd_ref);
     auto ddy = upload<float>(dy);
     auto ddadd = upload<float>(dadd);
-    auto ddnorm = upload<float>(dnorm);
+    auto ddnorm = upload<bf16>(dnorm);
     auto dxn = upload<float>(xn);
     auto dr = upload<float>(rstd);
     auto ddres = poisoned<float>(n);
@@ -746,6 +746,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     const size_t n = size_t(N) * C, nq = size_t(N) * H * hd, nkv = size_t(N) * Hkv * hd;
     auto x = upload<float>(randn(rng, n));
     auto g = upload<float>(randn(rng, n));
+    auto gb = upload<bf16>(randn(rng, n));
     auto w = upload<float>(randn(rng, C));
     auto q = upload<bf16>(randn(rng, nq));
     auto gq = upload<bf16>(randn(rng, nq));
@@ -769,7 +770,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
         ResidualGrad d;
         t.x = x.get(), t.wx = w.get(), t.x0 = g.get(), t.w0 = w.get();
         d.dx = dx.get(), d.dwx = p + 2 * C, d.dw0 = p + 3 * C;
-        residual_backward(nullptr, g.get(), nullptr, x.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s);
+        residual_backward(nullptr, g.get(), nullptr, gb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s);
         ResidualIn ts;
         ResidualGrad dsg;
         ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 4 * C;
