@@ -11,13 +11,14 @@
 // (log2(e)/sqrt(D) folded into one scale). The query tiles with the most key tiles are launched
 // first across the whole grid, which keeps the last wave short.
 //
-// Backward: one block = 64 keys of one (batch, KV head), one warpgroup, with dK, dV
-// accumulating in registers while 64-query tiles of Q and dO of every query head in the group
-// stream past. P and dS are rebuilt from lse and D_i = rowsum(dO * O); dS^T goes through
-// shared memory once so that the block's dQ share leaves as fp32 vector atomics into the
-// workspace. Blocks run in chunks of (batch, KV head) groups, heaviest key tiles first within a
-// chunk: ordering the whole grid heaviest first sent the dQ atomics past L2 once the fp32 dQ
-// outgrew it (25% slower at B = 24, T = 2048, 8 heads of 64).
+// Backward: one block = 64 keys of one (batch, KV head) per warpgroup (three warpgroups at head
+// dim 64, two at 128, one at 32), with dK, dV accumulating in registers while 64-query tiles
+// of Q and dO of every query head in the group stream past. P and dS are rebuilt from lse and
+// D_i = rowsum(dO * O); dS^T goes through shared memory so that each warpgroup's dQ share is
+// one more product; the shares are summed in shared memory and the block's sum leaves as fp32
+// vector atomics into the workspace. Blocks run in chunks of (batch, KV head) groups, heaviest
+// key tiles first within a chunk: ordering the whole grid heaviest first sent the dQ atomics
+// past L2 once the fp32 dQ outgrew it (25% slower at B = 24, T = 2048, 8 heads of 64).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -82,10 +83,10 @@ __device__ __forceinline__ void fence_smem_for_tensor_cores() {
 template <int ROWS, int D, int THREADS>
 __device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, size_t stride, int row0, int T) {
     constexpr int CH = D / 8;
-    static_assert(ROWS * CH % THREADS == 0, "tile must split evenly over the threads");
 #pragma unroll
-    for (int j = 0; j < ROWS * CH / THREADS; ++j) {
+    for (int j = 0; j < (ROWS * CH + THREADS - 1) / THREADS; ++j) {
         const int i = threadIdx.x + j * THREADS, r = i / CH, c = i % CH;
+        if (ROWS * CH % THREADS != 0 && i >= ROWS * CH) break;
         const bool valid = row0 + r < T;
         cp_async16(s + Tile<ROWS, D>::off(r, c), g + size_t(valid ? row0 + r : 0) * stride + c * 8, valid);
     }
@@ -467,13 +468,32 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
 
 // ---- backward ----------------------------------------------------------------------------------
 
-constexpr int kBwdBc = 64, kBwdBr = 64;  // keys per block (one warpgroup), queries per step
+constexpr int kBwdBr = 64;  // queries per step
+
+// Warpgroups per block, 64 keys each. More keys a block mean fewer reads of Q and dO and fewer
+// dQ atomics per key: with one warpgroup at D = 64 the kernel was L2-bound. The count is what
+// the registers allow in one block an SM (168 a thread for three, 250 for two at D = 128),
+// except at D = 32, where one warpgroup runs three blocks an SM and is faster. Backward times
+// at B = 24, T = 2048, 8/4 heads on an H100, one warpgroup -> this count:
+// D = 64 1.13 -> 0.97-1.00 ms, D = 128 2.30 -> 1.67 ms, D = 32 0.67 ms (three: 0.70-0.72).
+template <int D>
+constexpr int bwd_warpgroups() {
+    return D == 32 ? 1 : D == 64 ? 3 : 2;
+}
+
+// Row stride, in floats, of the warpgroups' fp32 dQ shares in shared memory: padded so that a
+// half-warp's 8-byte accumulator stores hit distinct banks.
+template <int D>
+constexpr int dq_share_stride() {
+    return D + 8;
+}
 
 template <int D>
 constexpr int bwd_smem_bytes() {
-    // K, V, Q[2], dO[2], dS^T (keys x queries), then lse*log2(e) and D_i for 2 stages.
-    return 2 * Tile<kBwdBc, D>::BYTES + 4 * Tile<kBwdBr, D>::BYTES + Tile<kBwdBc, kBwdBr>::BYTES +
-           2 * 2 * kBwdBr * 4 + kSmemSlack;
+    // K, V, Q[2], dO[2], dS^T (keys x queries), lse*log2(e) and D_i for 2 stages, dQ shares.
+    constexpr int WG = bwd_warpgroups<D>(), Bc = 64 * WG;
+    return 2 * Tile<Bc, D>::BYTES + 4 * Tile<kBwdBr, D>::BYTES + Tile<Bc, kBwdBr>::BYTES + 2 * 2 * kBwdBr * 4 +
+           WG * kBwdBr * dq_share_stride<D>() * 4 + kSmemSlack;
 }
 
 // D_i = rowsum(dO * O) for every query row, and the dq accumulator zeroed. D / 8 threads a row.
@@ -507,6 +527,16 @@ __global__ void bwd_prep_kernel(const bf16* __restrict__ out, const bf16* __rest
     }
 }
 
+// Waits for the 4 warps of warpgroup wg: named barrier 1 + wg (0 is __syncthreads'). The ids
+// are immediates, so that a block reserves only the barriers it names.
+__device__ __forceinline__ void wg_barrier(int wg) {
+    switch (wg) {
+        case 0: asm volatile("bar.sync 1, 128;\n" ::: "memory"); break;
+        case 1: asm volatile("bar.sync 2, 128;\n" ::: "memory"); break;
+        default: asm volatile("bar.sync 3, 128;\n" ::: "memory"); break;
+    }
+}
+
 // Adds 4 consecutive floats to global memory: one vector reduction on sm_90.
 __device__ __forceinline__ void add4(float* dst, float4 v) {
 #if PG_WGMMA
@@ -516,17 +546,19 @@ __device__ __forceinline__ void add4(float* dst, float4 v) {
 #endif
 }
 
-// Three blocks share an SM where registers allow (D <= 64: 168 registers a thread). The grid
-// runs in chunks of `chunk` (batch, KV head) groups; inside a chunk the key tiles go heaviest
-// (most query tiles) first: tile 0 of each group of the chunk, then tile 1, and so on. The dQ rows
-// that a chunk's blocks add into then fit in L2, and the work inside a chunk stays balanced.
+// With one warpgroup, three blocks share an SM where registers allow (D <= 64: 168 registers a
+// thread); with more, one block an SM. The grid runs in chunks of `chunk` (batch, KV head)
+// groups; inside a chunk the key tiles go heaviest (most query tiles) first: tile 0 of each
+// group of the chunk, then tile 1, and so on. The dQ rows that a chunk's blocks add into then
+// fit in L2, and the work inside a chunk stays balanced.
 template <int D>
-__global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
+__global__ void __launch_bounds__(128 * bwd_warpgroups<D>(), D <= 64 ? 3 / bwd_warpgroups<D>() : 1)
     bwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int Hq, int Hkv,
                int chunk, float scale_log2, float scale) {
-    constexpr int Bc = kBwdBc, Br = kBwdBr, NT = 128;
+    constexpr int WG = bwd_warpgroups<D>(), Bc = 64 * WG, Br = kBwdBr, NT = 128 * WG;
+    static_assert(WG >= 1 && WG <= 3, "wg_barrier names three warpgroups");
     constexpr int NB = Br / 8, DB = D / 8, DN = D < 64 ? D : 64;
     using TK = Tile<Bc, D>;
     using TQ = Tile<Br, D>;
@@ -538,6 +570,8 @@ __global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
     const uint32_t sK = smem_addr(pK), sV = smem_addr(pV);
     const uint32_t sQ = sV + TK::BYTES, sdO = sQ + 2 * TQ::BYTES, sdS = smem_addr(pdS);
     float* const stats = reinterpret_cast<float*>(pdS + TS::BYTES);  // [2][lse | D_i]
+    constexpr int PS = dq_share_stride<D>();
+    float* const shares = stats + 2 * 2 * Br;  // [WG][Br][PS]
 
     const int group = Hq / Hkv;
     const int n_kt = (T + Bc - 1) / Bc, n_groups = gridDim.x / n_kt;
@@ -547,7 +581,7 @@ __global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
     const int b = grp / Hkv, hk = grp % Hkv;
     const int qt0 = k0 / Br, per_head = (T + Br - 1) / Br - qt0, n_it = group * per_head;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int kw = warp * 16;  // this warp's first key in the tile
+    const int wg = warp / 4, kw = warp * 16;  // this warp's warpgroup and first key in the tile
     const size_t qs = size_t(Hq) * D, ks = size_t(Hkv) * D;
     const bf16* kg = k + (size_t(b) * T * Hkv + hk) * D;
     const bf16* vg = v + (size_t(b) * T * Hkv + hk) * D;
@@ -596,11 +630,11 @@ __global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wg_mma<Br>(st, Smem<TK, false>{sK, 0, kk * 16}, Smem<TQ, false>{sQb, 0, kk * 16}, kk > 0);
+            wg_mma<Br>(st, Smem<TK, false>{sK, 64 * wg, kk * 16}, Smem<TQ, false>{sQb, 0, kk * 16}, kk > 0);
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk)
-            wg_mma<Br>(dpt, Smem<TK, false>{sV, 0, kk * 16}, Smem<TQ, false>{sdOb, 0, kk * 16}, kk > 0);
+            wg_mma<Br>(dpt, Smem<TK, false>{sV, 64 * wg, kk * 16}, Smem<TQ, false>{sdOb, 0, kk * 16}, kk > 0);
         wg_commit();
         // P^T = exp2(S^T * scale_log2 - lse_log2), masked, while dP^T is still being computed.
         wg_wait<1>();
@@ -640,39 +674,49 @@ __global__ void __launch_bounds__(128, D <= 64 ? 3 : 1)
             }
         wg_commit();
 
-        // dS^T to shared memory (its bf16 A fragments are exactly the values to store).
+        // dS^T to shared memory (its bf16 A fragments are exactly the values to store). Each
+        // warpgroup reads back only its own rows, so its own barrier suffices.
 #pragma unroll
         for (int kq = 0; kq < Br / 16; ++kq)
 #pragma unroll
             for (int i = 0; i < 4; ++i)
                 *reinterpret_cast<uint32_t*>(pdS + TS::off(kw + g + (i & 1) * 8, 2 * kq + (i >> 1)) + t * 4) = ads[kq][i];
         fence_smem_for_tensor_cores();
-        __syncthreads();
+        wg_barrier(wg);
 
-        // dQ share = dS K over the block's 64 keys, Br queries x D in slices of DN columns. Lanes t
-        // and t^1 swap halves so that each holds 4 consecutive columns of one row (even t: row g,
-        // columns 8j + 2t..+3; odd t: row g + 8, columns 8j + 2(t-1)..+3): one vector atomic each.
-        const bool odd = t & 1;
-        const int row = q0 + kw + g + (odd ? 8 : 0);
-        float* const dst = dq_acc + ((size_t(b) * T + row) * Hq + h) * D + 2 * (t & ~1);
+        // This warpgroup's dQ share = dS K over its 64 keys (Br queries x D, in slices of DN), into
+        // shared memory; then the block sums the shares and adds the sum into the workspace with
+        // fp32 vector atomics, one per 4 columns of a row.
+        float* const share = shares + wg * Br * PS;
+        const int qr = (warp % 4) * 16 + g;  // this thread's first query row of the share
 #pragma unroll
         for (int n0 = 0; n0 < D; n0 += DN) {
             float dqa[DN / 8][4];
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < Bc / 16; ++kk)
-                wg_mma<DN>(dqa, Smem<TS, true>{sdS, 0, kk * 16}, Smem<TK, true>{sK, n0, kk * 16}, kk > 0);
+            for (int kk = 0; kk < 4; ++kk)
+                wg_mma<DN>(dqa, Smem<TS, true>{sdS, 0, 64 * wg + kk * 16}, Smem<TK, true>{sK, n0, 64 * wg + kk * 16},
+                           kk > 0);
             wg_commit();
             wg_wait<0>();
             pin(dqa);
 #pragma unroll
             for (int j = 0; j < DN / 8; ++j) {
-                const float s0 = __shfl_xor_sync(0xffffffffu, odd ? dqa[j][0] : dqa[j][2], 1);
-                const float s1 = __shfl_xor_sync(0xffffffffu, odd ? dqa[j][1] : dqa[j][3], 1);
-                const float4 val =
-                    odd ? make_float4(s0, s1, dqa[j][2], dqa[j][3]) : make_float4(dqa[j][0], dqa[j][1], s0, s1);
-                if (row < T) add4(dst + n0 + j * 8, val);
+                const int col = n0 + j * 8 + 2 * t;
+                *reinterpret_cast<float2*>(share + qr * PS + col) = make_float2(dqa[j][0], dqa[j][1]);
+                *reinterpret_cast<float2*>(share + (qr + 8) * PS + col) = make_float2(dqa[j][2], dqa[j][3]);
             }
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < Br * D / 4; i += NT) {
+            const int r = i / (D / 4), c = i % (D / 4) * 4;
+            float4 sum = *reinterpret_cast<const float4*>(shares + r * PS + c);
+#pragma unroll
+            for (int w = 1; w < WG; ++w) {
+                const float4 x = *reinterpret_cast<const float4*>(shares + (w * Br + r) * PS + c);
+                sum.x += x.x, sum.y += x.y, sum.z += x.z, sum.w += x.w;
+            }
+            if (q0 + r < T) add4(dq_acc + ((size_t(b) * T + q0 + r) * Hq + h) * D + c, sum);
         }
         pin(dka);
         pin(dva);
@@ -777,11 +821,13 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
     // Chunks of (batch, KV head) groups whose fp32 dQ rows take a third of L2 (at least one group).
     const size_t group_dq_bytes = size_t(Hq / Hkv) * T * D * sizeof(float);
     const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / group_dq_bytes));
-    const unsigned blocks = unsigned((T + kBwdBc - 1) / kBwdBc) * unsigned(B * Hkv);
-    bwd_kernel<D><<<blocks, 128, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv, chunk,
-                                                 scale * kLog2e, scale);
+    constexpr int WG = bwd_warpgroups<D>();
+    const unsigned blocks = unsigned((T + 64 * WG - 1) / (64 * WG)) * unsigned(B * Hkv);
+    bwd_kernel<D><<<blocks, 128 * WG, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv,
+                                                      chunk, scale * kLog2e, scale);
     PG_CHECK_LAUNCH();
 
+    if (!dq) return;
     const size_t n8 = size_t(rows) * D / 8;
     dq_convert_kernel<<<unsigned((n8 + 255) / 256), 256, 0, stream>>>(dq_acc, dq, n8, scale);
     PG_CHECK_LAUNCH();
@@ -806,10 +852,13 @@ void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const
                               const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
                               int Hkv, int D, cudaStream_t stream) {
     check_shape("flash_attention_backward", B, T, Hq, Hkv, D);
-    check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dq, dk, dv, workspace});
+    check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dk, dv, workspace});
+    if (dq) check_aligned("flash_attention_backward", {dq});
     with_head_dim(D, [&](auto hd) {
         launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, stream);
     });
 }
+
+const float* flash_attention_dq_accumulator(const void* workspace) { return static_cast<const float*>(workspace); }
 
 }  // namespace pg

@@ -1,5 +1,5 @@
-// Causal grouped-query flash attention on the GPU, forward and backward (mma.sync bf16 tensor
-// cores, fp32 accumulation and softmax). Same layout and meaning as the CPU oracle in
+// Causal grouped-query flash attention on the GPU, forward and backward (bf16 tensor cores:
+// wgmma on sm_90, mma.sync on sm_80; fp32 accumulation and softmax). Same layout and meaning as the CPU oracle in
 // model/attention_ref.h:
 //   q, out, dout, dq: [B, T, Hq, D] bf16    k, v, dk, dv: [B, T, Hkv, D] bf16
 //   lse: [B, Hq, T] fp32, natural-log sum-exp of each query's scores (scale 1/sqrt(D))
@@ -28,14 +28,20 @@ void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* 
 // their dq shares into it) followed by D_i = rowsum(dout * out), [B, Hq, T] fp32.
 size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D);
 
-// Overwrites dq, dk, dv. The GQA sum over the query heads of a group happens inside the kernel
-// (one block owns a key tile of one KV head), so dk and dv need no atomics; dq is summed over
-// key tiles with fp32 atomics in the workspace, so dq may differ between runs in the last bits.
+// Overwrites dq, dk, dv. With dq null, q's gradient stays in the workspace instead, fp32 and
+// unscaled: flash_attention_dq_accumulator(workspace) times 1/sqrt(D), same layout as dq. That
+// saves a pass over it for a caller whose next kernel reads it anyway. The GQA sum over the
+// query heads of a group happens inside the kernel (one block owns a key tile of one KV head),
+// so dk and dv need no atomics; dq is summed over key tiles with fp32 atomics in the
+// workspace, so dq may differ between runs in the last bits.
 // `workspace` holds at least flash_attention_backward_workspace_bytes(B, T, Hq, D) bytes, any
 // contents; it may be reused once the stream has passed this call.
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                               const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, int B, int T, int Hq, int Hkv, int D,
                               cudaStream_t stream);
+
+// The fp32 accumulator of q's gradient in a backward workspace (see above).
+const float* flash_attention_dq_accumulator(const void* workspace);
 
 }  // namespace pg

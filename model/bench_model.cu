@@ -177,6 +177,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     auto qkv = random_array<bf16>(size_t(N) * QKV, g), dqkv = random_array<bf16>(size_t(N) * QKV, g);
     auto q = random_array<bf16>(size_t(N) * QD, g), k = random_array<bf16>(size_t(N) * KVD, g);
     auto v = random_array<bf16>(size_t(N) * KVD, g), vf = random_array<bf16>(size_t(N) * KVD, g);
+    auto dq = random_array<float>(size_t(N) * QD, g);
     auto dvf = random_array<float>(size_t(N) * KVD, g), dvx = random_array<float>(size_t(N) * KVD, g);
     auto gain = random_array<float>(H + 2, g), dgain = random_array<float>(H + 2, g);
     auto f1 = random_array<bf16>(size_t(N) * hidden, g), f2 = random_array<bf16>(size_t(N) * hidden, g);
@@ -197,7 +198,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     qp.qkv = qkv.get(), qp.q_gain = gain.get(), qp.v_first = vf.get(), qp.v_mix = gain.get();
     QkvGrad qd;
     qd.dqkv = dqkv.get(), qd.dq_gain = dgain.get(), qd.dv_mix = dgain.get() + H, qd.dv_first = dvf.get();
-    qd.dq = q.get(), qd.dk = k.get(), qd.dv = v.get(), qd.dv_add = dvx.get();
+    qd.dq = dq.get(), qd.dq_scale = 0.125f, qd.dk = k.get(), qd.dv = v.get(), qd.dv_add = dvx.get();
 
     std::printf("\nmemory-bound kernels alone, %d x %d tokens, dim %d, q|k|v %d, hidden %d, head chunk %d x %d:\n",
                 rows, Tn, C, QKV, hidden, nce, V);
@@ -249,8 +250,8 @@ void bench_kernels(const ModelConfig& m, int rows) {
     }
     const double nq = double(N) * QKV, nkv = double(N) * KVD;
     row("qkv_prep_forward: qkv, v_first -> q, k, v", nq * 2 * h + nkv * h, [&] { qkv_prep_forward(qp, s, st); });
-    row("qkv_prep_backward: dq dk dv, qkv, v_first, dv_first, dv_xsa", nq * 3 * h + nkv * (h + 3 * f),
-        [&] { qkv_prep_backward(qd, qp, s, st); });
+    row("qkv_prep_backward: dq (fp32) dk dv, qkv, v_first, dv_first, dv_xsa",
+        nq * 3 * h + double(N) * QD * (f - h) + nkv * (h + 3 * f), [&] { qkv_prep_backward(qd, qp, s, st); });
     const double ny = double(N) * QD;
     row("xsa_forward", ny * 2 * h + nkv * h, [&] { xsa_forward(q.get(), q.get(), v.get(), N, H, Hkv, hd, st); });
     row("xsa_backward", ny * 3 * h + nkv * (h + 2 * f),

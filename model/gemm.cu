@@ -1,10 +1,17 @@
 #include "model/gemm.cuh"
 
+#include <cuda_runtime.h>
+
+#include <cmath>
 #include <cstdint>
 
 namespace pg {
 
 namespace {
+
+// cuBLASLt's first heuristic choice is often not its fastest kernel for the model's shapes (the
+// K = 512 products, the split-K weight gradients), so up to this many are timed once per shape.
+constexpr int kCandidates = 8;
 
 // Largest power of two (up to 256) dividing every batch entry's start address and every row
 // start: what the heuristic may assume about the operand's alignment.
@@ -27,6 +34,14 @@ cublasLtMatrixLayout_t layout(cudaDataType_t type, int rows, int cols, int ld, i
     return l;
 }
 
+// The chosen algorithm per (device, shape), for the whole process: every Gemm (each model of a
+// test, the optimizer's) then runs the same kernel on the same shape and gives the same bits.
+template <class Key>
+std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t>& tuned() {
+    static std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t> m;
+    return m;
+}
+
 }  // namespace
 
 Gemm::Gemm(size_t workspace_bytes) : workspace_(workspace_bytes) { PG_CHECK(cublasLtCreate(&handle_)); }
@@ -43,12 +58,13 @@ Gemm::~Gemm() {
 
 // Row-major D = op(A) op(B) is column-major D^T = op(B)^T op(A)^T, and cuBLASLt sees each
 // row-major operand as its transpose already: so it gets (b, a) in that order, flags unchanged.
-const Gemm::Plan& Gemm::plan(const Key& key) {
+const Gemm::Plan& Gemm::plan(const Key& key, const GemmArgs& args, cudaStream_t stream) {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
     const auto [M, N, K, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, out, al_a, al_b, al_c, al_d] = key;
     const cudaDataType_t dt = out == int(OutType::F32) ? CUDA_R_32F : CUDA_R_16BF;
     Plan p;
+    p.key = key;
     PG_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     PG_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
@@ -67,16 +83,64 @@ const Gemm::Plan& Gemm::plan(const Key& key) {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4; ++i)
         PG_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, which[i], &aligns[i], sizeof aligns[i]));
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.d, p.d, pref, 1, &result, &found);
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.b, p.a, p.d, p.d, pref, kCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
         fail("cuBLASLt has no algorithm for a %dx%dx%d GEMM (trans_a %d, trans_b %d, batch %d): %s", M, N, K,
              int(ta), int(tb), batch, cublasGetStatusString(st));
-    p.algo = result.algo;
+    int dev = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    auto& chosen = tuned<Key>();
+    const auto at = chosen.find({dev, key});
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    PG_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    if (at != chosen.end())
+        p.algo = at->second;
+    else if (found == 1 || capturing != cudaStreamCaptureStatusNone)  // nothing to choose, or no timing allowed
+        p.algo = results[0].algo;
+    else
+        p.algo = chosen[{dev, key}] = fastest(p, results, found, args, stream);
     return plans_.emplace(key, p).first->second;
+}
+
+// Times each candidate on a scratch output (the real one may hold a sum that beta = 1 adds to)
+// and returns the fastest. Candidates that fail to launch are passed over.
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found,
+                                   const GemmArgs& g, cudaStream_t stream) {
+    const auto [M, N, K, ta, tb, lda, ldb, ldd, batch, sa, sb, sd, out, al_a, al_b, al_c, al_d] = p.key;
+    const size_t out_size = out == int(OutType::F32) ? 4 : 2;
+    // Alignment as in the real call: the scratch starts at the real output's offset from 256 bytes.
+    const size_t lead = reinterpret_cast<uintptr_t>(g.d) % 256;
+    DeviceArray<unsigned char> scratch(lead + (size_t(batch - 1) * sd + size_t(M - 1) * ldd + N) * out_size);
+    void* d = scratch.get() + lead;
+    PG_CHECK(cudaMemsetAsync(scratch.get(), 0, scratch.size(), stream));
+    cudaEvent_t start, stop;
+    PG_CHECK(cudaEventCreate(&start));
+    PG_CHECK(cudaEventCreate(&stop));
+    auto once = [&](const cublasLtMatmulAlgo_t& algo) {
+        return cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.b, g.a, p.a, &g.beta, d, p.d, d, p.d, &algo,
+                              workspace_.get(), workspace_.size(), stream);
+    };
+    constexpr int kReps = 3;
+    int best = 0;
+    float best_ms = INFINITY;
+    for (int i = 0; i < found; ++i) {
+        if (once(results[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // the warm-up run
+        PG_CHECK(cudaEventRecord(start, stream));
+        for (int r = 0; r < kReps; ++r) PG_CHECK(once(results[i].algo));
+        PG_CHECK(cudaEventRecord(stop, stream));
+        PG_CHECK(cudaEventSynchronize(stop));
+        float ms = 0.f;
+        PG_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        if (ms < best_ms) best_ms = ms, best = i;
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    PG_CHECK(cudaStreamSynchronize(stream));  // before the scratch is freed
+    return results[best].algo;
 }
 
 void Gemm::run(const GemmArgs& g, cudaStream_t stream) {
@@ -92,7 +156,7 @@ void Gemm::run(const GemmArgs& g, cudaStream_t stream) {
     const Key key{g.M, g.N, g.K, g.trans_a, g.trans_b, lda, ldb, ldd, g.batch, sa, sb, sd, int(g.out_type),
                   alignment(g.a, lda, sa, g.batch, 2), alignment(g.b, ldb, sb, g.batch, 2),
                   alignment(c, ldd, sd, g.batch, out_size), alignment(g.d, ldd, sd, g.batch, out_size)};
-    const Plan& p = plan(key);
+    const Plan& p = plan(key, g, stream);
     PG_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.b, g.a, p.a, &g.beta, c, p.d, g.d, p.d, &p.algo,
                             workspace_.get(), workspace_.size(), stream));
 }

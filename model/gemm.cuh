@@ -8,7 +8,8 @@
 //   backward  dX = dY W          a = dY, b = W
 //   weights   dW (+)= dY^T X     a = dY, trans_a, b = X, beta = 1 to accumulate
 // Batched: `batch` products with fixed strides between matrices (one parameter bank at once).
-// Each distinct shape gets its descriptors and heuristic once; later calls reuse them.
+// Each distinct shape gets its descriptors once and the fastest of cuBLASLt's candidate
+// algorithms, timed on its first call; later calls reuse them.
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -60,8 +61,11 @@ private:
         cublasLtMatmulDesc_t desc = nullptr;
         cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
         cublasLtMatmulAlgo_t algo{};
+        Key key;
     };
-    const Plan& plan(const Key& key);
+    const Plan& plan(const Key& key, const GemmArgs& args, cudaStream_t stream);
+    cublasLtMatmulAlgo_t fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found,
+                                 const GemmArgs& args, cudaStream_t stream);
 
     cublasLtHandle_t handle_ = nullptr;
     DeviceArray<unsigned char> workspace_;

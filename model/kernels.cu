@@ -973,7 +973,13 @@ __global__ void __launch_bounds__(kThreads, 4)
         rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, n % Tn);
         float rs = 1.f;
         if (r.role < 2) {
-            ld8(vd, (r.role == 0 ? d.dq : d.dk) + o, cnt);
+            if (r.role == 0) {
+                ld8(vd, d.dq + o, cnt);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) vd[k] *= d.dq_scale;
+            } else {
+                ld8(vd, d.dk + o, cnt);
+            }
             if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head];
 #pragma unroll
             for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input

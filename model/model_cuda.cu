@@ -3,6 +3,7 @@
 #include "model/model_cuda.cuh"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <initializer_list>
 #include <type_traits>
@@ -112,7 +113,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (float*& p : dskip_) want(p, N * D);
     want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(dact_, N * hidden), want(df_, N * F);
-    for (bf16** p : {&dyo_, &dy_, &dq_}) want(*p, N * QD);
+    for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
     want(dqkv_, N * QKV), want(dbig_e_, N * bd);
 
@@ -448,11 +449,12 @@ void CudaModel::backward_body() {
 // dx: the gradient of the block's output, used up (it holds the residual's gradient as it
 // passes back through the block). Writes the gradient of the block's input residual into
 // dblock, adds that of x0 into dx0_ and of the first block's values into dv_first_.
-// GEMM operands (dm, da, dact, df, dy, dq, dk, dv, dqkv) are bf16, and so is dh, the input
+// GEMM operands (dm, da, dact, df, dy, dk, dv, dqkv) are bf16, and so is dh, the input
 // gradient of the matrices that read h. dh is a GEMM output read once by a norm backward, so
 // bf16 halves its traffic (0.5 ms a step at the record shape). It takes the same bf16 rounding
 // that every other product's gradient already has. In a parallel block the second product
-// adds into it, which is one more rounding. Residual-stream gradients are fp32.
+// adds into it, which is one more rounding. Residual-stream gradients are fp32, and so is dq:
+// qkv_prep's backward reads the attention's fp32 accumulator (saving a pass that rounds it).
 void CudaModel::block_backward(int i, float* dx, float* dblock) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
@@ -500,9 +502,10 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
         xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st);
         dy = dy_;
     }
-    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, dq_, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
+    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
     QkvGrad d;
-    d.dqkv = dqkv_, d.dq_gain = G(L.q_gain), d.dq = dq_, d.dk = dk_, d.dv = dv_att_;
+    d.dqkv = dqkv_, d.dq_gain = G(L.q_gain), d.dk = dk_, d.dv = dv_att_;
+    d.dq = flash_attention_dq_accumulator(attn_ws_), d.dq_scale = 1.f / std::sqrt(float(hd));
     d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
     if (cfg_.value_residual) {
         if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix);

@@ -170,7 +170,7 @@ private:
     // Backward scratch, named after the gradients they hold.
     float *dx_, *dblock_, *dx0_, *dxf_, *dv_first_, *dv_;  // dxf_: the final norm's, then the embedding's
     std::vector<float*> dskip_;  // per encoder entry: the gradient of its output through its skip
-    bf16 *dm_, *da_, *dh_, *dact_, *df_, *dyo_, *dy_, *dq_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
+    bf16 *dm_, *da_, *dh_, *dact_, *df_, *dyo_, *dy_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
 };
 
 }  // namespace pg

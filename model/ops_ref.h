@@ -706,7 +706,11 @@ template <typename F, typename A>
 struct QkvBackward {
     A* dqkv = nullptr;                                          // overwritten
     F *dq_gain = nullptr, *dv_mix = nullptr, *dv_first = nullptr;  // +=
-    const A *dq = nullptr, *dk = nullptr, *dv = nullptr;        // the attention's input gradients
+    // The attention's input gradients: q's is dq_scale * dq, in fp32 (the GPU takes the
+    // attention backward's unscaled accumulator as it is, with no pass to round it).
+    const F* dq = nullptr;
+    F dq_scale = 1;
+    const A *dk = nullptr, *dv = nullptr;
     const F *dv_add = nullptr, *dv_add2 = nullptr;              // more gradient of v (fp32), or null
 };
 
@@ -758,12 +762,14 @@ void qkv_prep_backward(const QkvBackward<T, T>& d, const QkvForward<T, T>& p, co
         for (size_t i = 0; i < kn.size(); ++i) kn[i] *= p.k_rstd[i / s.hd];
     }
     std::vector<T> dqr(size_t(N) * QD, T(0)), dqn(size_t(N) * QD, T(0)), dkn(size_t(N) * KVD, T(0));
+    std::vector<T> dq_in(d.dq, d.dq + dqr.size());
+    for (T& x : dq_in) x *= d.dq_scale;
     if (p.q_gain) {
         std::vector<T> qr(qn.size());
         rope_forward(qr.data(), qn.data(), s.B, s.Tn, s.H, s.hd, s.rope_dims, double(s.rope_base));
-        head_gain_backward(dqr.data(), d.dq_gain, d.dq, qr.data(), p.q_gain, N, s.H, s.hd);
+        head_gain_backward(dqr.data(), d.dq_gain, dq_in.data(), qr.data(), p.q_gain, N, s.H, s.hd);
     } else {
-        std::copy(d.dq, d.dq + dqr.size(), dqr.begin());
+        dqr = dq_in;
     }
     rope_backward(dqn.data(), dqr.data(), s.B, s.Tn, s.H, s.hd, s.rope_dims, double(s.rope_base));
     rope_backward(dkn.data(), d.dk, s.B, s.Tn, s.Hkv, s.hd, s.rope_dims, double(s.rope_base));

@@ -88,7 +88,12 @@ constexpr double kBpbTol = 1e-3;        // relative, val_bpb over a split
 constexpr double kChunkTol = 3e-3;      // relative, a TTT chunk's mean loss after adapting steps
 constexpr double kUpdateTol = 5e-2;     // relative L2, a weight tensor's change over TTT steps
 constexpr double kHessianTol = 2e-2;    // relative Frobenius, a Hessian from bf16 inputs
-constexpr double kRunNoise = 1e-4;      // relative, a TTT chunk's score from run to run on the GPU
+// Run to run, three epochs of TTT amplify the attention backward's atomic-order noise: a
+// chunk's score moved 9.1e-6 and 7.4e-5 (relative) in two H100 runs while dq was rounded to
+// bf16, 1.0e-4 to 1.7e-4 in three since qkv_prep's backward reads dq in fp32. Poisoning the
+// tokens after a chunk moves that chunk's own score by 0.97-0.99 (relative) on an H100.
+constexpr double kRunNoise = 1e-3;      // relative, a TTT chunk's score from run to run on the GPU
+constexpr double kPoisonMove = 1e-1;    // relative, the least a poisoned chunk's score must move
 
 }  // namespace
 
@@ -264,9 +269,9 @@ TEST_CASE("ttt cuda: per-chunk scores follow RefTttModel; poisoning later tokens
     }
 
     // Legality. The GPU training is not bit-reproducible (the attention backward adds dq with
-    // atomics), so two runs differ slightly (up to 1e-5 measured on an H100); poisoned tokens
-    // must not move the scores of the chunks before them by more than that noise, and must
-    // move their own chunk a lot (by 100x the bound, at least).
+    // atomics), so two runs differ slightly (kRunNoise); poisoned tokens must not move the
+    // scores of the chunks before them by more than that noise, and must move their own chunk
+    // a lot (kPoisonMove, 100x the noise bound).
     const TttResult again = run(true, tokens, 3);
     double noise = 0;
     for (size_t k = 0; k < 4; ++k)
@@ -281,7 +286,9 @@ TEST_CASE("ttt cuda: per-chunk scores follow RefTttModel; poisoning later tokens
         const TttResult p = run(true, poisoned, 3);
         CHECK(p.chunks[0].score.loss_nats == gpu.chunks[0].score.loss_nats);
         for (size_t j = 1; j <= k; ++j) CHECK(rel_diff(p.chunks[j].score.loss_nats, gpu.chunks[j].score.loss_nats) < kRunNoise);
-        CHECK(rel_diff(p.chunks[k + 1].score.loss_nats, gpu.chunks[k + 1].score.loss_nats) > 100 * kRunNoise);
+        const double moved = rel_diff(p.chunks[k + 1].score.loss_nats, gpu.chunks[k + 1].score.loss_nats);
+        MESSAGE("poisoned after chunk " << k << ": chunk " << k + 1 << " moved " << moved);
+        CHECK(moved > kPoisonMove);
     }
 }
 

@@ -472,12 +472,12 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                         // Backward, with both extra fp32 gradients of v (XSA's, and v_first's in
                         // the first block) present or not, and the forward's rstd rounded to fp32.
                         const bool adds = vmix != with_gain;
-                        const Vec gq = held<bf16>(randn(rng, nq)), gk = held<bf16>(randn(rng, nkv)),
+                        const Vec gq = held<float>(randn(rng, nq)), gk = held<bf16>(randn(rng, nkv)),
                                   gv = held<bf16>(randn(rng, nkv)), add1 = randn(rng, nkv), add2 = randn(rng, nkv);
                         const Vec base_gain = held<float>(randn(rng, s.H)), base_mix = held<float>(randn(rng, 2)),
                                   base_vf = held<float>(randn(rng, nkv));
                         Vec qr32 = held<float>(qr), kr32 = held<float>(kr);
-                        auto dgq = upload<bf16>(gq);
+                        auto dgq = upload<float>(gq);
                         auto dgk = upload<bf16>(gk);
                         auto dgv = upload<bf16>(gv);
                         auto dadd1 = upload<float>(add1);
@@ -491,14 +491,15 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                         p.q_rstd = dqr32.get(), p.k_rstd = dkr32.get();
                         QkvGrad d;
                         d.dqkv = out.get(), d.dq_gain = ggain.get(), d.dv_mix = gmix.get(), d.dv_first = gvf.get();
-                        d.dq = dgq.get(), d.dk = dgk.get(), d.dv = dgv.get();
+                        d.dq = dgq.get(), d.dq_scale = 0.125f, d.dk = dgk.get(), d.dv = dgv.get();
                         if (adds) d.dv_add = dadd1.get(), d.dv_add2 = dadd2.get();
                         qkv_prep_backward(d, p, s, st.s);
                         Vec rout(nqkv), rgain(s.H, 0.0), rmix(2, 0.0), rvf(nkv, 0.0);
                         r.q_rstd = qr32.data(), r.k_rstd = kr32.data();
                         QkvBackward<double, double> rd;
                         rd.dqkv = rout.data(), rd.dq_gain = rgain.data(), rd.dv_mix = rmix.data();
-                        rd.dv_first = rvf.data(), rd.dq = gq.data(), rd.dk = gk.data(), rd.dv = gv.data();
+                        rd.dv_first = rvf.data(), rd.dq = gq.data(), rd.dq_scale = 0.125;
+                        rd.dk = gk.data(), rd.dv = gv.data();
                         if (adds) rd.dv_add = add1.data(), rd.dv_add2 = add2.data();
                         pg::qkv_prep_backward(rd, r, s);
                         E.check("qkv_prep_backward dqkv, " + tag, download(out, st.s), rout, kBf16);
@@ -749,7 +750,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto gb = upload<bf16>(randn(rng, n));
     auto w = upload<float>(randn(rng, C));
     auto q = upload<bf16>(randn(rng, nq));
-    auto gq = upload<bf16>(randn(rng, nq));
+    auto gq = upload<float>(randn(rng, nq));
     auto rstd = upload<float>(Vec(size_t(N) * H, 0.125));
     auto gain = upload<float>(randn(rng, H));
     auto kv = upload<bf16>(randn(rng, nkv));
