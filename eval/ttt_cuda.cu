@@ -74,7 +74,7 @@ float CudaTttModel::train_step(const int32_t* inputs, const int32_t* targets, in
     for (int r0 = 0; r0 < rows; r0 += per) {
         const int k = std::min(per, rows - r0);
         const size_t at = size_t(r0) * seq;
-        model_.forward(inputs + at, targets + at, k, seq, recur_);
+        model_.forward(inputs + at, targets + at, k, seq, recur_, true);
         model_.backward(float(k) / float(total_rows));  // the pieces' gradients sum to the batch mean's
         loss_sum += double(model_.loss()) * k;         // the backward leaves the forward's losses
     }

@@ -76,6 +76,21 @@ __device__ __forceinline__ void st8(bf16* p, const float (&v)[8], int cnt) {
     }
 }
 
+// p[j] += v[j] for j < cnt by fp32 atomics: two vector atomics on sm_90 (4x fewer operations at
+// the L2 than one a value) where the chunk is whole and aligned.
+__device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int cnt) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (cnt >= 8 && aligned16(p)) {
+        atomicAdd(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+        atomicAdd(reinterpret_cast<float4*>(p) + 1, make_float4(v[4], v[5], v[6], v[7]));
+        return;
+    }
+#endif
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        if (j < cnt) atomicAdd(p + j, v[j]);
+}
+
 // p[j] += v[j] for j < cnt (fp32 gradients).
 __device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt) {
     float d[8];
@@ -118,7 +133,8 @@ __device__ float block_sum(float v) {
 // The partial sums of a kernel's blocks, partial[p * ld + c] for parts p and columns c < C,
 // into out[c * wstride] (+=): per column when wstride is 1, all into out[0] when it is 0.
 // Block (32, 32): 32 columns, each summed by 32 threads in 4 interleaved running sums (loads
-// in flight), then across the threads; every order is fixed.
+// in flight), then across the threads; every order is fixed. With wstride 0 the one block
+// takes every column, thread (x, y) the parts y mod 32 and columns x mod 32.
 __global__ void __launch_bounds__(1024) finish_kernel(float* out, const float* partial, int parts, int C, int ld,
                                                       int wstride) {
     __shared__ float sh[32][33];
@@ -131,11 +147,11 @@ __global__ void __launch_bounds__(1024) finish_kernel(float* out, const float* p
                 for (int k = 0; k < 4; ++k)
                     if (p + 32 * k < parts) s[k] += partial[size_t(p + 32 * k) * ld + c];
     } else {
-        const size_t n = size_t(parts) * C;
-        for (size_t e = size_t(y) * 32 + x; e < n; e += 4096)
+        for (int p = y; p < parts; p += 32)
+            for (int c = x; c < C; c += 128)
 #pragma unroll
-            for (int k = 0; k < 4; ++k)
-                if (e + 1024 * k < n) s[k] += partial[(e + 1024 * k) / C * ld + (e + 1024 * k) % C];
+                for (int k = 0; k < 4; ++k)
+                    if (c + 32 * k < C) s[k] += partial[size_t(p) * ld + c + 32 * k];
     }
     sh[y][x] = (s[0] + s[1]) + (s[2] + s[3]);
     __syncthreads();
@@ -217,9 +233,15 @@ template <typename Src>
 struct AccumulateOp {
     float* dst;
     const Src* src;
+    const float* scale;
     __device__ void operator()(size_t i, int cnt) const {
         float v[8];
         ld8(v, src + i, cnt);
+        if (scale) {
+            const float k = *scale;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] *= k;
+        }
         add8(dst + i, v, cnt);
     }
 };
@@ -348,10 +370,7 @@ struct EmbeddingBackward : NoCols {
     __device__ void operator()(Cols, int n, int c0, int cnt, Acc<0>&) const {
         float v[8];
         ld8(v, dout + size_t(n) * C + c0, cnt);
-        float* d = dtable + size_t(idx[n]) * C + c0;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (j < cnt) atomicAdd(d + j, v[j]);
+        atomic_add8(dtable + size_t(idx[n]) * C + c0, v, cnt);
     }
 };
 
@@ -540,7 +559,7 @@ __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, const In* inp, int
 
 template <typename In, typename G>
 __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* inp, const float* rstd, int C,
-                                        float scale) {
+                                        float scale, const float* dscale) {
     const size_t row = blockIdx.x;
     const In* x = inp + row * C;
     const G* dy = dout + row * C;
@@ -557,7 +576,7 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* in
         dot += dot8(t, u);
     }
     const float r = rstd[row];
-    const float k = r * r * block_sum(dot) / C, sr = scale * r;
+    const float k = r * r * block_sum(dot) / C, sr = (dscale ? scale * *dscale : scale) * r;
     auto write = [&](const float(&tx)[8], float(&tg)[8], int c) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) tg[j] = sr * (tg[j] - tx[j] * k);
@@ -1092,9 +1111,9 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
     }
 }
 
-// ---- softcap + cross-entropy: one block per row. The forward keeps the first
-// kCeCached * 8 * kCeThreads values (8192) in registers between its two reductions (max, then
-// sum of exp), longer rows are read again; the backward is a single elementwise pass ----
+// ---- softcap + cross-entropy: one block per row. The kernel keeps the first
+// kCeCached * 8 * kCeThreads values (8192) in registers through its reduction (running max and
+// sum of exp) and the gradient's pass after it; longer rows are read again ----
 
 constexpr int kCeThreads = 256, kCeCached = 4;
 
@@ -1131,11 +1150,23 @@ __device__ void block_lse(float& m, float& l) {
     for (int o = 16; o > 0; o >>= 1) lse_merge(m, l, __shfl_xor_sync(kFull, m, o), __shfl_xor_sync(kFull, l, o));
 }
 
+// d(loss)/dz of one logit: softmax minus the target's one-hot, through the softcap.
+__device__ __forceinline__ float softcap_ce_grad(float sv, float lz, bool target, float cap, float inv_cap) {
+    const float t = cap > 0.f ? sv * inv_cap : 0.f;
+    return (__expf(sv - lz) - (target ? 1.f : 0.f)) * (1.f - t * t);
+}
+
+// With GRAD, each thread also writes dlogits for the columns it read: from the registers for the
+// cached ones, reading the rest again. The target's logit is read before the block's reduction,
+// whose barrier orders it before any thread overwrites it (dlogits may be logits). A template
+// parameter, so that the loss-only pass (evaluation) keeps its registers.
+template <bool GRAD>
 __global__ void __launch_bounds__(kCeThreads)
-    softcap_ce_forward_kernel(float* losses, float* lse, const bf16* logits, const int32_t* targets, int V, float cap) {
+    softcap_ce_forward_kernel(float* losses, float* lse, const bf16* logits, const int32_t* targets, int V, float cap,
+                              bf16* dlogits) {
     const size_t row = blockIdx.x;
     const bf16* z = logits + row * V;
-    const int stride = kCeThreads * 8;
+    const int stride = kCeThreads * 8, target = targets[row];
     const float inv_cap = 1.f / cap;
     auto load = [&](float(&v)[8], int c) {
         ld8(v, z + c, V - c);
@@ -1168,31 +1199,30 @@ __global__ void __launch_bounds__(kCeThreads)
         load(t, c);
         absorb(t, c);
     }
+    const float zt = threadIdx.x == 0 ? softcap(__bfloat162float(z[target]), cap, inv_cap) : 0.f;
     block_lse(m, l);
+    const float lz = m + logf(l);
     if (threadIdx.x == 0) {
-        const float lz = m + logf(l);
         lse[row] = lz;
-        losses[row] = lz - softcap(__bfloat162float(z[targets[row]]), cap, inv_cap);
+        losses[row] = lz - zt;
     }
-}
-
-__global__ void __launch_bounds__(kCeThreads)
-    softcap_ce_backward_kernel(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int V,
-                               float cap, const float* scale) {
-    const size_t row = blockIdx.x;
-    const bf16* z = logits + row * V;
-    bf16* dz = dlogits + row * V;
-    const int target = targets[row];
-    const float lz = lse[row], k = *scale, inv_cap = 1.f / cap;
-    for (int c = threadIdx.x * 8; c < V; c += kCeThreads * 8) {
-        float v[8];
-        ld8(v, z + c, V - c);
+    if constexpr (GRAD) {
+        bf16* dz = dlogits + row * V;
+        auto grad = [&](float(&v)[8], int c) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float sv = softcap(v[j], cap, inv_cap), t = cap > 0.f ? sv * inv_cap : 0.f;
-            v[j] = k * (__expf(sv - lz) - (c + j == target ? 1.f : 0.f)) * (1.f - t * t);
+            for (int j = 0; j < 8; ++j) v[j] = softcap_ce_grad(v[j], lz, c + j == target, cap, inv_cap);
+            st8(dz + c, v, V - c);
+        };
+#pragma unroll
+        for (int k = 0; k < kCeCached; ++k) {
+            const int c = k * stride + threadIdx.x * 8;
+            if (c < V) grad(s[k], c);
         }
-        st8(dz + c, v, V - c);
+        for (int c = kCeCached * stride + threadIdx.x * 8; c < V; c += stride) {
+            float t[8];
+            load(t, c);
+            grad(t, c);
+        }
     }
 }
 
@@ -1217,8 +1247,8 @@ void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream) {
 }
 
 template <typename Src>
-void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream) {
-    launch_flat(AccumulateOp<Src>{dst, src}, n, stream);
+void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale) {
+    launch_flat(AccumulateOp<Src>{dst, src, scale}, n, stream);
 }
 
 template <typename Out>
@@ -1249,9 +1279,9 @@ void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float s
 
 template <typename In, typename G>
 void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, const float* dscale) {
     if (N <= 0 || C <= 0) return;
-    rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale);
+    rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale, dscale);
     PG_CHECK_LAUNCH();
 }
 
@@ -1387,18 +1417,13 @@ void residual_backward(float* dres, const float* dy, const float* dadd, const bf
 }
 
 void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int32_t* targets, int n, int V, float cap,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, bf16* dlogits) {
     if (n <= 0) return;
     PG_CHECK(V > 0);
-    softcap_ce_forward_kernel<<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap);
-    PG_CHECK_LAUNCH();
-}
-
-void softcap_ce_backward(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int n, int V,
-                         float cap, const float* scale, cudaStream_t stream) {
-    if (n <= 0) return;
-    PG_CHECK(V > 0);
-    softcap_ce_backward_kernel<<<n, kCeThreads, 0, stream>>>(dlogits, logits, lse, targets, V, cap, scale);
+    if (dlogits)
+        softcap_ce_forward_kernel<true><<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap, dlogits);
+    else
+        softcap_ce_forward_kernel<false><<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap, nullptr);
     PG_CHECK_LAUNCH();
 }
 
@@ -1408,8 +1433,8 @@ template void convert<float, float>(float*, const float*, size_t, cudaStream_t);
 template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t);
 template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t);
 template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t);
-template void accumulate<float>(float*, const float*, size_t, cudaStream_t);
-template void accumulate<bf16>(float*, const bf16*, size_t, cudaStream_t);
+template void accumulate<float>(float*, const float*, size_t, cudaStream_t, const float*);
+template void accumulate<bf16>(float*, const bf16*, size_t, cudaStream_t, const float*);
 
 template void embedding_forward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
 template void embedding_forward<bf16>(bf16*, const int32_t*, const float*, int, int, cudaStream_t);
@@ -1421,12 +1446,12 @@ template void rmsnorm_forward<float, bf16>(bf16*, float*, const float*, int, int
 template void rmsnorm_forward<bf16, float>(float*, float*, const bf16*, int, int, float, cudaStream_t);
 template void rmsnorm_forward<bf16, bf16>(bf16*, float*, const bf16*, int, int, float, cudaStream_t);
 template void rmsnorm_backward<float, float>(float*, const float*, const float*, const float*, int, int, float,
-                                             cudaStream_t);
+                                             cudaStream_t, const float*);
 template void rmsnorm_backward<float, bf16>(float*, const bf16*, const float*, const float*, int, int, float,
-                                            cudaStream_t);
+                                            cudaStream_t, const float*);
 template void rmsnorm_backward<bf16, float>(float*, const float*, const bf16*, const float*, int, int, float,
-                                            cudaStream_t);
+                                            cudaStream_t, const float*);
 template void rmsnorm_backward<bf16, bf16>(float*, const bf16*, const bf16*, const float*, int, int, float,
-                                           cudaStream_t);
+                                           cudaStream_t, const float*);
 
 }  // namespace pg

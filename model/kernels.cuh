@@ -26,11 +26,12 @@ namespace pg {
 using bf16 = __nv_bfloat16;
 
 // ---- conversions ----
-// dst[i] = src[i] (any of float/bf16 to any); add: dst[i] += src[i] into fp32.
+// dst[i] = src[i] (any of float/bf16 to any); add: dst[i] += k src[i] into fp32, with k = *scale
+// (device memory) or 1 without one.
 template <typename Src, typename Dst>
 void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream);
 template <typename Src>
-void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream);
+void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr);
 
 // ---- embeddings ----
 // out[n] = table[idx[n]], table fp32 [rows, C]; Out is float or bf16.
@@ -45,10 +46,10 @@ void bigram_hash(int32_t* buckets, const int32_t* idx, int B, int Tn, int n_buck
 // ---- RMSNorm (no weight): out = scale * x * r, r = 1/sqrt(mean(x^2) + kRmsEps), rstd[N] = r ----
 template <typename In, typename Out>
 void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float scale, cudaStream_t stream);
-// dinp += d/dx; G is float or bf16.
+// dinp += d/dx, times *dscale (device memory) when given; G is float or bf16.
 template <typename In, typename G>
 void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
-                      cudaStream_t stream);
+                      cudaStream_t stream, const float* dscale = nullptr);
 
 // ---- q/k/v preparation (ops_ref.h qkv_prep_forward / _backward): from the fused projection
 // qkv [N, (H + 2 Hkv) hd], QK norm, partial RoPE and q_gain on q and k, the value-residual mix
@@ -100,13 +101,11 @@ void residual_backward(float* dres, const float* dy, const float* dadd, const bf
                        cudaStream_t stream);
 
 // ---- tied head: softcap + cross-entropy over a chunk of logits [n, V] (bf16, the GEMM output
-// x E^T), so the full fp32 logits never exist (ops_ref.h softcap_ce_forward / _backward). The
-// forward writes losses and each row's log-sum-exp; the backward, a single pass from them,
-// writes dlogits = (*scale) d(sum of losses)/dz in bf16 (it may alias logits). The scale is
-// read from device memory, so that a captured graph takes a new one at every replay. ----
+// x E^T), so the full fp32 logits never exist (ops_ref.h softcap_ce_forward / _backward). One
+// pass writes losses and each row's log-sum-exp; given dlogits (which may alias logits), the
+// same pass also writes d(loss of each row)/dz in bf16, so that a training step reads each
+// chunk of logits once and never computes them again. ----
 void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int32_t* targets, int n, int V,
-                        float cap, cudaStream_t stream);
-void softcap_ce_backward(bf16* dlogits, const bf16* logits, const float* lse, const int32_t* targets, int n, int V,
-                         float cap, const float* scale, cudaStream_t stream);
+                        float cap, cudaStream_t stream, bf16* dlogits = nullptr);
 
 }  // namespace pg

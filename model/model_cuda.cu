@@ -39,13 +39,13 @@ void linear_backward_input(Gemm& g, void* dx, OutType type, float beta, const bf
     g.run(a, s);
 }
 
-// dw [out, in] += dy^T x, fp32; dy's rows are ld_dy apart (0: packed).
+// dw [out, in] = beta * dw + dy^T x, fp32.
 void linear_backward_weight(Gemm& g, float* dw, const bf16* dy, const bf16* x, int rows, int in, int out,
-                            cudaStream_t s, int ld_dy = 0) {
+                            cudaStream_t s, float beta = 1.f) {
     GemmArgs a;
     a.M = out, a.N = in, a.K = rows;
-    a.a = dy, a.trans_a = true, a.lda = ld_dy, a.b = x;
-    a.d = dw, a.out_type = OutType::F32, a.beta = 1.f;
+    a.a = dy, a.trans_a = true, a.b = x;
+    a.d = dw, a.out_type = OutType::F32, a.beta = beta;
     g.run(a, s);
 }
 
@@ -110,12 +110,13 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
         want(s.qkv, N * QKV), want(s.f, N * F), want(s.act, N * hidden);
     }
     for (float** p : {&dx_, &dblock_, &dx0_, &dxf_}) want(*p, N * D);
+    want(dhead_, V * D);
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (float*& p : dskip_) want(p, N * D);
     want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(dact_, N * hidden), want(df_, N * F);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
-    want(dqkv_, N * QKV), want(dbig_e_, N * bd);
+    want(dqkv_, N * QKV), want(dwqkv_, QKV * D), want(dbig_e_, N * bd);
 
     size_t total = 0;
     for (const auto& w : wants) total += w.first;
@@ -216,7 +217,8 @@ QkvIn CudaModel::qkv_in(int i) const {
 
 // ----------------------------------------------------------------------------- forward
 
-void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active) {
+void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active,
+                        bool for_backward) {
     const int V = cfg_.vocab_size;
     if (B < 1 || Tn < 1 || size_t(B) * Tn > size_t(max_tokens_))
         fail("CudaModel: a batch of %d sequences of %d tokens does not fit the model's buffers (%d tokens)", B, Tn,
@@ -227,7 +229,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
         if (targets[n] < 0 || targets[n] >= V)
             fail("CudaModel: target id %d outside the vocabulary of %d", targets[n], V);
     }
-    B_ = B, Tn_ = Tn, N_ = N, recur_ = recur_active;
+    B_ = B, Tn_ = Tn, N_ = N, recur_ = recur_active, for_backward_ = for_backward;
 
     // The staging buffer is free once the previous forward's copy has run (long ago, as a rule).
     PG_CHECK(cudaEventSynchronize(staged_));
@@ -256,7 +258,7 @@ void CudaModel::forward(const int32_t* inputs, const int32_t* targets, int B, in
         }
         if (i < n_enc_) stack.push_back(i);
     }
-    run(fwd_graphs_, {B, Tn, recur_active}, [this] { forward_body(); });
+    run(fwd_graphs_, {B, Tn, recur_active, for_backward}, [this] { forward_body(); });
 }
 
 void CudaModel::forward_body() {
@@ -300,7 +302,7 @@ void CudaModel::forward_body() {
 
     rmsnorm_forward(xf_, rstd_f_, slots_[S - 1].x_out, N, D, 1.f, st);
     observe(ix_.tok_emb, xf_, D);
-    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), nullptr);
+    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), for_backward_);
 }
 
 void CudaModel::block_forward(int i) {
@@ -351,20 +353,17 @@ void CudaModel::block_forward(int i) {
     residual_forward(A.x_out, nullptr, nullptr, out, N, D, 1.f, st);
 }
 
-// Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; in the backward
-// (dxf given) dlogits (loss_scale_ d(sum of losses)/dz) replace the logits, and the rows of
-// dxf and the tied embedding's gradient follow from them.
-void CudaModel::head_chunk(int r0, int rows, float* dxf) {
+// Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; with grads the same
+// pass replaces the logits by d(loss of each row)/dz, and the rows of dxf_ and dhead_ follow.
+void CudaModel::head_chunk(int r0, int rows, bool grads) {
     const int D = cfg_.model_dim, V = cfg_.vocab_size;
     const bf16* x = xf_ + size_t(r0) * D;
     linear_forward(gemm_, logits_, x, W(ix_.tok_emb), rows, D, V, st_);
-    if (!dxf) {
-        softcap_ce_forward(losses_ + r0, lse_ + r0, logits_, targets_ + r0, rows, V, cfg_.logit_softcap, st_);
-        return;
-    }
-    softcap_ce_backward(logits_, logits_, lse_ + r0, targets_ + r0, rows, V, cfg_.logit_softcap, loss_scale_, st_);
-    linear_backward_input(gemm_, dxf + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, st_);
-    linear_backward_weight(gemm_, G(ix_.tok_emb), logits_, x, rows, D, V, st_);
+    softcap_ce_forward(losses_ + r0, lse_ + r0, logits_, targets_ + r0, rows, V, cfg_.logit_softcap, st_,
+                       grads ? logits_ : nullptr);
+    if (!grads) return;
+    linear_backward_input(gemm_, dxf_ + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, st_);
+    linear_backward_weight(gemm_, dhead_, logits_, x, rows, D, V, st_, r0 > 0 ? 1.f : 0.f);
 }
 
 float CudaModel::loss() {
@@ -386,10 +385,11 @@ void CudaModel::per_token_loss(float* host_out) {
 
 void CudaModel::backward(float loss_scale) {
     PG_CHECK(N_ > 0);
+    if (!for_backward_) fail("CudaModel::backward: the last forward was not run for backward");
     // From pageable memory: the copy call returns once the value is staged, so the local may go.
     const float dloss = loss_scale / float(N_);
     PG_CHECK(cudaMemcpyAsync(loss_scale_, &dloss, sizeof dloss, cudaMemcpyHostToDevice, stream_));
-    run(bwd_graphs_, {B_, Tn_, recur_}, [this] { backward_body(); });
+    run(bwd_graphs_, {B_, Tn_, recur_, true}, [this] { backward_body(); });
 }
 
 void CudaModel::backward_body() {
@@ -397,12 +397,12 @@ void CudaModel::backward_body() {
     const size_t ND = size_t(N) * D;
     const cudaStream_t st = st_;
 
-    float* dxf = dxf_;
-    for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), dxf);
+    // The head's gradients, which the forward formed at unit scale.
+    accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
     float* dx = dx_;
     float* dblock = dblock_;
     zero(dx, ND, st);
-    rmsnorm_backward(dx, dxf, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st);
+    rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_);
 
     // Blocks in reverse. The decoder entry that pops encoder entry i runs first, and its skip
     // backward writes dskip_[i], the gradient of i's output through that skip.
@@ -429,7 +429,7 @@ void CudaModel::backward_body() {
         smear_backward(dblock, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
         dnorm = dblock;
     }
-    float* demb = dxf_;
+    float* demb = dx0_;  // free once added into dx
     zero(demb, ND, st);
     rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st);
     if (cfg_.bigram_buckets > 0) {
@@ -513,9 +513,12 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
     }
     qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
     linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
-    linear_backward_weight(gemm_, G(L.wq), dqkv_, A.h, N, D, QD, st, QKV);
-    linear_backward_weight(gemm_, G(L.wk), dqkv_ + QD, A.h, N, D, KVD, st, QKV);
-    linear_backward_weight(gemm_, G(L.wv), dqkv_ + QD + KVD, A.h, N, D, KVD, st, QKV);
+    // One product for the three weights' gradients, then each added into its own bank: three
+    // products of a few rows each split K over the SMs at ~390 TFLOP/s.
+    linear_backward_weight(gemm_, dwqkv_, dqkv_, A.h, N, D, QKV, st, 0.f);
+    accumulate(G(L.wq), dwqkv_, size_t(QD) * D, st);
+    accumulate(G(L.wk), dwqkv_ + size_t(QD) * D, size_t(KVD) * D, st);
+    accumulate(G(L.wv), dwqkv_ + size_t(QD + KVD) * D, size_t(KVD) * D, st);
 
     // Through the first norm (x_in formed again from x and x0) and resid_mix.
     ResidualIn t;

@@ -7,17 +7,18 @@
 // all buffers are allocated once, for max_rows sequences of cfg.seq_len, so a step allocates
 // nothing and enqueues everything on one stream (forward and backward never wait for the
 // host; loss() and per_token_loss() do). The tied head runs in row chunks: bf16 logits of a
-// chunk -> fused softcap + cross-entropy (loss and log-sum-exp; in the backward bf16 dlogits
-// written in place) -> dX and dE products, so the fp32 logits [N, vocab] never exist. The
-// forward keeps only the losses and log-sum-exps; the backward computes each chunk's logits
-// again (one extra GEMM of N x dim x vocab) because the loss scale is known only then.
+// chunk -> fused softcap + cross-entropy (loss and log-sum-exp, and in a forward for backward
+// the bf16 dlogits written in place) -> dX and dE products, so the fp32 logits [N, vocab] never
+// exist and are computed once. A forward for backward thus runs the head's backward too, at
+// unit loss scale, into buffers of its own; backward() scales them by its loss scale (read from
+// device memory) as it uses them, so that a second backward of one forward is still exact.
 //
 // Where RefModel runs op after op, the GPU fuses neighbours that would re-read the same
 // tensors: the residual sums of a block with the RMSNorm that follows them (and their
 // backward with the norm's), q/k/v preparation in one pass over one fused q|k|v projection
 // (the three weight matrices gathered into one bf16 matrix per layer at each forward).
 //
-// CUDA graphs: the first forward (backward) of a shape (rows, tokens, recurrence) runs
+// CUDA graphs: the first forward (backward) of a shape (rows, tokens, recurrence, for backward) runs
 // eagerly, which also makes the GEMM plans and the kernels' scratch; the second is captured
 // into a graph, and later ones replay it. What changes between calls lives in device memory
 // (tokens, the loss scale), so a replay is exact.
@@ -65,8 +66,10 @@ public:
     void zero_grad();
 
     // inputs / targets: host int32 [B * Tn], B * Tn <= max_rows * seq_len.
-    // Copies them up and enqueues the forward; keeps the activations for backward().
-    void forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active);
+    // Copies them up and enqueues the forward; keeps the activations for backward(), which
+    // needs for_backward (the head's gradient is formed with the loss).
+    void forward(const int32_t* inputs, const int32_t* targets, int B, int Tn, bool recur_active,
+                 bool for_backward = false);
     float loss();                          // mean loss of the last forward (waits for the stream)
     void per_token_loss(float* host_out);  // [B * Tn] nats of the last forward (waits)
     // grads += loss_scale * d(mean loss of the last forward)/d(params).
@@ -101,8 +104,8 @@ private:
         int skip = -1, skip_src = -1;  // U-Net row mixed in before the block, and whose output
         const float* x = nullptr;      // residual entering the block
     };
-    // Captured graphs of one direction, by (rows, tokens, recurrence).
-    using GraphKey = std::tuple<int, int, bool>;
+    // Captured graphs of one direction, by (rows, tokens, recurrence, for backward).
+    using GraphKey = std::tuple<int, int, bool, bool>;
     struct Graphs {
         std::set<GraphKey> seen;
         std::map<GraphKey, cudaGraphExec_t> exec;
@@ -128,8 +131,9 @@ private:
     void backward_body();
     void block_forward(int i);
     void block_backward(int i, float* dx, float* dblock);
-    // Rows [r0, r0 + rows) of the tied head: losses; with dxf, also the backward into dxf and dE.
-    void head_chunk(int r0, int rows, float* dxf);
+    // Rows [r0, r0 + rows) of the tied head: losses; with grads, also their gradients at unit
+    // loss scale into dxf_ and dhead_.
+    void head_chunk(int r0, int rows, bool grads);
 
     ModelConfig cfg_;
     ParamLayout layout_;
@@ -156,7 +160,7 @@ private:
 
     // Forward state.
     int B_ = 0, Tn_ = 0, N_ = 0, n_enc_ = 0;
-    bool recur_ = false;
+    bool recur_ = false, for_backward_ = false;
     std::vector<int> schedule_;
     std::vector<Entry> entries_;
     std::vector<Slot> slots_;  // one per entry of the longest schedule
@@ -168,7 +172,11 @@ private:
     void* attn_ws_;
 
     // Backward scratch, named after the gradients they hold.
-    float *dx_, *dblock_, *dx0_, *dxf_, *dv_first_, *dv_;  // dxf_: the final norm's, then the embedding's
+    float *dx_, *dblock_, *dx0_, *dv_first_, *dv_;
+    float* dwqkv_;  // [q|k|v width, D]: one block's wq, wk, wv gradients
+    // The head's gradients at unit loss scale, from the forward: the final norm's output [N, D]
+    // and the tied embedding's [vocab, D].
+    float *dxf_, *dhead_;
     std::vector<float*> dskip_;  // per encoder entry: the gradient of its output through its skip
     bf16 *dm_, *da_, *dh_, *dact_, *df_, *dyo_, *dy_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
 };

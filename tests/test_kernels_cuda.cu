@@ -170,6 +170,14 @@ void check_convert(Errors& E, std::mt19937_64& rng, size_t n, size_t off, cudaSt
     Vec acc_ref(n);
     for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + float(src[off + i]));
     E.check(std::string("accumulate ") + name(Src()), download(dacc.get() + off, n, st), acc_ref, kExact);
+
+    // With a scale from device memory: dst += k src (the product and sum may fuse into one FMA).
+    const float k = 0.375f;
+    auto dk = upload<float>(Vec{k});
+    auto dacc2 = upload<float>(base);
+    accumulate<Src>(dacc2.get() + off, dsrc.get() + off, n, st, dk.get());
+    for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + k * float(src[off + i]));
+    E.check(std::string("accumulate scaled ") + name(Src()), download(dacc2.get() + off, n, st), acc_ref, kF32);
 }
 
 template <typename Out, typename G>
@@ -219,6 +227,15 @@ void check_rmsnorm(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t s
     Vec dref(size_t(N) * C, 0.0);
     pg::rmsnorm_backward(dref.data(), g.data(), x.data(), rstd32.data(), N, C, scale);
     E.check("rmsnorm_backward " + tag, minus(download(ddx, st), base), dref, kSum);
+
+    // A second scale from device memory multiplies the first.
+    const double k = 0.3;
+    auto dk = upload<float>(Vec{k});
+    auto ddx2 = upload<float>(base);
+    rmsnorm_backward<In, Out>(ddx2.get(), dg.get(), dx.get(), dr.get(), N, C, float(scale), st, dk.get());
+    Vec dref2(size_t(N) * C, 0.0);
+    pg::rmsnorm_backward(dref2.data(), g.data(), x.data(), rstd32.data(), N, C, scale * double(float(k)));
+    E.check("rmsnorm_backward scaled " + tag, minus(download(ddx2, st), base), dref2, kSum);
 }
 
 // One use of the residual kernels: which terms the sum has, which have weights, and what the
@@ -696,7 +713,7 @@ TEST_CASE("kernel softcap_ce: loss, log-sum-exp, and the gradient from them, in 
                 CAPTURE(V);
                 CAPTURE(cap);
                 const size_t nv = size_t(n) * V;
-                const double scale = 1.0 / n;
+                const double scale = 1.0;  // the kernel's gradients are d(loss of each row)/dz
                 const std::string tag = cap > 0 ? "capped" : "no cap";
                 const Vec z = held<bf16>(randn(rng, nv, 12.0));  // wide enough to bend the tanh
                 const std::vector<int32_t> targets = randint(rng, n, V);
@@ -727,13 +744,16 @@ TEST_CASE("kernel softcap_ce: loss, log-sum-exp, and the gradient from them, in 
                 E.check("softcap_ce_forward lse, " + tag, download(dlse, st.s), lse, kSum);
                 CHECK(download(dz_in, st.s) == z);  // the logits are left alone
 
-                auto dr = upload<float>(lse32);
-                auto dscale = upload<float>(Vec{scale});
+                // With dlogits: the same losses and lse, and the gradients, into another buffer or in place.
                 auto dgrad = poisoned<bf16>(nv);
-                softcap_ce_backward(dgrad.get(), dz_in.get(), dr.get(), dt.get(), n, V, float(cap), dscale.get(), st.s);
-                E.check("softcap_ce_backward dlogits, " + tag, download(dgrad, st.s), dz, kBf16);
-                softcap_ce_backward(dz_in.get(), dz_in.get(), dr.get(), dt.get(), n, V, float(cap), dscale.get(), st.s);
-                E.check("softcap_ce_backward dlogits, in place", download(dz_in, st.s), dz, kBf16);
+                softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s, dgrad.get());
+                E.check("softcap_ce_forward with dlogits: loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward dlogits, " + tag, download(dgrad, st.s), dz, kBf16);
+                CHECK(download(dz_in, st.s) == z);
+                softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s, dz_in.get());
+                E.check("softcap_ce_forward in place: loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward in place: lse, " + tag, download(dlse, st.s), lse, kSum);
+                E.check("softcap_ce_forward dlogits in place, " + tag, download(dz_in, st.s), dz, kBf16);
             }
 }
 

@@ -197,7 +197,7 @@ void compare_with_reference(const ModelConfig& c, bool recur, int B, int Tn, con
     CudaModel gpu(c, B);
     gpu.upload_params(ref.params);
     gpu.zero_grad();
-    gpu.forward(in.data(), tg.data(), B, Tn, recur);
+    gpu.forward(in.data(), tg.data(), B, Tn, recur, true);
     const float loss = gpu.loss();
     std::vector<float> tok(N);
     gpu.per_token_loss(tok.data());
@@ -250,7 +250,7 @@ TEST_CASE("model cuda: loss and every gradient match RefModel, SwiGLU and switch
     compare_with_reference(all_off(), false, 3, 77, "all off");
 }
 
-TEST_CASE("model cuda: bad batches fail with a message") {
+TEST_CASE("model cuda: bad batches, and a backward of a forward not run for it, fail with a message") {
     PG_REQUIRE_GPU();
     const ModelConfig c = all_on();
     CudaModel gpu(c, 2);
@@ -258,6 +258,10 @@ TEST_CASE("model cuda: bad batches fail with a message") {
     CHECK_THROWS_AS(gpu.forward(in.data(), tg.data(), 3, c.seq_len, true), Error);  // more rows than max_rows
     tg[5] = c.vocab_size;
     CHECK_THROWS_AS(gpu.forward(in.data(), tg.data(), 1, c.seq_len, true), Error);
+    // backward() needs a forward run for it (the head's gradient is formed with the loss).
+    const std::vector<int32_t> ok(c.seq_len, 1);
+    gpu.forward(ok.data(), ok.data(), 1, c.seq_len, true);
+    CHECK_THROWS_AS(gpu.backward(), Error);
     ModelConfig h48 = c;
     h48.head_dim = 48;
     CHECK_THROWS_AS(CudaModel(h48, 1), Error);
@@ -290,7 +294,7 @@ TEST_CASE("model cuda: one training step with the GPU optimizer matches RefModel
         CudaOptimizer gopt(gpu.layout(), t, gpu.gemm(), stream);
         gpu.upload_params(before);
         gpu.zero_grad();
-        gpu.forward(in.data(), tg.data(), B, Tn, true);
+        gpu.forward(in.data(), tg.data(), B, Tn, true, true);
         gpu.backward();
         gopt.step(gpu.params(), gpu.params_bf16(), gpu.grads(), 1.f, 0);
         const float loss = gpu.loss();
@@ -356,7 +360,7 @@ TEST_CASE("model cuda: 300 training steps on the sample data follow the CPU refe
         ref.backward();
         opt.step(ref.params.data(), ref.grads.data(), ph.lr_scale, step);
         gpu.zero_grad();
-        gpu.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, ph.recur);
+        gpu.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, ph.recur, true);
         gpu.backward();
         gopt.step(gpu.params(), gpu.params_bf16(), gpu.grads(), ph.lr_scale, step);
         gpu_loss.push_back(gpu.loss());
@@ -403,7 +407,7 @@ TEST_CASE("model cuda: graph replays match eager runs, with new tokens and loss 
         std::vector<float> tok_g(N), tok_e(N);
         for (CudaModel* m : {&graphed, &eager}) {
             m->zero_grad();
-            m->forward(in.data(), tg.data(), B, Tn, recur);
+            m->forward(in.data(), tg.data(), B, Tn, recur, true);
             m->backward(scale);
         }
         graphed.per_token_loss(tok_g.data());

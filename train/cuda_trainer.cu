@@ -72,7 +72,7 @@ public:
         double loss = 0;
         for (int a = 0; a < grad_accum; ++a) {
             const Batch b = next();
-            model_.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, recur);
+            model_.forward(b.inputs.data(), b.targets.data(), b.rows, b.seq_len, recur, true);
             model_.backward(1.f / float(grad_accum));
             loss += model_.loss();  // read once the backward is enqueued: the wait is the GPU's work
         }
