@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "common/cuda_check.cuh"
+#include "model/atomics.cuh"
 #include "model/attention.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -537,15 +538,6 @@ __device__ __forceinline__ void wg_barrier(int wg) {
     }
 }
 
-// Adds 4 consecutive floats to global memory: one vector reduction on sm_90.
-__device__ __forceinline__ void add4(float* dst, float4 v) {
-#if PG_WGMMA
-    atomicAdd(reinterpret_cast<float4*>(dst), v);
-#else
-    atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
-#endif
-}
-
 // With one warpgroup, three blocks share an SM where registers allow (D <= 64: 168 registers a
 // thread); with more, one block an SM. The grid runs in chunks of `chunk` (batch, KV head)
 // groups; inside a chunk the key tiles go heaviest (most query tiles) first: tile 0 of each
@@ -716,7 +708,7 @@ __global__ void __launch_bounds__(128 * bwd_warpgroups<D>(), D <= 64 ? 3 / bwd_w
                 const float4 x = *reinterpret_cast<const float4*>(shares + (w * Br + r) * PS + c);
                 sum.x += x.x, sum.y += x.y, sum.z += x.z, sum.w += x.w;
             }
-            if (q0 + r < T) add4(dq_acc + ((size_t(b) * T + q0 + r) * Hq + h) * D + c, sum);
+            if (q0 + r < T) atomic_add4(dq_acc + ((size_t(b) * T + q0 + r) * Hq + h) * D + c, sum);
         }
         pin(dka);
         pin(dva);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/cuda_check.cuh"  // PG_CHECK for CUDA calls, DeviceArray
+#include "model/atomics.cuh"
 #include "model/ops_ref.h"  // kRmsEps, kXsaNormFloor: the oracle's constants are the kernels' too
 
 namespace pg {
@@ -76,16 +77,13 @@ __device__ __forceinline__ void st8(bf16* p, const float (&v)[8], int cnt) {
     }
 }
 
-// p[j] += v[j] for j < cnt by fp32 atomics: two vector atomics on sm_90 (4x fewer operations at
-// the L2 than one a value) where the chunk is whole and aligned.
+// p[j] += v[j] for j < cnt by fp32 atomics, two vectors of 4 where the chunk is whole and aligned.
 __device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int cnt) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (cnt >= 8 && aligned16(p)) {
-        atomicAdd(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
-        atomicAdd(reinterpret_cast<float4*>(p) + 1, make_float4(v[4], v[5], v[6], v[7]));
+        atomic_add4(p, make_float4(v[0], v[1], v[2], v[3]));
+        atomic_add4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
         return;
     }
-#endif
 #pragma unroll
     for (int j = 0; j < 8; ++j)
         if (j < cnt) atomicAdd(p + j, v[j]);
