@@ -1,7 +1,9 @@
 // `pgolf bench attention`: throughput of the flash-attention kernels on random data.
 // Causal FLOPs: forward 4*B*Hq*T*T*D/2 (two T x T x D products, half of them masked away);
-// backward 2.5x the forward (five products instead of two). Times are CUDA-event medians
-// after warm-up; the last line is machine-readable.
+// backward 2.5x the forward (five products instead of two).
+// `pgolf bench mlp`: the MLP's LeakyReLU^2 products, today's cuBLAS + elementwise path against
+// the fused kernels of model/mlp_gemm.cuh.
+// Times are CUDA-event medians after warm-up; the last line is machine-readable.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
@@ -16,6 +18,9 @@
 #include "eval/cli.h"
 #include "model/attention.cuh"
 #include "model/bench_model.h"
+#include "model/gemm.cuh"
+#include "model/kernels.cuh"
+#include "model/mlp_gemm.cuh"
 
 namespace pg {
 namespace {
@@ -115,6 +120,69 @@ void bench_attention(const AttnBenchArgs& a) {
     std::printf("%s device=%s\n", result.c_str(), name.c_str());
 }
 
+struct MlpBenchArgs {
+    int rows = 49152, dim = 512, hidden = 2048;
+    float slope = 0.5f;
+    int warmup = 10, reps = 50;
+};
+
+// Up forward (f = x W^T, act = leaky2(f)) and down backward (df = leaky2'(f) * dm Wp), each as
+// the product alone, the product + the elementwise pass, and fused. Per layer at the record
+// shape the model runs both once.
+void bench_mlp(const MlpBenchArgs& a) {
+    const DeviceInfo dev = detect_device();
+    if (dev.cuda_devices == 0) fail("bench mlp needs a CUDA GPU; none is visible");
+    const int M = a.rows, K = a.dim, N = a.hidden;
+    if (!mlp_gemm_supports(M, N, K)) fail("bench mlp: the fused kernels do not take M=%d N=%d K=%d here", M, N, K);
+    std::printf("pgolf bench mlp: device %s\n", dev.describe().c_str());
+    const size_t nx = size_t(M) * K, nw = size_t(N) * K, nf = size_t(M) * N;
+    bf16 *x, *w, *f, *act, *dact, *df;
+    for (auto [p, n] : std::initializer_list<std::pair<bf16**, size_t>>{
+             {&x, nx}, {&w, nw}, {&f, nf}, {&act, nf}, {&dact, nf}, {&df, nf}})
+        PG_CHECK(cudaMalloc(p, n * sizeof(bf16)));
+    fill_random<<<1024, 256>>>(x, nx, 1);
+    fill_random<<<1024, 256>>>(w, nw, 2);
+    fill_random<<<1024, 256>>>(f, nf, 3);
+    PG_CHECK_LAUNCH();
+    // x stands in for dm and W ([N, K]) for Wp ([K, N]): the same bytes, other shapes.
+    Gemm gemm;
+    GemmArgs up, down;
+    up.M = down.M = M, up.N = down.N = N, up.K = down.K = K;
+    up.a = down.a = x, up.b = down.b = w, up.trans_b = true;
+    up.d = f, down.d = dact;
+    const float s = a.slope;
+    auto med_us = [&](auto&& run) { return 1e3 * double(time_ms(run, a.warmup, a.reps)[a.reps / 2]); };
+    const double fwd_gemm = med_us([&] { gemm.run(up, 0); });
+    const double fwd_today = med_us([&] {
+        gemm.run(up, 0);
+        leaky_relu2_forward(act, f, nf, s, 0);
+    });
+    const double fwd_fused = med_us([&] { mlp_up_forward(f, act, x, w, M, N, K, s, 0); });
+    const double bwd_gemm = med_us([&] { gemm.run(down, 0); });
+    const double bwd_today = med_us([&] {
+        gemm.run(down, 0);
+        leaky_relu2_backward(df, dact, f, nf, s, 0);
+    });
+    const double bwd_fused = med_us([&] { mlp_down_backward(df, x, w, f, M, N, K, s, 0); });
+    const double flops = 2.0 * M * N * K;
+    std::printf("shape M=%d K=%d N=%d, %.1f GFLOP a product; medians of %d runs after %d warm-up\n", M, K, N,
+                flops * 1e-9, a.reps, a.warmup);
+    auto line = [&](const char* what, double us) {
+        std::printf("%-34s %8.1f us  %6.1f TFLOP/s\n", what, us, flops / us * 1e-6);
+    };
+    line("fwd cuBLAS f = x W^T", fwd_gemm);
+    line("fwd cuBLAS + leaky_relu2_forward", fwd_today);
+    line("fwd fused mlp_up_forward", fwd_fused);
+    line("bwd cuBLAS dact = dm Wp", bwd_gemm);
+    line("bwd cuBLAS + leaky_relu2_backward", bwd_today);
+    line("bwd fused mlp_down_backward", bwd_fused);
+    for (bf16* p : {x, w, f, act, dact, df}) PG_CHECK(cudaFree(p));
+    std::string name = dev.name;
+    std::replace(name.begin(), name.end(), ' ', '_');
+    std::printf("RESULT fwd_fused_us=%.1f fwd_today_us=%.1f bwd_fused_us=%.1f bwd_today_us=%.1f device=%s\n", fwd_fused,
+                fwd_today, bwd_fused, bwd_today, name.c_str());
+}
+
 }  // namespace
 
 void add_bench_commands(CLI::App& app) {
@@ -132,6 +200,15 @@ void add_bench_commands(CLI::App& app) {
     attn->add_option("--warmup", args.warmup, "untimed runs first")->capture_default_str();
     attn->add_option("--reps", args.reps, "timed runs (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
     attn->callback([] { bench_attention(args); });
+    static MlpBenchArgs margs;
+    CLI::App* mlp = bench->add_subcommand("mlp", "MLP LeakyReLU^2 products: cuBLAS + elementwise vs fused, us");
+    mlp->add_option("--rows", margs.rows, "rows M (tokens)")->capture_default_str()->check(CLI::PositiveNumber);
+    mlp->add_option("--dim", margs.dim, "model dim K")->capture_default_str();
+    mlp->add_option("--hidden", margs.hidden, "hidden width N")->capture_default_str();
+    mlp->add_option("--slope", margs.slope, "LeakyReLU slope")->capture_default_str();
+    mlp->add_option("--warmup", margs.warmup, "untimed runs first")->capture_default_str();
+    mlp->add_option("--reps", margs.reps, "timed runs (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+    mlp->callback([] { bench_mlp(margs); });
     add_model_bench(*bench);
     add_eval_bench(*bench);
 }

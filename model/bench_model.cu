@@ -220,6 +220,14 @@ void bench_kernels(const ModelConfig& m, int rows) {
     to.x = x.get(), to.m = mb.get(), to.wm = w.get();
     row("residual_forward: x_mid, m -> x_out", nC * (f + h + f),
         [&] { residual_forward(out.get(), nullptr, nullptr, to, N, C, 1.f, st); });
+    ResidualNext nx;
+    nx.wx = w.get(), nx.x0 = x0.get(), nx.w0 = w2.get();
+    row("residual_forward: x_mid, m -> x_out, next block's h", nC * (f + h + f + f + h),
+        [&] { residual_forward(out.get(), ob.get(), rstd.get(), to, N, C, 0.5f, st, &nx); });
+    ResidualNext ns = nx;
+    ns.s = x.get(), ns.w = w.get(), ns.gate = w2.get(), ns.skip_out = out2.get();
+    row("residual_forward: x_mid, m -> x_out, skip mix, next block's h", nC * (f + h + f + f + f + f + h),
+        [&] { residual_forward(out.get(), ob.get(), rstd.get(), to, N, C, 0.5f, st, &ns); });
     ResidualIn tp = tm;
     tp.m = mb.get(), tp.wm = w2.get();
     row("residual_forward: x, x0, a, m -> x_out (parallel block)", nC * (2 * f + 2 * h + f),
@@ -259,8 +267,6 @@ void bench_kernels(const ModelConfig& m, int rows) {
         [&] { leaky_relu2_forward(f2.get(), f1.get(), size_t(nh), m.leaky_slope, st); });
     row("leaky_relu2_backward", nh * 3 * h,
         [&] { leaky_relu2_backward(f3.get(), f2.get(), f1.get(), size_t(nh), m.leaky_slope, st); });
-    row("skip_mix_forward", nC * 3 * f,
-        [&] { skip_mix_forward(out.get(), x.get(), x0.get(), w.get(), w2.get(), N, C, st); });
     row("skip_mix_backward", nC * 5 * f, [&] {
         skip_mix_backward(out.get(), out2.get(), dw.get(), dw.get() + C, dy.get(), x.get(), x0.get(), w.get(),
                           w2.get(), N, C, st);

@@ -130,12 +130,29 @@ __device__ float block_sum(float v) {
 
 // The partial sums of a kernel's blocks, partial[p * ld + c] for parts p and columns c < C,
 // into out[c * wstride] (+=): per column when wstride is 1, all into out[0] when it is 0.
-// Block (32, 32): 32 columns, each summed by 32 threads in 4 interleaved running sums (loads
-// in flight), then across the threads; every order is fixed. With wstride 0 the one block
-// takes every column, thread (x, y) the parts y mod 32 and columns x mod 32.
-__global__ void __launch_bounds__(1024) finish_kernel(float* out, const float* partial, int parts, int C, int ld,
-                                                      int wstride) {
+// Up to kMaxSums such sums of one kernel (same parts, ld, wstride) take one launch, blockIdx.y
+// picking the sum: a launch costs more than these few reads. Block (32, 32): 32 columns, each
+// summed by 32 threads in 4 interleaved running sums (loads in flight), then across the
+// threads; every order is fixed. With wstride 0 the one block takes every column, thread
+// (x, y) the parts y mod 32 and columns x mod 32.
+constexpr int kMaxSums = 4;
+struct PartialSums {
+    float* out[kMaxSums] = {};
+    const float* partial[kMaxSums] = {};
+    int C[kMaxSums] = {};
+    int n = 0;
+    void add(float* o, const float* p, int c) {
+        PG_CHECK(n < kMaxSums);
+        out[n] = o, partial[n] = p, C[n++] = c;
+    }
+};
+
+__global__ void __launch_bounds__(1024) finish_kernel(const PartialSums f, int parts, int ld, int wstride) {
     __shared__ float sh[32][33];
+    float* out = f.out[blockIdx.y];
+    const float* partial = f.partial[blockIdx.y];
+    const int C = f.C[blockIdx.y];
+    if (wstride && int(blockIdx.x) * 32 >= C) return;  // the whole block: a shorter sum than the grid's widest
     const int x = threadIdx.x, y = threadIdx.y, c = blockIdx.x * 32 + x;
     float s[4] = {};
     if (wstride) {
@@ -165,10 +182,10 @@ __global__ void __launch_bounds__(1024) finish_kernel(float* out, const float* p
     }
 }
 
-void finish_partials(float* out, const float* partial, int parts, int C, int wstride, cudaStream_t stream,
-                     int ld = 0) {
-    finish_kernel<<<wstride ? (C + 31) / 32 : 1, dim3(32, 32), 0, stream>>>(out, partial, parts, C, ld ? ld : C,
-                                                                          wstride);
+void finish_partials(const PartialSums& f, int parts, int ld, int wstride, cudaStream_t stream) {
+    if (f.n == 0) return;
+    const int C = *std::max_element(f.C, f.C + f.n);
+    finish_kernel<<<dim3(wstride ? (C + 31) / 32 : 1, f.n), dim3(32, 32), 0, stream>>>(f, parts, ld, wstride);
     PG_CHECK_LAUNCH();
 }
 
@@ -340,8 +357,9 @@ void launch_rows(const Op& op, int N, int C, cudaStream_t stream, std::array<flo
     float* partial = Op::kGrads ? scratch(size_t(Op::kGrads) * parts * C) : nullptr;
     rows_kernel<<<dim3(cx, parts), dim3(tx, ty), 0, stream>>>(op, N, C, partial);
     PG_CHECK_LAUNCH();
-    for (int g = 0; g < Op::kGrads; ++g)
-        finish_partials(dw[g], partial + size_t(g) * parts * C, parts, C, wstride, stream);
+    PartialSums f;
+    for (int g = 0; g < Op::kGrads; ++g) f.add(dw[g], partial + size_t(g) * parts * C, C);
+    finish_partials(f, parts, C, wstride, stream);
 }
 
 template <typename Out>
@@ -476,24 +494,6 @@ struct SmearBackward {
 struct SkipCols {
     Gates gates;
     Weights w;
-};
-
-struct SkipMixForward {
-    static constexpr int kGrads = 0;
-    using Cols = SkipCols;
-    float* out;
-    const float *x, *s, *w, *gate;
-    int C;
-    __device__ Cols cols(int c0, int cnt) const { return {load_gates(gate, c0, cnt), load_weights(w, c0, cnt, 1)}; }
-    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<0>&) const {
-        const size_t o = size_t(n) * C + c0;
-        float vx[8], vs[8];
-        ld8(vx, x + o, cnt);
-        ld8(vs, s + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) vx[j] = k.gates.g[j] * vx[j] + (1.f - k.gates.g[j]) * k.w.v[j] * vs[j];
-        st8(out + o, vx, cnt);
-    }
 };
 
 struct SkipMixBackward {
@@ -641,24 +641,50 @@ __device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, si
     add_term(s, t.m, t.wm, o, c0, cnt, t.wstride);
 }
 
-template <int K>
-__global__ void __launch_bounds__(kResWarps * 32)
-    residual_forward_kernel(float* sum, bf16* norm, float* rstd, const ResidualIn t, int N, int C, float scale) {
+// The next block's input from a chunk of the sum, in place (ResidualNext).
+__device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx, size_t o, int c0, int cnt) {
+    if (nx.s) {
+        const Gates g = load_gates(nx.gate, c0, cnt);
+        const Weights w = load_weights(nx.w, c0, cnt, 1);
+        float v[8];
+        ld8(v, nx.s + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) s[j] = g.g[j] * s[j] + (1.f - g.g[j]) * w.v[j] * v[j];
+        st8(nx.skip_out + o, s, cnt);
+    }
+    float wx[8];
+    ldw(wx, nx.wx, c0, cnt, 1);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] *= wx[j];
+    add_term(s, nx.x0, nx.w0, o, c0, cnt, 1);
+}
+
+template <int K, bool NEXT>
+__global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(float* sum, bf16* norm, float* rstd,
+                                                                          const ResidualIn t, int N, int C,
+                                                                          float scale, const ResidualNext nx) {
     const int lane = threadIdx.x % 32;
     for (int n = blockIdx.x * kResWarps + threadIdx.x / 32; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float s[K][8];
-        float ss = 0.f;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8;
             sum_terms(s[k], t, row + c0, c0, C - c0);
-            ss += dot8(s[k], s[k]);
         }
         if (sum)  // may alias t.x: this lane read its chunks above
 #pragma unroll
             for (int k = 0; k < K; ++k) st8(sum + row + (k * 32 + lane) * 8, s[k], C - (k * 32 + lane) * 8);
         if (!norm) continue;
+        if constexpr (NEXT)
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const int c0 = (k * 32 + lane) * 8;
+                next_input(s[k], nx, row + c0, c0, C - c0);
+            }
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) ss += dot8(s[k], s[k]);
         const float r = 1.f / sqrtf(group_sum(ss, 32) / C + float(kRmsEps));
         if (lane == 0) rstd[n] = r;
 #pragma unroll
@@ -1321,8 +1347,10 @@ void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cuda
         kernel<<<blocks, L.threads, smem, stream>>>(d, p, partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, rope,
                                                     s.norm);
         PG_CHECK_LAUNCH();
-        if (p.q_gain && d.dq_gain) finish_partials(d.dq_gain, partial, blocks, s.H, 1, stream, s.H + 2);
-        if (p.v_mix) finish_partials(d.dv_mix, partial + s.H, blocks, 2, 1, stream, s.H + 2);
+        PartialSums f;
+        if (p.q_gain && d.dq_gain) f.add(d.dq_gain, partial, s.H);
+        if (p.v_mix) f.add(d.dv_mix, partial + s.H, 2);
+        finish_partials(f, blocks, s.H + 2, 1, stream);
     });
 }
 
@@ -1370,10 +1398,6 @@ void smear_backward(float* dinp, float* dgate, const float* dout, const float* i
     launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C}, B * Tn, C, stream, {dgate});
 }
 
-void skip_mix_forward(float* out, const float* x, const float* s, const float* w, const float* gate, int N, int C,
-                      cudaStream_t stream) {
-    launch_rows(SkipMixForward{out, x, s, w, gate, C}, N, C, stream);
-}
 
 void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x, const float* s,
                        const float* w, const float* gate, int N, int C, cudaStream_t stream) {
@@ -1381,14 +1405,18 @@ void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const floa
 }
 
 void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, const ResidualNext* next) {
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!norm || rstd);
-    with_res_chunks(C, [&](auto k) {
-        const auto kernel = residual_forward_kernel<decltype(k)::value>;
+    PG_CHECK(!next || (norm && (!next->s || (next->gate && next->skip_out))));
+    auto launch = [&](auto kernel) {
         const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
-        kernel<<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale);
+        kernel<<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale, next ? *next : ResidualNext{});
         PG_CHECK_LAUNCH();
+    };
+    with_res_chunks(C, [&](auto k) {
+        if (next) launch(residual_forward_kernel<decltype(k)::value, true>);
+        else launch(residual_forward_kernel<decltype(k)::value, false>);
     });
 }
 
@@ -1409,8 +1437,10 @@ void residual_backward(float* dres, const float* dy, const float* dadd, const bf
         float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
         kernel<<<blocks, threads, 0, stream>>>(a, N, C, partial);
         PG_CHECK_LAUNCH();
+        PartialSums f;
         for (int i = 0; i < 4; ++i)
-            if (dw[i]) finish_partials(dw[i], partial + size_t(a.slot[i]) * blocks * C, blocks, C, t.wstride, stream);
+            if (dw[i]) f.add(dw[i], partial + size_t(a.slot[i]) * blocks * C, C);
+        finish_partials(f, blocks, C, t.wstride, stream);
     });
 }
 

@@ -79,10 +79,10 @@ void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int h
 void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
 void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B,
                     int Tn, int C, cudaStream_t stream);
-// U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate). The backward OVERWRITES dx and ds
-// (each encoder output feeds one skip; no zeroing needed) and adds to dw, dgate.
-void skip_mix_forward(float* out, const float* x, const float* s, const float* w, const float* gate, int N, int C,
-                      cudaStream_t stream);
+
+// U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate); the forward is residual_forward's
+// (ResidualNext). The backward OVERWRITES dx and ds (each encoder output feeds one skip; no
+// zeroing needed) and adds to dw, dgate.
 void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x,
                        const float* s, const float* w, const float* gate, int N, int C, cudaStream_t stream);
 
@@ -91,8 +91,16 @@ void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const floa
 // sum (fp32, may alias t.x) and/or norm = scale * rmsnorm(sum) (bf16) with rstd [N].
 using ResidualIn = ResidualTerms<float, bf16, float>;
 using ResidualGrad = ResidualGrads<float, bf16, float>;
+// The next block's input, formed from a block's output sum in the same pass, so that the sum is
+// not read back: when s is given, the U-Net skip mix y = g sum + (1-g) w s, g = sigmoid(gate),
+// into skip_out; else y = sum. norm is then scale * rmsnorm(wx y + w0 x0) (per-channel weights).
+struct ResidualNext {
+    const float *s = nullptr, *w = nullptr, *gate = nullptr;
+    float* skip_out = nullptr;
+    const float *wx = nullptr, *x0 = nullptr, *w0 = nullptr;
+};
 void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
-                      cudaStream_t stream);
+                      cudaStream_t stream, const ResidualNext* next = nullptr);
 // g = dy + dadd + scale * rmsnorm_backward(dnorm; input xn, or the terms' sum when xn is null);
 // dres = g (may alias dy); term gradients as ResidualGrads says. dnorm, the gradient of the
 // norm's output, comes from the products that read it, in bf16 like every GEMM's gradient output.

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "model/attention.cuh"
+#include "model/mlp_gemm.cuh"
 
 namespace pg {
 
@@ -198,6 +199,12 @@ void CudaModel::run(Graphs& graphs, const GraphKey& key, const std::function<voi
     PG_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
+// LeakyReLU² in the MLP's products (model/mlp_gemm.cuh) where the GPU and the shape allow: it
+// saves the elementwise passes over the [N, hidden] products.
+bool CudaModel::fused_mlp() const {
+    return !cfg_.swiglu && mlp_gemm_supports(N_, cfg_.hidden_dim(), cfg_.model_dim);
+}
+
 QkvShape CudaModel::qkv_shape() const {
     QkvShape s;
     s.B = B_, s.Tn = Tn_, s.H = cfg_.n_heads, s.Hkv = cfg_.n_kv_heads, s.hd = cfg_.head_dim;
@@ -290,17 +297,7 @@ void CudaModel::forward_body() {
     rmsnorm_forward(x_norm_, rstd_emb_, x_emb_, N, D, 1.f, st);
     if (cfg_.smear_gate) smear_forward(x_smear_, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
 
-    const int S = int(schedule_.size());
-    for (int i = 0; i < S; ++i) {
-        const Entry& E = entries_[i];
-        if (E.skip >= 0)
-            skip_mix_forward(slots_[i].x, slots_[i - 1].x_out, slots_[E.skip_src].x_out,
-                             P(ix_.skip_weights) + size_t(E.skip) * D, P(ix_.skip_gates) + size_t(E.skip) * D, N, D,
-                             st);
-        block_forward(i);
-    }
-
-    rmsnorm_forward(xf_, rstd_f_, slots_[S - 1].x_out, N, D, 1.f, st);
+    for (int i = 0; i < int(schedule_.size()); ++i) block_forward(i);
     observe(ix_.tok_emb, xf_, D);
     for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), for_backward_);
 }
@@ -314,10 +311,11 @@ void CudaModel::block_forward(int i) {
     const float s = ln_scale(E.layer);
     const cudaStream_t st = st_;
 
-    // x_in = resid_mix . (x, x0), and h = s rmsnorm(x_in); x_in itself is not stored.
+    // x_in = resid_mix . (x, x0), and h = s rmsnorm(x_in); x_in itself is not stored. After the
+    // first block, the previous block's last pass formed h (and the skip mix into E.x).
     ResidualIn mix;
     mix.x = E.x, mix.wx = P(L.resid_mix), mix.x0 = x0_, mix.w0 = P(L.resid_mix) + D;
-    residual_forward(nullptr, A.h, A.rstd1, mix, N, D, s, st);
+    if (i == 0) residual_forward(nullptr, A.h, A.rstd1, mix, N, D, s, st);
 
     // Attention: one product for q|k|v, then QK norm, partial RoPE, q_gain and the value mix.
     for (int w : {L.wq, L.wk, L.wv}) observe(w, A.h, D);
@@ -344,13 +342,30 @@ void CudaModel::block_forward(int i) {
         out.x = A.x_mid;
     }
     observe(L.fc, u, D);
-    linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
-    if (cfg_.swiglu) swiglu_forward(A.act, A.f, N, hidden, st);
-    else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
+    if (fused_mlp()) {
+        mlp_up_forward(A.f, A.act, u, W(L.fc), N, F, D, cfg_.leaky_slope, st);
+    } else {
+        linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
+        if (cfg_.swiglu) swiglu_forward(A.act, A.f, N, hidden, st);
+        else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
+    }
     observe(L.proj, A.act, hidden);
     linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
     out.m = A.m, out.wm = P(L.mlp_scale);
-    residual_forward(A.x_out, nullptr, nullptr, out, N, D, 1.f, st);
+    if (i + 1 == int(entries_.size())) {  // the head's norm
+        residual_forward(A.x_out, xf_, rstd_f_, out, N, D, 1.f, st);
+        return;
+    }
+    // The next entry's input and its first norm, from x_out in the same pass.
+    const Entry& E1 = entries_[i + 1];
+    const ParamIndex::Block& L1 = ix_.blocks[E1.layer];
+    ResidualNext next;
+    if (E1.skip >= 0) {
+        next.s = slots_[E1.skip_src].x_out, next.skip_out = slots_[i + 1].x;
+        next.w = P(ix_.skip_weights) + size_t(E1.skip) * D, next.gate = P(ix_.skip_gates) + size_t(E1.skip) * D;
+    }
+    next.wx = P(L1.resid_mix), next.x0 = x0_, next.w0 = P(L1.resid_mix) + D;
+    residual_forward(A.x_out, slots_[i + 1].h, slots_[i + 1].rstd1, out, N, D, ln_scale(E1.layer), st, &next);
 }
 
 // Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; with grads the same
@@ -479,10 +494,14 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
 
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
     // otherwise it is u's gradient, which goes back through the second norm into dx.
-    linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);
+    if (fused_mlp()) {
+        mlp_down_backward(df_, dm_, W(L.proj), A.f, N, hidden, D, cfg_.leaky_slope, st);
+    } else {
+        linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);
+        if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);
+        else leaky_relu2_backward(df_, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
+    }
     linear_backward_weight(gemm_, G(L.proj), dm_, A.act, N, hidden, D, st);
-    if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);
-    else leaky_relu2_backward(df_, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df_, W(L.fc), N, D, F, st);
     linear_backward_weight(gemm_, G(L.fc), df_, par ? A.h : A.u, N, D, F, st);
     if (!par) {  // dx = d x_mid = dx + s rmsnorm_backward(du); then attn_scale's and a's gradients

@@ -118,6 +118,7 @@ private:
     int qkv_width() const { return (cfg_.n_heads + 2 * cfg_.n_kv_heads) * cfg_.head_dim; }
     float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
     bool parallel(int l) const { return l >= cfg_.parallel_from; }
+    bool fused_mlp() const;
     bool xsa(int l) const { return l >= cfg_.n_layers - cfg_.xsa_last; }
     void observe(int param, const bf16* x, int cols) const {
         if (observer_) observer_(param, x, N_, cols);

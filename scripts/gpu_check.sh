@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything on one GPU machine in one go, for a device call that must check and measure at
-# once: the whole test suite (GPU tests included), the model and attention benchmarks, a short
+# once: the whole test suite (GPU tests included), the model, attention and MLP benchmarks, a short
 # record-shaped `pgolf train`, the default run, and, where python3 has torch, the PyTorch
 # baseline in the same call (speed; and the loss curve on data/sample_sp8192 when it exists,
 # see scripts/sample_vocab.sh). Needs `make build/pgolf build/pgolf_tests` done (build/). Logs go
@@ -25,6 +25,7 @@ grep -B2 -A8 "ERROR" "$OUT/tests.log" | head -80
 echo "== benchmarks"
 timeout 120 $B/pgolf bench model >"$OUT/bench_model.log" 2>&1
 timeout 60 $B/pgolf bench attention >"$OUT/bench_attention.log" 2>&1
+timeout 60 $B/pgolf bench mlp >"$OUT/bench_mlp.log" 2>&1
 timeout 120 $B/pgolf bench eval --tokens 1048576 >"$OUT/bench_eval.log" 2>&1
 
 echo "== record-shaped training, 30 steps on the sample data"
@@ -51,6 +52,6 @@ fi
 
 echo "== summary"
 grep -E "test cases|assertions" "$OUT/tests.log"
-for f in bench_model bench_attention bench_eval train_record train_tiny $torch_logs; do
+for f in bench_model bench_attention bench_mlp bench_eval train_record train_tiny $torch_logs; do
     printf '%-16s %s\n' "$f" "$(grep '^RESULT' "$OUT/$f.log" | tail -1 || echo 'no RESULT line (see the log)')"
 done

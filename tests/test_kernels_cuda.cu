@@ -61,10 +61,13 @@ T cast(double x) {
 double to_double(float x) { return x; }
 double to_double(bf16 x) { return __bfloat162float(x); }
 
-// The values T can hold: what a kernel reading T sees.
+// The values T can hold: what a kernel reading T sees. They pass through an array of T: built
+// in this file, g++ 12 (-O1 and up) dropped the float rounding of a two-value Vec written in place.
 template <typename T>
 Vec held(Vec v) {
-    for (double& x : v) x = to_double(cast<T>(x));
+    std::vector<T> t(v.size());
+    for (size_t i = 0; i < v.size(); ++i) t[i] = cast<T>(v[i]);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = to_double(t[i]);
     return v;
 }
 
@@ -351,6 +354,53 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
                     rdw[k], kSum);
 }
 
+// A block's output sum that also forms the next block's input (ResidualNext): against the
+// sum, the U-Net skip mix and the next block's mix + norm of the CPU reference, one after another.
+void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, bool skip, int N, int C,
+                         cudaStream_t st) {
+    const std::string tag = std::string(rc.what) + (skip ? ", then skip" : "") + ", C=" + std::to_string(C);
+    const size_t n = size_t(N) * C;
+    const double scale = 0.7;
+    const Vec x = randn(rng, n), x0 = randn(rng, n), a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n));
+    const Vec tw[4] = {randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5)};
+    const Vec sk = randn(rng, n), w = randn(rng, C, 0.5), gate = randn(rng, C), wx = randn(rng, C, 0.5),
+              w0 = randn(rng, C, 0.5);
+    std::vector<DeviceArray<float>> f32;
+    auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
+    auto da = upload<bf16>(a);
+    auto dm = upload<bf16>(m);
+    ResidualIn t;
+    ResidualTerms<double, double, double> r;
+    if (rc.x) t.x = dev(x), r.x = x.data();
+    if (rc.x0) t.x0 = dev(x0), r.x0 = x0.data();
+    if (rc.a) t.a = da.get(), r.a = a.data();
+    if (rc.m) t.m = dm.get(), r.m = m.data();
+    if (rc.wx) t.wx = dev(tw[0]), r.wx = tw[0].data();
+    if (rc.w0) t.w0 = dev(tw[1]), r.w0 = tw[1].data();
+    if (rc.wa) t.wa = dev(tw[2]), r.wa = tw[2].data();
+    if (rc.wm) t.wm = dev(tw[3]), r.wm = tw[3].data();
+    auto dsum = poisoned<float>(n);
+    auto dskip = poisoned<float>(n);
+    auto dnorm = poisoned<bf16>(n);
+    auto drstd = poisoned<float>(N);
+    ResidualNext nx;
+    if (skip) nx.s = dev(sk), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
+    nx.wx = dev(wx), nx.x0 = dev(x0), nx.w0 = dev(w0);
+    residual_forward(dsum.get(), dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
+
+    Vec sum(n), y(n), norm(n), rstd(N);
+    pg::residual_forward(sum.data(), static_cast<double*>(nullptr), rstd.data(), r, N, C, 1.0);
+    if (skip) pg::skip_mix_forward(y.data(), sum.data(), sk.data(), w.data(), gate.data(), N, C);
+    else y = sum;
+    ResidualTerms<double, double, double> mix;
+    mix.x = y.data(), mix.wx = wx.data(), mix.x0 = x0.data(), mix.w0 = w0.data();
+    pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), mix, N, C, scale);
+    E.check("residual_forward sum, " + tag, download(dsum, st), sum, kF32);
+    if (skip) E.check("residual_forward skip mix, " + tag, download(dskip, st), y, kF32);
+    E.check("residual_forward next norm, " + tag, download(dnorm, st), norm, kBf16);
+    E.check("residual_forward next rstd, " + tag, download(drstd, st), rstd, kSum);
+}
+
 }  // namespace
 
 TEST_CASE("kernel convert and accumulate: every type pair, aligned and not") {
@@ -617,7 +667,7 @@ TEST_CASE("kernel mlp activations: leaky_relu2 and swiglu, forward and backward"
     }
 }
 
-TEST_CASE("kernel smear gate and U-Net skip mix, forward and backward") {
+TEST_CASE("kernel smear gate and U-Net skip mix backward") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -648,18 +698,14 @@ TEST_CASE("kernel smear gate and U-Net skip mix, forward and backward") {
             E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kF32);
             E.check("smear_backward dgate", minus(download(gdgate, st.s), base_gate), rdgate, kSum);
         }
-        {  // U-Net skip
+        {  // U-Net skip (its forward is residual_forward's: check_residual_next)
             const Vec x = randn(rng, n), sk = randn(rng, n), w = randn(rng, C), gate = randn(rng, C), g = randn(rng, n);
             const Vec bw = randn(rng, C), bgate = randn(rng, C);
             auto dx = upload<float>(x);
             auto ds = upload<float>(sk);
             auto dw = upload<float>(w);
             auto dgate = upload<float>(gate);
-            auto dout = poisoned<float>(n);
-            skip_mix_forward(dout.get(), dx.get(), ds.get(), dw.get(), dgate.get(), N, C, st.s);
-            Vec out(n), rx(n, 0.0), rs(n, 0.0), rw(C, 0.0), rgate(C, 0.0);
-            pg::skip_mix_forward(out.data(), x.data(), sk.data(), w.data(), gate.data(), N, C);
-            E.check("skip_mix_forward", download(dout, st.s), out, kF32);
+            Vec rx(n, 0.0), rs(n, 0.0), rw(C, 0.0), rgate(C, 0.0);
             auto dg = upload<float>(g);
             auto gx = poisoned<float>(n);  // dx and ds are overwritten
             auto gs = poisoned<float>(n);
@@ -690,9 +736,12 @@ TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward an
             CAPTURE(s.C);
             CAPTURE(rc.what);
             check_residual(E, rng, rc, s.N(), s.C, st.s);
+            if (rc.sum && !rc.norm && rc.wstride)  // a block's output
+                for (bool skip : {false, true}) check_residual_next(E, rng, rc, skip, s.N(), s.C, st.s);
         }
     // Rows longer than 512 values take more chunks per lane; longer than 1024 are refused.
     for (const ResidualCase& rc : kResidualCases) check_residual(E, rng, rc, 5, 1000, st.s);
+    check_residual_next(E, rng, kResidualCases[3], true, 5, 1000, st.s);
     ResidualIn t;
     DeviceArray<float> x(1025), out(1025);
     t.x = x.get();

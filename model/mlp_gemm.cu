@@ -1,0 +1,339 @@
+// Fused MLP products (model/mlp_gemm.cuh): a persistent, warp-specialised wgmma GEMM.
+//
+// One block an SM walks output tiles of 128 x 256 (tile t: rows 128 (t / (N/256)), columns
+// 256 (t % (N/256)), so the blocks at work share few A rows and all of B stays in L2). Three
+// roles, one block:
+//   producer   one thread: a ring of 4 K stages (32 deep, TMA, 64-byte swizzle) of A and B;
+//   consumers  two warpgroups, each 64 rows x 256 columns of the tile (m64n256k16, fp32
+//              accumulators in registers); each hands a stage back as soon as its products have
+//              read it, then runs the epilogue math into a shared-memory buffer;
+//   movers     three warps that take the finished buffer to global memory (and, backward, bring
+//              the f of a later tile into it), while the consumers run the next tile.
+// The epilogue is what the kernel is about: at the record shape it moves 4x the bytes of the
+// mainloop's operands. With the consumers storing it themselves (TMA stores), every block's
+// tensor cores waited on the write bursts, all blocks at once: 236 us forward, 275 us backward
+// at M = 49152, K = 512, N = 2048 on an H100, against 147 us for the products alone (184 us
+// backward while TMA also brought f: stage loads apparently queue behind it). The movers use plain
+// 16-byte loads and stores (cp.async for f), off the TMA queue that feeds the ring. Measured so:
+// backward 249 us (cuBLAS + elementwise: 341 us), forward 275 us, no better than cuBLAS +
+// elementwise (276 us): the forward's 128 KB of stores a tile still do not keep pace.
+//
+// Shared memory holds a whole tile's epilogue: forward, f and act of one tile (the consumers
+// wait until the movers have read the previous tile out); backward, two f buffers, df written
+// over f in place. Buffers are 64-column slots of 128-byte swizzled rows, written conflict-free
+// from the accumulator layout and read as whole rows.
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+#include "common/cuda_check.cuh"
+#include "model/mlp_gemm.cuh"
+#include "model/wgmma.cuh"
+
+namespace pg {
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 32, kStages = 4, kChunk = 64, kChunks = kBN / kChunk;
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kMovers = 96;    // warps 1-3 of the producer warpgroup
+// Registers a thread: 168 at launch (65536 / 384, rounded down to 8); the producer warpgroup
+// gives some to the consumers, whose 128 accumulators and operand addresses would otherwise
+// spill. The consumers' increase waits for registers the producers have released (a block's
+// pool, not the SM's): asking for more than that hangs.
+constexpr int kLaunchRegs = 168, kProducerRegs = 56, kConsumerRegs = 216;
+static_assert(256 * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs), "register pool");
+
+using TileA = Tile<kBM, kBK>;
+using TileE = Tile<kBM, kChunk>;  // one epilogue slot: 64 columns of the tile
+constexpr int kStageBytes = TileA::BYTES + kBN * kBK * 2;
+constexpr int kEpiBytes = 2 * kChunks * TileE::BYTES;  // forward: f and act slots; backward: 2 f buffers
+constexpr int kBarriers = 2 * kStages + 4;
+constexpr int kSmemBytes = kStages * kStageBytes + kEpiBytes + kBarriers * 8 + kSmemSlack;
+
+// Mover thread i takes the 16-byte pieces i, i + kMovers, ... of `slots` epilogue slots: slot s
+// holds columns n0 + 64 (s % kChunks) of tensor s / kChunks, rows m0..m0+127. A warp covers four
+// 128-byte row segments.
+struct Piece {
+    int s, r, c;  // slot, row, 16-byte chunk of the row
+    __device__ explicit Piece(int j) : s(j / (TileE::BYTES / 16)), r(j / 8 % kBM), c(j % 8) {}
+    __device__ uint32_t smem(uint32_t buf) const { return buf + s * TileE::BYTES + TileE::off(r, c); }
+    __device__ size_t global(int N, int m0, int n0) const {
+        return size_t(m0 + r) * N + n0 + (s % kChunks) * kChunk + c * 8;
+    }
+};
+
+// Out of shared memory by 16-byte stores; rows past M stay unwritten. Plain stores: streaming
+// ones (__stcs, evict-first) measured slower, 297 / 260 us against 275 / 249 us.
+__device__ __forceinline__ void store_slots(uint32_t buf, int slots, bf16* out0, bf16* out1, int M, int N, int m0,
+                                            int n0, int i) {
+#pragma unroll 4
+    for (int j = i; j < slots * (TileE::BYTES / 16); j += kMovers) {
+        const Piece p(j);
+        uint4 v;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "r"(p.smem(buf)));
+        if (m0 + p.r < M) *reinterpret_cast<uint4*>((p.s < kChunks ? out0 : out1) + p.global(N, m0, n0)) = v;
+    }
+}
+
+// The two forms: B's layout in its stage and the epilogue. The consumers' part takes the tile's
+// accumulators (wgmma_ss layout) one 64-column chunk at a time into its shared-memory slot; the
+// movers' part takes the tile's results to global memory and readies the buffer for tile + kBufs.
+struct UpForward {
+    using TileB = Tile<kBN, kBK>;  // W: rows over N, K contiguous
+    static constexpr bool kBMN = false;
+    static constexpr int kBufs = 1;  // f in slots 0..3, act in slots 4..7
+    __device__ static void load_b(uint32_t dst, const CUtensorMap* map, int n0, int k0, uint32_t bar) {
+        tma_load(dst, map, k0, n0, bar);
+    }
+    // Thread rows r, r + 8; lane % 4 = t.
+    __device__ static void chunk(int c, const float (&acc)[kChunk / 8][4], unsigned char* buf, int r, int t,
+                                 float slope) {
+        unsigned char* const sf = buf + c * TileE::BYTES;
+        unsigned char* const sa = sf + kChunks * TileE::BYTES;
+#pragma unroll
+        for (int nb = 0; nb < kChunk / 8; ++nb)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint32_t o = TileE::off(r + 8 * h, nb) + 4 * t;
+                const uint32_t fb = pack(acc[nb][2 * h], acc[nb][2 * h + 1]);
+                const float2 v = unpack(fb);
+                const float z0 = v.x > 0.f ? v.x : slope * v.x, z1 = v.y > 0.f ? v.y : slope * v.y;
+                *reinterpret_cast<uint32_t*>(sf + o) = fb;
+                *reinterpret_cast<uint32_t*>(sa + o) = pack(z0 * z0, z1 * z1);
+            }
+    }
+    // The buffer is free for the next tile once its contents are in registers.
+    __device__ static void move(uint32_t buf, uint32_t ready, int, bf16* f, bf16* out, int M, int N,
+                                int m0, int n0, int i) {
+        store_slots(buf, 2 * kChunks, f, out, M, N, m0, n0, i);
+        mbar_arrive(ready);
+    }
+    __device__ static void prime(uint32_t, uint32_t ready, const bf16*, int, int, int, int, int) {
+        mbar_arrive(ready);
+    }
+};
+
+struct DownBackward {
+    using TileB = Tile<kBK, kBN>;  // Wp: rows over K, N contiguous, in 64-column blocks
+    static constexpr bool kBMN = true;
+    static constexpr int kBufs = 2;  // f of tiles it and it + 1, df written over it
+    __device__ static void load_b(uint32_t dst, const CUtensorMap* map, int n0, int k0, uint32_t bar) {
+#pragma unroll
+        for (int b = 0; b < kBN / 64; ++b) tma_load(dst + b * TileB::BLOCK, map, n0 + 64 * b, k0, bar);
+    }
+    __device__ static void chunk(int c, const float (&acc)[kChunk / 8][4], unsigned char* buf, int r, int t,
+                                 float slope) {
+        unsigned char* const s = buf + c * TileE::BYTES;
+#pragma unroll
+        for (int nb = 0; nb < kChunk / 8; ++nb)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                uint32_t* const p = reinterpret_cast<uint32_t*>(s + TileE::off(r + 8 * h, nb) + 4 * t);
+                const float2 x = unpack(*p);
+                const float2 g = unpack(pack(acc[nb][2 * h], acc[nb][2 * h + 1]));
+                *p = pack(g.x * (2.f * x.x * (x.x > 0.f ? 1.f : slope * slope)),
+                          g.y * (2.f * x.y * (x.y > 0.f ? 1.f : slope * slope)));
+            }
+    }
+    // f of a tile into a buffer by cp.async (rows past M as zeros), arriving on `ready` when landed.
+    // Each mover writes only pieces it has itself read out before (the same Piece numbering).
+    __device__ static void prime(uint32_t buf, uint32_t ready, const bf16* f, int M, int N, int m0, int n0, int i) {
+        for (int j = i; j < kChunks * (TileE::BYTES / 16); j += kMovers) {
+            const Piece p(j);
+            const bool valid = m0 + p.r < M;
+            cp_async16(p.smem(buf), f + (valid ? p.global(N, m0, n0) : 0), valid);
+        }
+        cp_async_mbar_arrive(ready);
+    }
+    __device__ static void move(uint32_t buf, uint32_t ready, int next_tile, const bf16* f, bf16* df, int M, int N,
+                                int m0, int n0, int i) {
+        store_slots(buf, kChunks, df, nullptr, M, N, m0, n0, i);
+        const int tiles_n = N / kBN;
+        if (next_tile < (M + kBM - 1) / kBM * tiles_n)
+            prime(buf, ready, f, M, N, next_tile / tiles_n * kBM, next_tile % tiles_n * kBN, i);
+    }
+};
+
+// map_a: x or dm; map_b: W or Wp. f: written (forward) or read (backward); out: act or df.
+template <class Form>
+__global__ void __launch_bounds__(kThreads, 1)
+    mlp_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, bf16* f,
+                    bf16* out, int M, int N, int K, float slope) {
+#if !PG_SM90
+    __trap();  // never launched: mlp_gemm_supports is false off sm_90
+#endif
+    using TileB = typename Form::TileB;
+    constexpr int kBufs = Form::kBufs, kBufBytes = kEpiBytes / kBufs;
+    unsigned char* const smem = aligned_smem();
+    unsigned char* const epi = smem + kStages * kStageBytes;
+    const uint32_t s0 = smem_addr(smem), bars = smem_addr(epi) + kEpiBytes;
+    auto stage_a = [&](int s) { return s0 + s * kStageBytes; };
+    auto stage_b = [&](int s) { return s0 + s * kStageBytes + TileA::BYTES; };
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+    // Epilogue buffer b: ready for the consumers (free, or f landed), filled with a tile's results.
+    auto ready = [&](int b) { return bars + 8 * (2 * kStages + b); };
+    auto filled = [&](int b) { return bars + 8 * (2 * kStages + 2 + b); };
+
+    const int tiles_n = N / kBN, tiles = (M + kBM - 1) / kBM * tiles_n, kbs = K / kBK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            mbar_init(full(s), 1);
+            mbar_init(empty(s), 8);  // lane 0 of each consumer warp
+        }
+        for (int b = 0; b < 2; ++b) {
+            mbar_init(ready(b), kMovers);
+            mbar_init(filled(b), 256);  // every consumer thread
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    // The block's it-th tile is tile blockIdx.x + it gridDim.x. It uses stages q = it kbs + kb
+    // (slot q % kStages, phase parity (q / kStages) & 1) and epilogue buffer it % kBufs, that
+    // buffer's u-th use (u = it / kBufs, parity u & 1).
+    const int wg = int(threadIdx.x) / 128 - 1;  // consumer warpgroup; -1: the producer's
+    if (wg < 0) {
+        wg_reg_dealloc<kProducerRegs>();
+        if (threadIdx.x == 0) {  // producer
+            int q = 0;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int m0 = tile / tiles_n * kBM, n0 = tile % tiles_n * kBN;
+                for (int kb = 0; kb < kbs; ++kb, ++q) {
+                    const int s = q % kStages;
+                    mbar_wait(empty(s), ((q / kStages) & 1) ^ 1);
+                    mbar_arrive_expect_tx(full(s), kStageBytes);
+                    tma_load(stage_a(s), &map_a, kb * kBK, m0, full(s));
+                    Form::load_b(stage_b(s), &map_b, n0, kb * kBK, full(s));
+                }
+            }
+        } else if (threadIdx.x >= 32) {  // movers
+            const int i = threadIdx.x - 32;
+            for (int b = 0; b < kBufs; ++b) {
+                const int tile = blockIdx.x + b * gridDim.x;
+                if (tile < tiles)
+                    Form::prime(smem_addr(epi) + b * kBufBytes, ready(b), f, M, N, tile / tiles_n * kBM,
+                                tile % tiles_n * kBN, i);
+            }
+            for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, ++it) {
+                const int b = it % kBufs;
+                mbar_wait(filled(b), (it / kBufs) & 1);
+                Form::move(smem_addr(epi) + b * kBufBytes, ready(b), tile + kBufs * gridDim.x, f, out, M, N,
+                           tile / tiles_n * kBM, tile % tiles_n * kBN, i);
+            }
+        }
+        return;
+    }
+
+    wg_reg_alloc<kConsumerRegs>();
+    const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+    const int r = 64 * wg + 16 * warp + lane / 4;  // this thread's tile rows: r, r + 8
+    float acc[kBN / 8][4];
+    int q = 0;
+    for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, ++it) {
+        for (int kb = 0; kb < kbs; ++kb, ++q) {
+            const int s = q % kStages;
+            mbar_wait(full(s), (q / kStages) & 1);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; ++kk)
+                wg_mma<kBN>(acc, Smem<TileA, false>{stage_a(s), 64 * wg, 16 * kk},
+                            Smem<TileB, Form::kBMN>{stage_b(s), 0, 16 * kk}, kb > 0 || kk > 0);
+            wg_commit();
+            // One group stays in flight; the stage before this one is read and goes back.
+            wg_wait<1>();
+            if (kb > 0 && lane == 0) mbar_arrive(empty((q - 1) % kStages));
+        }
+        wg_wait<0>();
+        pin(acc);
+        if (lane == 0) mbar_arrive(empty((q - 1) % kStages));
+
+        const int b = it % kBufs;
+        mbar_wait(ready(b), (it / kBufs) & 1);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+            Form::chunk(c, *reinterpret_cast<const float(*)[kChunk / 8][4]>(&acc[c * kChunk / 8]),
+                        epi + b * kBufBytes, r, lane % 4, slope);
+        mbar_arrive(filled(b));
+    }
+}
+
+// ---- host side ---------------------------------------------------------------------------------
+
+// A rows x cols bf16 row-major tensor, moved in boxes of box_rows x box_cols, box rows of 64 or
+// 128 bytes swizzled as the tiles are.
+CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows, int box_cols) {
+    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+        void* fn = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        PG_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+        PG_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr);
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }();
+    CUtensorMap map;
+    const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
+    const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)}, elem_strides[2] = {1, 1};
+    const CUtensorMapSwizzle swizzle = box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+    const CUresult res = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box,
+                                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (res != CUDA_SUCCESS) fail("mlp_gemm: cuTensorMapEncodeTiled failed (%d)", int(res));
+    return map;
+}
+
+void check_args(const char* what, int M, int N, int K, std::initializer_list<const void*> ptrs) {
+    if (!mlp_gemm_supports(M, N, K))
+        fail("%s: M=%d N=%d K=%d unsupported (needs an sm_90 GPU, K %% 32 == 0, N %% 256 == 0, M >= 1)", what, M, N, K);
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("%s: a tensor is not 16-byte aligned", what);
+}
+
+template <class Form>
+void launch(const CUtensorMap& a, const CUtensorMap& b, bf16* f, bf16* out, int M, int N, int K, float slope,
+            cudaStream_t stream) {
+    static const int sms = [] {
+        int dev = 0, n = 0;
+        PG_CHECK(cudaGetDevice(&dev));
+        PG_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+        PG_CHECK(cudaFuncSetAttribute(mlp_gemm_kernel<Form>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+        return n;
+    }();
+    const int tiles = (M + kBM - 1) / kBM * (N / kBN);
+    mlp_gemm_kernel<Form><<<std::min(tiles, sms), kThreads, kSmemBytes, stream>>>(a, b, f, out, M, N, K, slope);
+    PG_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool mlp_gemm_supports(int M, int N, int K) {
+    // sm_90a code runs on compute capability 9.0 only.
+    static const bool sm90 = [] {
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        return major == 9;
+    }();
+    return sm90 && M >= 1 && N >= kBN && N % kBN == 0 && K >= kBK && K % kBK == 0;
+}
+
+void mlp_up_forward(bf16* f, bf16* act, const bf16* x, const bf16* w, int M, int N, int K, float slope,
+                    cudaStream_t stream) {
+    check_args("mlp_up_forward", M, N, K, {f, act, x, w});
+    launch<UpForward>(tensor_map(x, M, K, kBM, kBK), tensor_map(w, N, K, kBN, kBK), f, act, M, N, K, slope, stream);
+}
+
+void mlp_down_backward(bf16* df, const bf16* dm, const bf16* wp, const bf16* f, int M, int N, int K, float slope,
+                       cudaStream_t stream) {
+    check_args("mlp_down_backward", M, N, K, {df, dm, wp, f});
+    launch<DownBackward>(tensor_map(dm, M, K, kBM, kBK), tensor_map(wp, K, N, kBK, 64), const_cast<bf16*>(f), df, M,
+                         N, K, slope, stream);
+}
+
+}  // namespace pg

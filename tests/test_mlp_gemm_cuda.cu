@@ -1,0 +1,200 @@
+// The fused MLP products (model/mlp_gemm.cuh) against their CPU oracle (model/mlp_gemm_ref.h)
+// on fresh random bf16 inputs, at odd row counts and several widths, both forms, two slopes;
+// and at the record shape against today's path, cuBLAS (model/gemm.cuh) and the elementwise
+// leaky_relu2 kernels (model/kernels.cuh).
+//
+// Tolerances, as ||gpu - ref|| / ||ref||. The GPU sums in fp32 in another order than the
+// oracle's double loop (or cuBLAS), so a product near a bf16 rounding boundary may round the
+// other way: one bf16 step (2^-8 relative) on a few elements. f: 4e-3 (one step on every element
+// would be 3.9e-3); act and df, which square or scale such an f or g: 1e-2. Outputs start as
+// NaN and carry three guard rows past M that must stay NaN.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/cuda_check.cuh"
+#include "model/gemm.cuh"
+#include "model/kernels.cuh"
+#include "model/mlp_gemm.cuh"
+#include "model/mlp_gemm_ref.h"
+#include "tests/gpu.h"
+
+using namespace pg;
+
+namespace {
+
+constexpr double kTolF = 4e-3, kTolAct = 1e-2;
+constexpr int kGuardRows = 3;
+
+uint64_t fresh_seed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}(); }
+
+// Gaussian values of standard deviation `scale`, rounded to bf16, as floats.
+std::vector<float> bf16_values(std::mt19937_64& rng, size_t n, float scale) {
+    std::normal_distribution<float> d(0.f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = round_to_bf16(d(rng));
+    return v;
+}
+
+DeviceArray<bf16> upload(const std::vector<float>& v) {
+    std::vector<bf16> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = __float2bfloat16(v[i]);
+    return DeviceArray<bf16>(h);
+}
+
+// An [M + kGuardRows, N] output, all NaN.
+DeviceArray<bf16> poisoned(int M, int N) {
+    DeviceArray<bf16> d(size_t(M + kGuardRows) * N);
+    PG_CHECK(cudaMemset(d.get(), 0xff, d.size() * sizeof(bf16)));
+    return d;
+}
+
+// The first M rows as floats; checks that the guard rows are untouched.
+std::vector<float> download(const DeviceArray<bf16>& d, int M, int N) {
+    PG_CHECK(cudaDeviceSynchronize());
+    const std::vector<bf16> h = d.download();
+    std::vector<float> v(size_t(M) * N);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = __bfloat162float(h[i]);
+    size_t guard_written = 0;
+    for (size_t i = v.size(); i < h.size(); ++i) {
+        uint16_t u;
+        std::memcpy(&u, &h[i], 2);
+        guard_written += u != 0xffff;
+    }
+    CHECK(guard_written == 0);
+    return v;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& ref, size_t* unwritten = nullptr) {
+    REQUIRE(got.size() == ref.size());
+    double num = 0, den = 0;
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        bad += !std::isfinite(got[i]);
+        num += double(got[i] - ref[i]) * (got[i] - ref[i]);
+        den += double(ref[i]) * ref[i];
+    }
+    if (unwritten) *unwritten = bad;
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+#define CHECK_CLOSE(what, got, ref, tol)                      \
+    do {                                                      \
+        size_t unwritten_ = 0;                                \
+        const double e_ = rel_error(got, ref, &unwritten_);   \
+        INFO(what << ": relative error " << e_);              \
+        CHECK(unwritten_ == 0);                               \
+        CHECK(e_ <= tol);                                     \
+    } while (0)
+
+bool fused_available() {
+    if (mlp_gemm_supports(1, 256, 32)) return true;
+    MESSAGE("skipped: the fused MLP kernels need an sm_90 GPU");
+    return false;
+}
+
+}  // namespace
+
+TEST_CASE("mlp gemm cuda: fused up forward and down backward match the CPU oracle") {
+    PG_REQUIRE_GPU();
+    if (!fused_available()) return;
+    const uint64_t seed = fresh_seed();
+    INFO("seed = " << seed);
+    std::mt19937_64 rng(seed);
+    struct Shape {
+        int N, K;
+    };
+    for (const Shape s : {Shape{256, 32}, Shape{768, 192}, Shape{2048, 512}})
+        for (int M : {1, 77, 1000})
+            for (float slope : {0.5f, 0.1f}) {
+                const int N = s.N, K = s.K;
+                CAPTURE(M);
+                CAPTURE(N);
+                CAPTURE(K);
+                CAPTURE(slope);
+                const size_t n = size_t(M) * N;
+                const float wscale = 1.f / std::sqrt(float(K));  // products of unit variance
+
+                const std::vector<float> x = bf16_values(rng, size_t(M) * K, 1.f), w = bf16_values(rng, size_t(N) * K, wscale);
+                std::vector<float> f(n), act(n);
+                mlp_up_forward_ref(f.data(), act.data(), x.data(), w.data(), M, N, K, slope);
+                auto dx = upload(x), dw = upload(w);
+                auto df_out = poisoned(M, N), dact = poisoned(M, N);
+                mlp_up_forward(df_out.get(), dact.get(), dx.get(), dw.get(), M, N, K, slope, 0);
+                const std::vector<float> gf = download(df_out, M, N), gact = download(dact, M, N);
+                CHECK_CLOSE("forward f", gf, f, kTolF);
+                CHECK_CLOSE("forward act", gact, act, kTolAct);
+                // act is the activation of the kernel's own bf16 f, bit for bit.
+                std::vector<float> own(n);
+                leaky_relu2_forward(own.data(), gf.data(), n, slope);
+                size_t differ = 0;
+                for (size_t i = 0; i < n; ++i) differ += round_to_bf16(own[i]) != gact[i];
+                CHECK(differ == 0);
+
+                const std::vector<float> dm = bf16_values(rng, size_t(M) * K, 1.f),
+                                         wp = bf16_values(rng, size_t(K) * N, wscale), fin = bf16_values(rng, n, 1.f);
+                std::vector<float> dref(n);
+                mlp_down_backward_ref(dref.data(), dm.data(), wp.data(), fin.data(), M, N, K, slope);
+                auto ddm = upload(dm), dwp = upload(wp), dfin = upload(fin);
+                auto ddf = poisoned(M, N);
+                mlp_down_backward(ddf.get(), ddm.get(), dwp.get(), dfin.get(), M, N, K, slope, 0);
+                CHECK_CLOSE("backward df", download(ddf, M, N), dref, kTolAct);
+            }
+}
+
+TEST_CASE("mlp gemm cuda: the record shape equals cuBLAS plus the elementwise leaky_relu2 kernels") {
+    PG_REQUIRE_GPU();
+    if (!fused_available()) return;
+    const uint64_t seed = fresh_seed();
+    INFO("seed = " << seed);
+    std::mt19937_64 rng(seed);
+    const int M = 49152, N = 2048, K = 512;
+    const float slope = 0.5f, wscale = 1.f / std::sqrt(float(K));
+    auto x = upload(bf16_values(rng, size_t(M) * K, 1.f)), w = upload(bf16_values(rng, size_t(N) * K, wscale));
+    auto dm = upload(bf16_values(rng, size_t(M) * K, 1.f)), wp = upload(bf16_values(rng, size_t(K) * N, wscale));
+    auto f = poisoned(M, N), act = poisoned(M, N), dact = poisoned(M, N), df = poisoned(M, N);
+    auto ff = poisoned(M, N), fact = poisoned(M, N), fdf = poisoned(M, N);
+    const size_t n = size_t(M) * N;
+
+    // Today's path: the products by cuBLASLt, then the elementwise passes.
+    Gemm gemm;
+    GemmArgs up;
+    up.M = M, up.N = N, up.K = K, up.a = x.get(), up.b = w.get(), up.trans_b = true, up.d = f.get();
+    gemm.run(up, 0);
+    leaky_relu2_forward(act.get(), f.get(), n, slope, 0);
+    GemmArgs down;
+    down.M = M, down.N = N, down.K = K, down.a = dm.get(), down.b = wp.get(), down.d = dact.get();
+    gemm.run(down, 0);
+    leaky_relu2_backward(df.get(), dact.get(), f.get(), n, slope, 0);
+
+    mlp_up_forward(ff.get(), fact.get(), x.get(), w.get(), M, N, K, slope, 0);
+    mlp_down_backward(fdf.get(), dm.get(), wp.get(), f.get(), M, N, K, slope, 0);
+
+    const std::vector<float> rf = download(f, M, N), gf = download(ff, M, N);
+    size_t same = 0;
+    for (size_t i = 0; i < n; ++i) same += rf[i] == gf[i];
+    MESSAGE("record shape: fused f equals cuBLAS's f bit for bit on " << 100.0 * same / n << "% of elements");
+    CHECK_CLOSE("record f", gf, rf, kTolF);
+    CHECK_CLOSE("record act", download(fact, M, N), download(act, M, N), kTolAct);
+    CHECK_CLOSE("record df", download(fdf, M, N), download(df, M, N), kTolAct);
+}
+
+TEST_CASE("mlp gemm: unsupported shapes are refused before launching") {
+    CHECK_FALSE(mlp_gemm_supports(0, 2048, 512));
+    CHECK_FALSE(mlp_gemm_supports(-5, 2048, 512));
+    CHECK_FALSE(mlp_gemm_supports(128, 2048, 0));
+    CHECK_FALSE(mlp_gemm_supports(128, 2048, 16));
+    CHECK_FALSE(mlp_gemm_supports(128, 2048, 100));
+    CHECK_FALSE(mlp_gemm_supports(128, 128, 512));
+    CHECK_FALSE(mlp_gemm_supports(128, 300, 512));
+    CHECK_FALSE(mlp_gemm_supports(128, 0, 512));
+    CHECK_THROWS_AS(mlp_up_forward(nullptr, nullptr, nullptr, nullptr, 128, 300, 512, 0.5f, 0), Error);
+    CHECK_THROWS_AS(mlp_down_backward(nullptr, nullptr, nullptr, nullptr, 128, 2048, 100, 0.5f, 0), Error);
+    if (gpu_available() && mlp_gemm_supports(1, 256, 32)) {
+        CHECK(mlp_gemm_supports(49152, 2048, 512));
+        CHECK(mlp_gemm_supports(77, 768, 192));
+    }
+}
