@@ -85,6 +85,9 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     const size_t hidden = cfg_.hidden_dim(), F = cfg_.swiglu ? 2 * hidden : hidden, QKV = qkv_width();
     const size_t H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, bd = cfg_.bigram_buckets > 0 ? cfg_.bigram_dim : 0;
     head_rows_ = int(std::max<size_t>(1, std::min(N, kHeadChunkValues / V)));
+    // LeakyReLU² in the MLP's products (model/mlp_gemm.cuh) where the GPU and the shape allow: it
+    // saves the elementwise passes over the [N, hidden] products, and the buffer of dact.
+    fused_mlp_ = !cfg_.swiglu && mlp_gemm_supports(1, int(hidden), int(D));
     const size_t max_entries = cfg_.layer_schedule(cfg_.recur_repeats > 1).size();
     slots_.resize(max_entries);
     dskip_.resize(cfg_.unet_skips ? max_entries / 2 : 0);
@@ -114,7 +117,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     want(dhead_, V * D);
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (float*& p : dskip_) want(p, N * D);
-    want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(dact_, N * hidden), want(df_, N * F);
+    want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(df_, N * F);
+    want(dact_, fused_mlp_ ? 0 : N * hidden);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
     want(dqkv_, N * QKV), want(dwqkv_, QKV * D), want(dbig_e_, N * bd);
@@ -197,12 +201,6 @@ void CudaModel::run(Graphs& graphs, const GraphKey& key, const std::function<voi
         it = graphs.exec.emplace(key, exec).first;
     }
     PG_CHECK(cudaGraphLaunch(it->second, stream_));
-}
-
-// LeakyReLU² in the MLP's products (model/mlp_gemm.cuh) where the GPU and the shape allow: it
-// saves the elementwise passes over the [N, hidden] products.
-bool CudaModel::fused_mlp() const {
-    return !cfg_.swiglu && mlp_gemm_supports(N_, cfg_.hidden_dim(), cfg_.model_dim);
 }
 
 QkvShape CudaModel::qkv_shape() const {
@@ -342,7 +340,7 @@ void CudaModel::block_forward(int i) {
         out.x = A.x_mid;
     }
     observe(L.fc, u, D);
-    if (fused_mlp()) {
+    if (fused_mlp_) {
         mlp_up_forward(A.f, A.act, u, W(L.fc), N, F, D, cfg_.leaky_slope, st);
     } else {
         linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
@@ -494,7 +492,7 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
 
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
     // otherwise it is u's gradient, which goes back through the second norm into dx.
-    if (fused_mlp()) {
+    if (fused_mlp_) {
         mlp_down_backward(df_, dm_, W(L.proj), A.f, N, hidden, D, cfg_.leaky_slope, st);
     } else {
         linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);

@@ -118,7 +118,6 @@ private:
     int qkv_width() const { return (cfg_.n_heads + 2 * cfg_.n_kv_heads) * cfg_.head_dim; }
     float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
     bool parallel(int l) const { return l >= cfg_.parallel_from; }
-    bool fused_mlp() const;
     bool xsa(int l) const { return l >= cfg_.n_layers - cfg_.xsa_last; }
     void observe(int param, const bf16* x, int cols) const {
         if (observer_) observer_(param, x, N_, cols);
@@ -162,6 +161,7 @@ private:
     // Forward state.
     int B_ = 0, Tn_ = 0, N_ = 0, n_enc_ = 0;
     bool recur_ = false, for_backward_ = false;
+    bool fused_mlp_ = false;  // set by the constructor
     std::vector<int> schedule_;
     std::vector<Entry> entries_;
     std::vector<Slot> slots_;  // one per entry of the longest schedule
