@@ -1398,7 +1398,6 @@ void smear_backward(float* dinp, float* dgate, const float* dout, const float* i
     launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C}, B * Tn, C, stream, {dgate});
 }
 
-
 void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x, const float* s,
                        const float* w, const float* gate, int N, int C, cudaStream_t stream) {
     launch_rows(SkipMixBackward{dx, ds, dout, x, s, w, gate, C}, N, C, stream, {dw, dgate});
@@ -1408,7 +1407,7 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
                       cudaStream_t stream, const ResidualNext* next) {
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!norm || rstd);
-    PG_CHECK(!next || (norm && (!next->s || (next->gate && next->skip_out))));
+    PG_CHECK(!next || (norm && (!next->s || (next->w && next->gate && next->skip_out))));
     auto launch = [&](auto kernel) {
         const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
         kernel<<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale, next ? *next : ResidualNext{});

@@ -79,7 +79,6 @@ void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int h
 void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
 void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B,
                     int Tn, int C, cudaStream_t stream);
-
 // U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate); the forward is residual_forward's
 // (ResidualNext). The backward OVERWRITES dx and ds (each encoder output feeds one skip; no
 // zeroing needed) and adds to dw, dgate.

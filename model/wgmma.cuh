@@ -1,6 +1,7 @@
 // Hopper (sm_90a) building blocks for matrix products: swizzled shared-memory tiles, wgmma on
 // operands in shared memory, TMA and cp.async copies and the mbarriers that track them. On
-// other architectures the sm_90 functions compile to nothing (their callers are sm_90 only).
+// sm_80, wg_mma runs as ldmatrix + mma.sync per warp; the other sm_90-only functions compile to
+// nothing there (their callers run on sm_90 only).
 #pragma once
 #include <cuda.h>
 #include <cuda_bf16.h>
