@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
 
     for (int kt = 0; kt < n_kt; ++kt) {
         const int buf = kt & 1;
-        cp_async_wait_all();
+        cp_async_wait<0>();
         fence_smem_for_tensor_cores();
         __syncthreads();  // tile kt visible; every warp is done with tile kt - 1
         if (kt + 1 < n_kt) {
@@ -367,7 +367,7 @@ __global__ void __launch_bounds__(128 * bwd_warpgroups<D>(), D <= 64 ? 3 / bwd_w
 
     for (int it = 0; it < n_it; ++it) {
         const int buf = it & 1, h = head(it), q0 = qrow0(it);
-        cp_async_wait_all();
+        cp_async_wait<0>();
         fence_smem_for_tensor_cores();
         __syncthreads();  // step it's tiles and stats visible; every warp is done with step it - 1
         float next_stat = 0.f;

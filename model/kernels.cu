@@ -15,6 +15,7 @@
 
 #include "common/cuda_check.cuh"  // PG_CHECK for CUDA calls, DeviceArray
 #include "model/atomics.cuh"
+#include "model/wgmma.cuh"  // cp.async, shared-memory addresses
 #include "model/ops_ref.h"  // kRmsEps, kXsaNormFloor: the oracle's constants are the kernels' too
 
 namespace pg {
@@ -37,15 +38,17 @@ __device__ __forceinline__ void ld8(float (&v)[8], const float* p, int cnt) {
         for (int j = 0; j < 8; ++j) v[j] = j < cnt ? p[j] : 0.f;
     }
 }
+__device__ __forceinline__ void unpack8(float (&v)[8], const uint4& u) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 f = unpack(w[k]);
+        v[2 * k] = f.x, v[2 * k + 1] = f.y;
+    }
+}
 __device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) {
     if (cnt >= 8 && aligned16(p)) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const float2 f = __bfloat1622float2(h[k]);
-            v[2 * k] = f.x, v[2 * k + 1] = f.y;
-        }
+        unpack8(v, *reinterpret_cast<const uint4*>(p));
     } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = j < cnt ? __bfloat162float(p[j]) : 0.f;
@@ -104,6 +107,51 @@ __device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) 
     for (int j = 0; j < 8; ++j) s += a[j] * b[j];
     return s;
 }
+
+// ---- loads issued ahead: a row loop's chunks of 8 values, fetched by cp.async into the
+// thread's own shared-memory slots S iterations before their use, so that many loads are in
+// flight without holding registers (qkv_prep keeps 64 registers for 4 blocks an SM; fetched
+// ahead, its backward went from 249 to 227 us at the record shape). A thread reads only its
+// own slots, so no barrier is needed. A loop fetches its first S iterations, then each
+// iteration waits, takes its chunks, and fetches iteration it + S into the slots it has just
+// used up. Chunks that are partial or not 16-byte aligned are read from global memory when
+// taken. ----
+
+template <int S, int P>  // S iterations ahead, P 16-byte pieces an iteration
+struct Ahead {
+    static constexpr int kAhead = S;
+    __host__ __device__ static size_t bytes(int threads) { return size_t(S) * P * threads * 16; }
+    uint32_t mine;  // this thread's piece 0 of stage 0
+    __device__ explicit Ahead(const void* smem) : mine(smem_addr(smem) + threadIdx.x * 16) {}
+    __device__ uint32_t slot(int it, int q) const { return mine + ((it % S) * P + q) * blockDim.x * 16; }
+    template <typename T>
+    __device__ static bool whole(const T* p, int cnt) {
+        return cnt >= 8 && aligned16(p);
+    }
+    // 8 values of T at p into pieces q.. of iteration it (bf16 one piece, fp32 two).
+    template <typename T>
+    __device__ void fetch(int it, int q, const T* p, int cnt) const {
+        constexpr int n = sizeof(T) / 2;
+        if (whole(p, cnt))
+#pragma unroll
+            for (int k = 0; k < n; ++k) cp_async16(slot(it, q + k), p + k * 8 / n, true);
+    }
+    __device__ static void commit() { cp_async_commit(); }
+    __device__ static void wait() { cp_async_wait<S - 1>(); }  // this iteration's group landed
+    template <typename T>
+    __device__ void take(float (&v)[8], int it, int q, const T* p, int cnt) const {
+        if (!whole(p, cnt)) {
+            ld8(v, p, cnt);
+        } else if constexpr (sizeof(T) == 2) {
+            unpack8(v, lds16(slot(it, q)));
+        } else {
+            const uint4 a = lds16(slot(it, q)), b = lds16(slot(it, q + 1));
+            const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = __uint_as_float(w[j]);
+        }
+    }
+};
 
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 
@@ -705,33 +753,39 @@ struct ResidualBackwardArgs {
     float scale;
     ResidualIn t;
     ResidualGrad d;
-    int slot[4];  // accumulator of each term's weight gradient (x, x0, a, m): 0, 1, or -1 for none
+    int slot[4];  // accumulator of each term's weight gradient (x, x0, a, m), or -1 for none
 };
 
-// acc0 or acc1 (by slot) += g * v over a chunk; slot is uniform over the warp.
-template <int K>
-__device__ __forceinline__ void accumulate_slot(float (&acc0)[K][8], float (&acc1)[K][8], int slot, int k,
-                                                const float (&g)[8], const float (&v)[8]) {
-    if (slot == 0) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc0[k][j] += g[j] * v[j];
-    } else if (slot == 1) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc1[k][j] += g[j] * v[j];
+// The weight-gradient sums of a residual backward pass, in shared memory rather than
+// registers: with two accumulators of a lane's row chunks in registers the kernel took 118
+// registers (two blocks an SM) and moved 2.4 TB/s. acc[slot][warp][piece][lane]: a lane's own
+// 16-byte pieces (2 a chunk), consecutive over lanes, so that no two lanes share a bank
+// phase and no thread touches another's until the block's sum.
+struct GradAcc {
+    float4* base;  // this warp's and lane's piece 0 of slot 0
+    int slot_stride;
+    // slot's sums += g * v over chunk k (slot < 0: none).
+    __device__ void add(int slot, int k, const float (&g)[8], const float (&v)[8]) const {
+        if (slot < 0) return;
+        float4* p = base + slot * slot_stride + 2 * k * 32;
+        float4 lo = p[0], hi = p[32];
+        lo.x += g[0] * v[0], lo.y += g[1] * v[1], lo.z += g[2] * v[2], lo.w += g[3] * v[3];
+        hi.x += g[4] * v[4], hi.y += g[5] * v[5], hi.z += g[6] * v[6], hi.w += g[7] * v[7];
+        p[0] = lo, p[32] = hi;
     }
-}
+};
 
 // One term's gradients over a chunk: the term's own (out = w g; added to when add) and its
 // weight's (into the slot's accumulator).
-template <int K, typename T, typename D>
-__device__ __forceinline__ void term_backward(float (&acc0)[K][8], float (&acc1)[K][8], int slot, int k,
-                                              const float (&g)[8], const T* t, const float* w, D* out, bool add,
-                                              size_t o, int c0, int cnt, int wstride) {
+template <typename T, typename D>
+__device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int k, const float (&g)[8], const T* t,
+                                              const float* w, D* out, bool add, size_t o, int c0, int cnt,
+                                              int wstride) {
     if (!t || (!out && slot < 0)) return;
     if (slot >= 0) {
         float v[8];
         ld8(v, t + o, cnt);
-        accumulate_slot<K>(acc0, acc1, slot, k, g, v);
+        acc.add(slot, k, g, v);
     }
     if (!out) return;
     float wv[8], d[8];
@@ -747,15 +801,23 @@ __device__ __forceinline__ void term_backward(float (&acc0)[K][8], float (&acc1)
     st8(out + o, d, cnt);
 }
 
+// Shared memory of residual_backward_kernel<K> with `slots` accumulators.
+constexpr size_t residual_backward_smem(int K, int slots) {
+    return size_t(slots) * kResWarps * K * 256 * sizeof(float);
+}
+
 // partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient.
 template <int K>
 __global__ void __launch_bounds__(kResWarps * 32)
-    residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, float* partial) {
-    __shared__ float red[kResWarps][K * 256];
+    residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, int slots, float* partial) {
+    extern __shared__ float4 acc_smem[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const ResidualIn& t = a.t;
     const ResidualGrad& d = a.d;
-    float acc0[K][8] = {}, acc1[K][8] = {};
+    const int slot_stride = kResWarps * K * 2 * 32;  // float4s
+    const GradAcc acc{acc_smem + warp * K * 2 * 32 + lane, slot_stride};
+    for (int s = 0; s < slots; ++s)
+        for (int p = 0; p < 2 * K; ++p) acc.base[s * slot_stride + p * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float g[K][8];
@@ -793,26 +855,23 @@ __global__ void __launch_bounds__(kResWarps * 32)
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
             if (a.dres) st8(a.dres + o, g[k], cnt);  // may alias dy: read above by this lane
-            term_backward<K>(acc0, acc1, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
-            term_backward<K>(acc0, acc1, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, true, o, c0, cnt, t.wstride);
-            term_backward<K>(acc0, acc1, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
-            term_backward<K>(acc0, acc1, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, true, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
         }
     }
-    const int slots = (a.slot[0] >= 0) + (a.slot[1] >= 0) + (a.slot[2] >= 0) + (a.slot[3] >= 0);
-    for (int s = 0; s < slots; ++s) {
-#pragma unroll
-        for (int k = 0; k < K; ++k)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) red[warp][(k * 32 + lane) * 8 + j] = s == 0 ? acc0[k][j] : acc1[k][j];
-        __syncthreads();
+    if (slots == 0) return;
+    __syncthreads();
+    const float* sums = reinterpret_cast<const float*>(acc_smem);
+    for (int s = 0; s < slots; ++s)
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            // Column c: chunk k = c / 256 of lane (c / 8) % 32, piece (c / 4) % 2, element c % 4.
+            const int at = ((c / 256 * 2 + c / 4 % 2) * 32 + c / 8 % 32) * 4 + c % 4;
             float v = 0.f;
-            for (int w = 0; w < kResWarps; ++w) v += red[w][c];
+            for (int w = 0; w < kResWarps; ++w) v += sums[(s * kResWarps + w) * K * 256 + at];
             partial[(size_t(s) * gridDim.x + blockIdx.x) * C + c] = v;
         }
-        __syncthreads();
-    }
 }
 
 // ---- per-head kernels (q/k/v prep, XSA): a group of tpv lanes (a power of two, hd <= 8 tpv)
@@ -913,25 +972,34 @@ __device__ __forceinline__ float pick8(const float (&v)[8], int i) {
 template <bool ALIGNED>
 __device__ __forceinline__ void rope8(float (&v)[8], const float2 (&cs)[8], int half, int dims, int c0, float sign) {
     const int lane = threadIdx.x & 31;
-    float out[8];
+    if constexpr (ALIGNED) {
+        // One partner lane for all 8 values: half / 8 lanes up below half, down from half on.
+        // In place: every lane has read value j by the time it is written. The kernels are
+        // bound by instruction issue, and this was most of their arithmetic.
+        const bool low = c0 < half;
+        const int src = (lane + (low ? half : -half) / 8) & 31;
+        const float s = low ? sign : -sign;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        // The lanes that hold values d + half and d - half (floor division by 8).
-        const int up = (lane + ((j + half) >> 3)) & 31, down = (lane + ((j - half) >> 3)) & 31;
-        const int d = c0 + j;
-        float hi, lo;
-        if (ALIGNED) {
-            hi = lo = __shfl_sync(kFull, v[j], d < half ? up : down);
-        } else {
-            hi = __shfl_sync(kFull, pick8(v, (j + half) & 7), up);
-            lo = __shfl_sync(kFull, pick8(v, (j - half) & 7), down);
+        for (int j = 0; j < 8; ++j) {
+            const float p = __shfl_sync(kFull, v[j], src);
+            if (c0 < dims) v[j] = v[j] * cs[j].x + s * p * cs[j].y;
         }
-        out[j] = d < half ? v[j] * cs[j].x + sign * hi * cs[j].y
-                 : d < dims ? v[j] * cs[j].x - sign * lo * cs[j].y
-                            : v[j];
-    }
+    } else {
+        float out[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = out[j];
+        for (int j = 0; j < 8; ++j) {
+            // The lanes that hold values d + half and d - half (floor division by 8).
+            const int up = (lane + ((j + half) >> 3)) & 31, down = (lane + ((j - half) >> 3)) & 31;
+            const int d = c0 + j;
+            const float hi = __shfl_sync(kFull, pick8(v, (j + half) & 7), up);
+            const float lo = __shfl_sync(kFull, pick8(v, (j - half) & 7), down);
+            out[j] = d < half ? v[j] * cs[j].x + sign * hi * cs[j].y
+                     : d < dims ? v[j] * cs[j].x - sign * lo * cs[j].y
+                                : v[j];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = out[j];
+    }
 }
 
 // The vectors of a qkv row, in order: H of q, Hkv of k, Hkv of v. A vector's role, its head
@@ -946,30 +1014,55 @@ struct QkvVec {
     }
 };
 
+// Where a lane's chunk of a qkv_prep row loop's iteration lies: iteration it takes rows from
+// (blockIdx.x + it gridDim.x) rpb on; the lane's row n, its chunk's offset o in q, k or v and
+// oi in qkv, and its valid values cnt (0 past N and on padding lanes).
+struct QkvAt {
+    int n, cnt;
+    size_t o, oi;
+    __device__ QkvAt(int it, const QkvVec& r, int N, int nv, int hd, int rpb, int vec, int j, int c0) {
+        n = (blockIdx.x + it * gridDim.x) * rpb + vec / nv;
+        cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
+        o = (size_t(n) * r.heads + r.head) * hd + c0;
+        oi = size_t(n) * nv * hd + size_t(j) * hd + c0;
+    }
+};
+using QkvFwdAhead = Ahead<3, 2>;  // qkv; v_first
+using QkvBwdAhead = Ahead<3, 3>;  // qkv; dq (fp32) or dk or dv, v_first
+
 // Every lane of a warp runs the same shuffles (group_sum, rope8) whatever its vector's role;
 // the roles differ only in straight-line code between them.
 template <bool ALIGNED>
 __global__ void __launch_bounds__(kThreads, 4)
     qkv_prep_forward_kernel(const QkvIn p, int N, int Tn, int H, int Hkv, int hd, int tpv, int rpb, const Rope rope,
                             bool norm) {
-    const int nv = H + 2 * Hkv, width = nv * hd;
+    extern __shared__ __align__(16) unsigned char ahead_smem[];
+    const int nv = H + 2 * Hkv;
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
     const QkvVec r(j, H, Hkv);
     const int dims = r.role < 2 ? rope.dims : 0;
     const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
     const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
-    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
-        const int n = n0 + vec / nv;
-        const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
-        const size_t o = (size_t(n) * r.heads + r.head) * hd + c0;
+    const bool mix = r.role == 2 && p.v_mix;
+    const QkvFwdAhead ahead(ahead_smem);
+    auto fetch = [&](int it) {
+        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        ahead.fetch(it, 0, p.qkv + a.oi, a.cnt);
+        if (mix) ahead.fetch(it, 1, p.v_first + a.o, a.cnt);
+        ahead.commit();
+    };
+    for (int it = 0; it < QkvFwdAhead::kAhead; ++it) fetch(it);
+    for (int it = 0; (blockIdx.x + it * gridDim.x) * rpb < N; ++it) {
+        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
         float v[8];
         float2 cs[8];
-        ld8(v, p.qkv + size_t(n) * width + size_t(j) * hd + c0, cnt);
-        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, n % Tn);
+        ahead.wait();
+        ahead.take(v, it, 0, p.qkv + a.oi, a.cnt);
+        rope_angles<ALIGNED>(cs, rope, a.cnt > 0 ? dims : 0, c0, a.n % Tn);
         const float ss = group_sum(dot8(v, v), tpv);
         if (r.role < 2 && norm) {
             const float rs = 1.f / sqrtf(ss / hd + float(kRmsEps));
-            if (cnt > 0 && c0 == 0) (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head] = rs;
+            if (a.cnt > 0 && c0 == 0) (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(a.n) * r.heads + r.head] = rs;
 #pragma unroll
             for (int k = 0; k < 8; ++k) v[k] *= rs;
         }
@@ -977,16 +1070,17 @@ __global__ void __launch_bounds__(kThreads, 4)
         if (r.role < 2) {
 #pragma unroll
             for (int k = 0; k < 8; ++k) v[k] *= g;
-            st8((r.role == 0 ? p.q : p.k) + o, v, cnt);
+            st8((r.role == 0 ? p.q : p.k) + a.o, v, a.cnt);
         } else {
-            if (p.v_mix) {
+            if (mix) {
                 float f[8];
-                ld8(f, p.v_first + o, cnt);
+                ahead.take(f, it, 1, p.v_first + a.o, a.cnt);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) v[k] = vm0 * v[k] + vm1 * f[k];
             }
-            st8(p.v + o, v, cnt);
+            st8(p.v + a.o, v, a.cnt);
         }
+        fetch(it + QkvFwdAhead::kAhead);
     }
 }
 
@@ -998,40 +1092,52 @@ template <bool ALIGNED>
 __global__ void __launch_bounds__(kThreads, 4)
     qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv, int hd,
                              int tpv, int rpb, const Rope rope, bool norm) {
-    extern __shared__ float sums[];  // [vectors of the block][2]
-    const int nv = H + 2 * Hkv, width = nv * hd;
+    extern __shared__ __align__(16) unsigned char ahead_smem[];  // the loads ahead, then sums
+    const int nv = H + 2 * Hkv;
+    float* const sums = reinterpret_cast<float*>(ahead_smem + QkvBwdAhead::bytes(blockDim.x));  // [vectors][2]
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
     const QkvVec r(j, H, Hkv);
     const int dims = r.role < 2 ? rope.dims : 0;
     const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
     const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
+    const bool mix = r.role == 2 && p.v_mix;
+    const QkvBwdAhead ahead(ahead_smem);
+    auto fetch = [&](int it) {
+        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        ahead.fetch(it, 0, p.qkv + a.oi, a.cnt);
+        if (r.role == 0) ahead.fetch(it, 1, d.dq + a.o, a.cnt);
+        else ahead.fetch(it, 1, (r.role == 1 ? d.dk : d.dv) + a.o, a.cnt);
+        if (mix) ahead.fetch(it, 2, p.v_first + a.o, a.cnt);
+        ahead.commit();
+    };
+    for (int it = 0; it < QkvBwdAhead::kAhead; ++it) fetch(it);
     float s0 = 0.f, s1 = 0.f;
-    for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
-        const int n = n0 + vec / nv;
-        const int cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
-        const size_t o = (size_t(n) * r.heads + r.head) * hd + c0, oi = size_t(n) * width + size_t(j) * hd + c0;
+    for (int it = 0; (blockIdx.x + it * gridDim.x) * rpb < N; ++it) {
+        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        const int cnt = a.cnt;
         float vx[8], vd[8];
         float2 cs[8];
-        ld8(vx, p.qkv + oi, cnt);
-        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, n % Tn);
+        ahead.wait();
+        ahead.take(vx, it, 0, p.qkv + a.oi, cnt);
+        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, a.n % Tn);
         float rs = 1.f;
         if (r.role < 2) {
             if (r.role == 0) {
-                ld8(vd, d.dq + o, cnt);
+                ahead.take(vd, it, 1, d.dq + a.o, cnt);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) vd[k] *= d.dq_scale;
             } else {
-                ld8(vd, d.dk + o, cnt);
+                ahead.take(vd, it, 1, d.dk + a.o, cnt);
             }
-            if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(n) * r.heads + r.head];
+            if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(a.n) * r.heads + r.head];
 #pragma unroll
             for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input
         } else {
-            ld8(vd, d.dv + o, cnt);
+            ahead.take(vd, it, 1, d.dv + a.o, cnt);
             for (const float* from : {d.dv_add, d.dv_add2}) {
                 if (!from) continue;
                 float e[8];
-                ld8(e, from + o, cnt);
+                ld8(e, from + a.o, cnt);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) vd[k] += e[k];
             }
@@ -1044,9 +1150,9 @@ __global__ void __launch_bounds__(kThreads, 4)
             // vd = g R^T(dq), the normed input's gradient; then back through the norm.
 #pragma unroll
             for (int k = 0; k < 8; ++k) vd[k] = norm ? g * rs * (vd[k] - vx[k] * m) : g * vd[k];
-        } else if (p.v_mix) {
+        } else if (mix) {
             float f[8], df[8];
-            ld8(f, p.v_first + o, cnt);
+            ahead.take(f, it, 2, p.v_first + a.o, cnt);
             s0 += part;
             s1 += dot8(vd, f);
 #pragma unroll
@@ -1054,9 +1160,10 @@ __global__ void __launch_bounds__(kThreads, 4)
                 df[k] = vm1 * vd[k];
                 vd[k] *= vm0;
             }
-            add8(d.dv_first + o, df, cnt);
+            add8(d.dv_first + a.o, df, cnt);
         }
-        st8(d.dqkv + oi, vd, cnt);
+        st8(d.dqkv + a.oi, vd, cnt);
+        fetch(it + QkvBwdAhead::kAhead);
     }
     s0 = group_sum(s0, tpv);
     s1 = group_sum(s1, tpv);
@@ -1329,8 +1436,9 @@ void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
     const Rope rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
     with_rope_alignment(rope, [&](auto aligned) {
         const auto kernel = qkv_prep_forward_kernel<decltype(aligned)::value>;
-        kernel<<<one_wave(kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(p, s.N(), s.Tn, s.H, s.Hkv, s.hd,
-                                                                                 L.tpv, L.rpb, rope, s.norm);
+        const size_t smem = QkvFwdAhead::bytes(L.threads);
+        const int blocks = one_wave(kernel, L.threads, smem, L.work);
+        kernel<<<blocks, L.threads, smem, stream>>>(p, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, rope, s.norm);
         PG_CHECK_LAUNCH();
     });
 }
@@ -1339,7 +1447,7 @@ void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cuda
     const HeadLaunch L = qkv_launch(s);
     PG_CHECK(!p.v_mix || (p.v_first && d.dv_first && d.dv_mix));
     const Rope rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
-    const size_t smem = size_t(2 * (L.threads / L.tpv)) * sizeof(float);
+    const size_t smem = QkvBwdAhead::bytes(L.threads) + size_t(2 * (L.threads / L.tpv)) * sizeof(float);
     with_rope_alignment(rope, [&](auto aligned) {
         const auto kernel = qkv_prep_backward_kernel<decltype(aligned)::value>;
         const int blocks = one_wave(kernel, L.threads, smem, L.work);
@@ -1429,12 +1537,15 @@ void residual_backward(float* dres, const float* dy, const float* dadd, const bf
     int slots = 0;
     for (int i = 0; i < 4; ++i)
         if (dw[i]) a.slot[i] = slots++;
-    PG_CHECK(slots <= 2);  // the kernel keeps two accumulators
     with_res_chunks(C, [&](auto k) {
         const auto kernel = residual_backward_kernel<decltype(k)::value>;
-        const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
+        const int threads = kResWarps * 32;
+        const size_t smem = residual_backward_smem(decltype(k)::value, slots);
+        if (smem > 48 * 1024)
+            PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        const int blocks = one_wave(kernel, threads, smem, (N + kResWarps - 1) / kResWarps);
         float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
-        kernel<<<blocks, threads, 0, stream>>>(a, N, C, partial);
+        kernel<<<blocks, threads, smem, stream>>>(a, N, C, slots, partial);
         PG_CHECK_LAUNCH();
         PartialSums f;
         for (int i = 0; i < 4; ++i)

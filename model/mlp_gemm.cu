@@ -71,10 +71,7 @@ __device__ __forceinline__ void store_slots(uint32_t buf, int slots, bf16* out0,
 #pragma unroll 4
     for (int j = i; j < slots * (TileE::BYTES / 16); j += kMovers) {
         const Piece p(j);
-        uint4 v;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "r"(p.smem(buf)));
+        const uint4 v = lds16(p.smem(buf));
         if (m0 + p.r < M) *reinterpret_cast<uint4*>((p.s < kChunks ? out0 : out1) + p.global(N, m0, n0)) = v;
     }
 }
