@@ -127,7 +127,8 @@ struct MlpBenchArgs {
 };
 
 // Up forward (f = x W^T, act = leaky2(f)) and down backward (df = leaky2'(f) * dm Wp), each as
-// the product alone, the product + the elementwise pass, and fused. Per layer at the record
+// the product alone, the product + the elementwise pass, and fused (which keeps act and f's
+// signs in place of f). Per layer at the record
 // shape the model runs both once.
 void bench_mlp(const MlpBenchArgs& a) {
     const DeviceInfo dev = detect_device();
@@ -140,6 +141,8 @@ void bench_mlp(const MlpBenchArgs& a) {
     for (auto [p, n] : std::initializer_list<std::pair<bf16**, size_t>>{
              {&x, nx}, {&w, nw}, {&f, nf}, {&act, nf}, {&dact, nf}, {&df, nf}})
         PG_CHECK(cudaMalloc(p, n * sizeof(bf16)));
+    uint32_t* signs;
+    PG_CHECK(cudaMalloc(&signs, mlp_sign_words(M, N) * sizeof(uint32_t)));
     fill_random<<<1024, 256>>>(x, nx, 1);
     fill_random<<<1024, 256>>>(w, nw, 2);
     fill_random<<<1024, 256>>>(f, nf, 3);
@@ -157,13 +160,13 @@ void bench_mlp(const MlpBenchArgs& a) {
         gemm.run(up, 0);
         leaky_relu2_forward(act, f, nf, s, 0);
     });
-    const double fwd_fused = med_us([&] { mlp_up_forward(f, act, x, w, M, N, K, s, 0); });
+    const double fwd_fused = med_us([&] { mlp_up_forward(act, signs, x, w, M, N, K, s, 0); });
     const double bwd_gemm = med_us([&] { gemm.run(down, 0); });
     const double bwd_today = med_us([&] {
         gemm.run(down, 0);
         leaky_relu2_backward(df, dact, f, nf, s, 0);
     });
-    const double bwd_fused = med_us([&] { mlp_down_backward(df, x, w, f, M, N, K, s, 0); });
+    const double bwd_fused = med_us([&] { mlp_down_backward(df, x, w, act, signs, M, N, K, s, 0); });
     const double flops = 2.0 * M * N * K;
     std::printf("shape M=%d K=%d N=%d, %.1f GFLOP a product; medians of %d runs after %d warm-up\n", M, K, N,
                 flops * 1e-9, a.reps, a.warmup);
@@ -177,6 +180,7 @@ void bench_mlp(const MlpBenchArgs& a) {
     line("bwd cuBLAS + leaky_relu2_backward", bwd_today);
     line("bwd fused mlp_down_backward", bwd_fused);
     for (bf16* p : {x, w, f, act, dact, df}) PG_CHECK(cudaFree(p));
+    PG_CHECK(cudaFree(signs));
     std::string name = dev.name;
     std::replace(name.begin(), name.end(), ' ', '_');
     std::printf("RESULT fwd_fused_us=%.1f fwd_today_us=%.1f bwd_fused_us=%.1f bwd_today_us=%.1f device=%s\n", fwd_fused,

@@ -8,20 +8,25 @@
 //              accumulators in registers); each hands a stage back as soon as its products have
 //              read it, then runs the epilogue math into a shared-memory buffer;
 //   movers     three warps that take the finished buffer to global memory (and, backward, bring
-//              the f of a later tile into it), while the consumers run the next tile.
+//              the act of a later tile into it), while the consumers run the next tile.
 // The epilogue is what the kernel is about: at the record shape it moves 4x the bytes of the
 // mainloop's operands. With the consumers storing it themselves (TMA stores), every block's
 // tensor cores waited on the write bursts, all blocks at once: 236 us forward, 275 us backward
 // at M = 49152, K = 512, N = 2048 on an H100, against 147 us for the products alone (184 us
 // backward while TMA also brought f: stage loads apparently queue behind it). The movers use plain
-// 16-byte loads and stores (cp.async for f), off the TMA queue that feeds the ring. Measured so:
-// backward 249 us (cuBLAS + elementwise: 341 us), forward 275 us, no better than cuBLAS +
-// elementwise (276 us): the forward's 128 KB of stores a tile still do not keep pace.
+// 16-byte loads and stores (cp.async for act), off the TMA queue that feeds the ring: backward
+// 249 us (cuBLAS + elementwise: 341 us), forward 275 us while it stored f and act, 128 KB a
+// tile, no better than cuBLAS + elementwise (276 us). Storing act and f's signs in place of f
+// (model/mlp_gemm.cuh), 68 KB a tile, took the forward to 206 us. The movers are no place for
+// the activation's arithmetic: given it, they held both forms back (216 / 331 us). Nor do they
+// hold the backward back: with act brought in by TMA instead of their cp.async, it ran at the
+// same 253 us.
 //
-// Shared memory holds a whole tile's epilogue: forward, f and act of one tile (the consumers
-// wait until the movers have read the previous tile out); backward, two f buffers, df written
-// over f in place. Buffers are 64-column slots of 128-byte swizzled rows, written conflict-free
-// from the accumulator layout and read as whole rows.
+// Shared memory holds two tiles' epilogues, 64 KB each, so the consumers fill one while the
+// movers empty the other: forward, act; backward, the act that the movers brought in, df written
+// over it in place. Slots are 64 columns of 128-byte swizzled rows, written conflict-free from
+// the accumulator layout and read as whole rows. The signs go between the consumers' registers
+// and global memory directly, one 16-byte word a thread and tile.
 #include <cudaTypedefs.h>
 
 #include <algorithm>
@@ -48,123 +53,133 @@ static_assert(256 * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProdu
 using TileA = Tile<kBM, kBK>;
 using TileE = Tile<kBM, kChunk>;  // one epilogue slot: 64 columns of the tile
 constexpr int kStageBytes = TileA::BYTES + kBN * kBK * 2;
-constexpr int kEpiBytes = 2 * kChunks * TileE::BYTES;  // forward: f and act slots; backward: 2 f buffers
+constexpr int kBufs = 2;  // epilogue buffers: the consumers fill one while the movers empty the other
+constexpr int kBufBytes = kChunks * TileE::BYTES, kEpiBytes = kBufs * kBufBytes;
 constexpr int kBarriers = 2 * kStages + 4;
 constexpr int kSmemBytes = kStages * kStageBytes + kEpiBytes + kBarriers * 8 + kSmemSlack;
 
-// Mover thread i takes the 16-byte pieces i, i + kMovers, ... of `slots` epilogue slots: slot s
-// holds columns n0 + 64 (s % kChunks) of tensor s / kChunks, rows m0..m0+127. A warp covers four
-// 128-byte row segments.
+// Mover thread i takes the 16-byte pieces i, i + kMovers, ... of a tile's slots: slot s holds
+// columns n0 + 64 s, rows m0..m0+127. A warp covers four 128-byte row segments.
 struct Piece {
     int s, r, c;  // slot, row, 16-byte chunk of the row
     __device__ explicit Piece(int j) : s(j / (TileE::BYTES / 16)), r(j / 8 % kBM), c(j % 8) {}
     __device__ uint32_t smem(uint32_t buf) const { return buf + s * TileE::BYTES + TileE::off(r, c); }
     __device__ size_t global(int N, int m0, int n0) const {
-        return size_t(m0 + r) * N + n0 + (s % kChunks) * kChunk + c * 8;
+        return size_t(m0 + r) * N + n0 + s * kChunk + c * 8;
     }
 };
 
 // Out of shared memory by 16-byte stores; rows past M stay unwritten. Plain stores: streaming
 // ones (__stcs, evict-first) measured slower, 297 / 260 us against 275 / 249 us.
-__device__ __forceinline__ void store_slots(uint32_t buf, int slots, bf16* out0, bf16* out1, int M, int N, int m0,
-                                            int n0, int i) {
+__device__ __forceinline__ void store_slots(uint32_t buf, bf16* out, int M, int N, int m0, int n0, int i) {
 #pragma unroll 4
-    for (int j = i; j < slots * (TileE::BYTES / 16); j += kMovers) {
+    for (int j = i; j < kChunks * (TileE::BYTES / 16); j += kMovers) {
         const Piece p(j);
         const uint4 v = lds16(p.smem(buf));
-        if (m0 + p.r < M) *reinterpret_cast<uint4*>((p.s < kChunks ? out0 : out1) + p.global(N, m0, n0)) = v;
+        if (m0 + p.r < M) *reinterpret_cast<uint4*>(out + p.global(N, m0, n0)) = v;
     }
 }
 
+// One MUFU operation (relative error ~2^-23, against act's 2^-9), not sqrtf's correctly rounded
+// sequence: the backward's epilogue takes a root an element.
+__device__ __forceinline__ float sqrt_approx(float x) {
+    float y;
+    asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // The two forms: B's layout in its stage and the epilogue. The consumers' part takes the tile's
-// accumulators (wgmma_ss layout) one 64-column chunk at a time into its shared-memory slot; the
-// movers' part takes the tile's results to global memory and readies the buffer for tile + kBufs.
+// accumulators (wgmma_ss layout) one 64-column chunk at a time into its shared-memory slot, with
+// f's signs (thread rows r, r + 8, lane % 4 = t; bit 4 nb + 2 h + e of `neg` is the sign bit of
+// acc[nb][2 h + e]); the movers' part takes the tile's results to global memory and readies the
+// buffer for the block's tile after next. The consumers' tensor cores wait while they run it,
+// hence the bit arithmetic.
 struct UpForward {
     using TileB = Tile<kBN, kBK>;  // W: rows over N, K contiguous
-    static constexpr bool kBMN = false;
-    static constexpr int kBufs = 1;  // f in slots 0..3, act in slots 4..7
+    static constexpr bool kBMN = false, kForward = true;
     __device__ static void load_b(uint32_t dst, const CUtensorMap* map, int n0, int k0, uint32_t bar) {
         tma_load(dst, map, k0, n0, bar);
     }
-    // Thread rows r, r + 8; lane % 4 = t.
     __device__ static void chunk(int c, const float (&acc)[kChunk / 8][4], unsigned char* buf, int r, int t,
-                                 float slope) {
-        unsigned char* const sf = buf + c * TileE::BYTES;
-        unsigned char* const sa = sf + kChunks * TileE::BYTES;
+                                 float slope, uint32_t& neg) {
+        unsigned char* const s = buf + c * TileE::BYTES;
+        neg = 0;
 #pragma unroll
         for (int nb = 0; nb < kChunk / 8; ++nb)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const uint32_t o = TileE::off(r + 8 * h, nb) + 4 * t;
                 const uint32_t fb = pack(acc[nb][2 * h], acc[nb][2 * h + 1]);
-                const float2 v = unpack(fb);
-                const float z0 = v.x > 0.f ? v.x : slope * v.x, z1 = v.y > 0.f ? v.y : slope * v.y;
-                *reinterpret_cast<uint32_t*>(sf + o) = fb;
-                *reinterpret_cast<uint32_t*>(sa + o) = pack(z0 * z0, z1 * z1);
+                const float2 f = unpack(fb);
+                const float z0 = f.x > 0.f ? f.x : slope * f.x, z1 = f.y > 0.f ? f.y : slope * f.y;
+                const int bit = 4 * nb + 2 * h;  // the bf16 pair's sign bits 15 and 31 to bit, bit + 1
+                neg |= (bit < 15 ? fb >> (15 - bit) : fb << (bit - 15)) & (1u << bit) |
+                       (bit < 30 ? fb >> (30 - bit) : fb << (bit - 30)) & (2u << bit);
+                *reinterpret_cast<uint32_t*>(s + TileE::off(r + 8 * h, nb) + 4 * t) = pack(z0 * z0, z1 * z1);
             }
     }
-    // The buffer is free for the next tile once its contents are in registers.
-    __device__ static void move(uint32_t buf, uint32_t ready, int, bf16* f, bf16* out, int M, int N,
-                                int m0, int n0, int i) {
-        store_slots(buf, 2 * kChunks, f, out, M, N, m0, n0, i);
+    __device__ static void prime(uint32_t, uint32_t ready, const bf16*, int, int, int, int, int) {
         mbar_arrive(ready);
     }
-    __device__ static void prime(uint32_t, uint32_t ready, const bf16*, int, int, int, int, int) {
+    // The buffer is free again once its contents are in registers.
+    __device__ static void move(uint32_t buf, uint32_t ready, int, const bf16*, bf16* act, int M, int N, int m0,
+                                int n0, int i) {
+        store_slots(buf, act, M, N, m0, n0, i);
         mbar_arrive(ready);
     }
 };
 
 struct DownBackward {
     using TileB = Tile<kBK, kBN>;  // Wp: rows over K, N contiguous, in 64-column blocks
-    static constexpr bool kBMN = true;
-    static constexpr int kBufs = 2;  // f of tiles it and it + 1, df written over it
+    static constexpr bool kBMN = true, kForward = false;
     __device__ static void load_b(uint32_t dst, const CUtensorMap* map, int n0, int k0, uint32_t bar) {
 #pragma unroll
         for (int b = 0; b < kBN / 64; ++b) tma_load(dst + b * TileB::BLOCK, map, n0 + 64 * b, k0, bar);
     }
+    // df written over act in place; g is taken in fp32, not rounded to bf16 first.
     __device__ static void chunk(int c, const float (&acc)[kChunk / 8][4], unsigned char* buf, int r, int t,
-                                 float slope) {
+                                 float slope, uint32_t& neg) {
         unsigned char* const s = buf + c * TileE::BYTES;
+        auto df = [&](float g, float a, int bit) { return g * sqrt_approx(a) * (neg >> bit & 1 ? -2.f * slope : 2.f); };
 #pragma unroll
         for (int nb = 0; nb < kChunk / 8; ++nb)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 uint32_t* const p = reinterpret_cast<uint32_t*>(s + TileE::off(r + 8 * h, nb) + 4 * t);
-                const float2 x = unpack(*p);
-                const float2 g = unpack(pack(acc[nb][2 * h], acc[nb][2 * h + 1]));
-                *p = pack(g.x * (2.f * x.x * (x.x > 0.f ? 1.f : slope * slope)),
-                          g.y * (2.f * x.y * (x.y > 0.f ? 1.f : slope * slope)));
+                const float2 a = unpack(*p);
+                const int bit = 4 * nb + 2 * h;
+                *p = pack(df(acc[nb][2 * h], a.x, bit), df(acc[nb][2 * h + 1], a.y, bit + 1));
             }
     }
-    // f of a tile into a buffer by cp.async (rows past M as zeros), arriving on `ready` when landed.
-    // Each mover writes only pieces it has itself read out before (the same Piece numbering).
-    __device__ static void prime(uint32_t buf, uint32_t ready, const bf16* f, int M, int N, int m0, int n0, int i) {
+    // act of a tile into a buffer by cp.async (rows past M as zeros), arriving on `ready` when
+    // landed. Each mover writes only pieces it has itself read out before (the same Piece numbering).
+    __device__ static void prime(uint32_t buf, uint32_t ready, const bf16* act, int M, int N, int m0, int n0,
+                                 int i) {
         for (int j = i; j < kChunks * (TileE::BYTES / 16); j += kMovers) {
             const Piece p(j);
             const bool valid = m0 + p.r < M;
-            cp_async16(p.smem(buf), f + (valid ? p.global(N, m0, n0) : 0), valid);
+            cp_async16(p.smem(buf), act + (valid ? p.global(N, m0, n0) : 0), valid);
         }
         cp_async_mbar_arrive(ready);
     }
-    __device__ static void move(uint32_t buf, uint32_t ready, int next_tile, const bf16* f, bf16* df, int M, int N,
+    __device__ static void move(uint32_t buf, uint32_t ready, int next_tile, const bf16* act, bf16* df, int M, int N,
                                 int m0, int n0, int i) {
-        store_slots(buf, kChunks, df, nullptr, M, N, m0, n0, i);
+        store_slots(buf, df, M, N, m0, n0, i);
         const int tiles_n = N / kBN;
         if (next_tile < (M + kBM - 1) / kBM * tiles_n)
-            prime(buf, ready, f, M, N, next_tile / tiles_n * kBM, next_tile % tiles_n * kBN, i);
+            prime(buf, ready, act, M, N, next_tile / tiles_n * kBM, next_tile % tiles_n * kBN, i);
     }
 };
 
-// map_a: x or dm; map_b: W or Wp. f: written (forward) or read (backward); out: act or df.
+// map_a: x or dm; map_b: W or Wp; in: act (backward; unused forward); out: act or df. signs:
+// f's, written (forward) or read (backward), one 16-byte word a consumer thread and tile.
 template <class Form>
 __global__ void __launch_bounds__(kThreads, 1)
-    mlp_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, bf16* f,
-                    bf16* out, int M, int N, int K, float slope) {
+    mlp_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                    const bf16* in, bf16* out, uint4* signs, int M, int N, int K, float slope) {
 #if !PG_SM90
     __trap();  // never launched: mlp_gemm_supports is false off sm_90
 #endif
     using TileB = typename Form::TileB;
-    constexpr int kBufs = Form::kBufs, kBufBytes = kEpiBytes / kBufs;
     unsigned char* const smem = aligned_smem();
     unsigned char* const epi = smem + kStages * kStageBytes;
     const uint32_t s0 = smem_addr(smem), bars = smem_addr(epi) + kEpiBytes;
@@ -172,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto stage_b = [&](int s) { return s0 + s * kStageBytes + TileA::BYTES; };
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (kStages + s); };
-    // Epilogue buffer b: ready for the consumers (free, or f landed), filled with a tile's results.
+    // Epilogue buffer b: ready for the consumers (free, or act landed), filled with a tile's results.
     auto ready = [&](int b) { return bars + 8 * (2 * kStages + b); };
     auto filled = [&](int b) { return bars + 8 * (2 * kStages + 2 + b); };
 
@@ -182,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             mbar_init(full(s), 1);
             mbar_init(empty(s), 8);  // lane 0 of each consumer warp
         }
-        for (int b = 0; b < 2; ++b) {
+        for (int b = 0; b < kBufs; ++b) {
             mbar_init(ready(b), kMovers);
             mbar_init(filled(b), 256);  // every consumer thread
         }
@@ -210,17 +225,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
         } else if (threadIdx.x >= 32) {  // movers
             const int i = threadIdx.x - 32;
+            const uint32_t buf = smem_addr(epi);
             for (int b = 0; b < kBufs; ++b) {
                 const int tile = blockIdx.x + b * gridDim.x;
                 if (tile < tiles)
-                    Form::prime(smem_addr(epi) + b * kBufBytes, ready(b), f, M, N, tile / tiles_n * kBM,
-                                tile % tiles_n * kBN, i);
+                    Form::prime(buf + b * kBufBytes, ready(b), in, M, N, tile / tiles_n * kBM, tile % tiles_n * kBN, i);
             }
             for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, ++it) {
                 const int b = it % kBufs;
                 mbar_wait(filled(b), (it / kBufs) & 1);
-                Form::move(smem_addr(epi) + b * kBufBytes, ready(b), tile + kBufs * gridDim.x, f, out, M, N,
-                           tile / tiles_n * kBM, tile % tiles_n * kBN, i);
+                Form::move(buf + b * kBufBytes, ready(b), tile + kBufs * gridDim.x, in, out, M, N, tile / tiles_n * kBM,
+                           tile % tiles_n * kBN, i);
             }
         }
         return;
@@ -232,6 +247,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 8][4];
     int q = 0;
     for (int tile = blockIdx.x, it = 0; tile < tiles; tile += gridDim.x, ++it) {
+        uint4* const tile_signs = signs + size_t(tile) * 256 + threadIdx.x - 128;
+        uint32_t neg[kChunks];  // read while the products run
+        if constexpr (!Form::kForward) {
+            const uint4 v = __ldg(tile_signs);
+            neg[0] = v.x, neg[1] = v.y, neg[2] = v.z, neg[3] = v.w;
+        }
         for (int kb = 0; kb < kbs; ++kb, ++q) {
             const int s = q % kStages;
             mbar_wait(full(s), (q / kStages) & 1);
@@ -254,8 +275,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int c = 0; c < kChunks; ++c)
             Form::chunk(c, *reinterpret_cast<const float(*)[kChunk / 8][4]>(&acc[c * kChunk / 8]),
-                        epi + b * kBufBytes, r, lane % 4, slope);
+                        epi + b * kBufBytes, r, lane % 4, slope, neg[c]);
         mbar_arrive(filled(b));
+        if constexpr (Form::kForward) *tile_signs = make_uint4(neg[0], neg[1], neg[2], neg[3]);
     }
 }
 
@@ -290,8 +312,8 @@ void check_args(const char* what, int M, int N, int K, std::initializer_list<con
 }
 
 template <class Form>
-void launch(const CUtensorMap& a, const CUtensorMap& b, bf16* f, bf16* out, int M, int N, int K, float slope,
-            cudaStream_t stream) {
+void launch(const CUtensorMap& a, const CUtensorMap& b, const bf16* in, bf16* out, const uint32_t* signs, int M, int N,
+            int K, float slope, cudaStream_t stream) {
     static const int sms = [] {
         int dev = 0, n = 0;
         PG_CHECK(cudaGetDevice(&dev));
@@ -300,7 +322,8 @@ void launch(const CUtensorMap& a, const CUtensorMap& b, bf16* f, bf16* out, int 
         return n;
     }();
     const int tiles = (M + kBM - 1) / kBM * (N / kBN);
-    mlp_gemm_kernel<Form><<<std::min(tiles, sms), kThreads, kSmemBytes, stream>>>(a, b, f, out, M, N, K, slope);
+    mlp_gemm_kernel<Form><<<std::min(tiles, sms), kThreads, kSmemBytes, stream>>>(
+        a, b, in, out, reinterpret_cast<uint4*>(const_cast<uint32_t*>(signs)), M, N, K, slope);
     PG_CHECK_LAUNCH();
 }
 
@@ -320,17 +343,18 @@ bool mlp_gemm_supports(int M, int N, int K) {
     return sm90 && M >= 1 && N >= kBN && N % kBN == 0 && K >= kBK && K % kBK == 0;
 }
 
-void mlp_up_forward(bf16* f, bf16* act, const bf16* x, const bf16* w, int M, int N, int K, float slope,
+void mlp_up_forward(bf16* act, uint32_t* signs, const bf16* x, const bf16* w, int M, int N, int K, float slope,
                     cudaStream_t stream) {
-    check_args("mlp_up_forward", M, N, K, {f, act, x, w});
-    launch<UpForward>(tensor_map(x, M, K, kBM, kBK), tensor_map(w, N, K, kBN, kBK), f, act, M, N, K, slope, stream);
+    check_args("mlp_up_forward", M, N, K, {act, signs, x, w});
+    launch<UpForward>(tensor_map(x, M, K, kBM, kBK), tensor_map(w, N, K, kBN, kBK), nullptr, act, signs, M, N, K,
+                      slope, stream);
 }
 
-void mlp_down_backward(bf16* df, const bf16* dm, const bf16* wp, const bf16* f, int M, int N, int K, float slope,
-                       cudaStream_t stream) {
-    check_args("mlp_down_backward", M, N, K, {df, dm, wp, f});
-    launch<DownBackward>(tensor_map(dm, M, K, kBM, kBK), tensor_map(wp, K, N, kBK, 64), const_cast<bf16*>(f), df, M,
-                         N, K, slope, stream);
+void mlp_down_backward(bf16* df, const bf16* dm, const bf16* wp, const bf16* act, const uint32_t* signs, int M, int N,
+                       int K, float slope, cudaStream_t stream) {
+    check_args("mlp_down_backward", M, N, K, {df, dm, wp, act, signs});
+    launch<DownBackward>(tensor_map(dm, M, K, kBM, kBK), tensor_map(wp, K, N, kBK, 64), act, df, signs, M, N, K,
+                         slope, stream);
 }
 
 }  // namespace pg

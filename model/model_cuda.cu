@@ -86,7 +86,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     const size_t H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, bd = cfg_.bigram_buckets > 0 ? cfg_.bigram_dim : 0;
     head_rows_ = int(std::max<size_t>(1, std::min(N, kHeadChunkValues / V)));
     // LeakyReLU² in the MLP's products (model/mlp_gemm.cuh) where the GPU and the shape allow: it
-    // saves the elementwise passes over the [N, hidden] products, and the buffer of dact.
+    // saves the elementwise passes over the [N, hidden] products, the buffer of dact, and f's
+    // (act and f's signs stand in for it).
     fused_mlp_ = !cfg_.swiglu && mlp_gemm_supports(1, int(hidden), int(D));
     const size_t max_entries = cfg_.layer_schedule(cfg_.recur_repeats > 1).size();
     slots_.resize(max_entries);
@@ -111,7 +112,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
         for (bf16** p : {&s.h, &s.a, &s.u, &s.m}) want(*p, N * D);
         for (bf16** p : {&s.q, &s.y, &s.y_xsa}) want(*p, N * QD);
         for (bf16** p : {&s.k, &s.v}) want(*p, N * KVD);
-        want(s.qkv, N * QKV), want(s.f, N * F), want(s.act, N * hidden);
+        want(s.qkv, N * QKV), want(s.act, N * hidden);
+        want(s.f, fused_mlp_ ? 0 : N * F), want(s.f_signs, fused_mlp_ ? mlp_sign_words(int(N), int(hidden)) : 0);
     }
     for (float** p : {&dx_, &dblock_, &dx0_, &dxf_}) want(*p, N * D);
     want(dhead_, V * D);
@@ -341,7 +343,7 @@ void CudaModel::block_forward(int i) {
     }
     observe(L.fc, u, D);
     if (fused_mlp_) {
-        mlp_up_forward(A.f, A.act, u, W(L.fc), N, F, D, cfg_.leaky_slope, st);
+        mlp_up_forward(A.act, A.f_signs, u, W(L.fc), N, F, D, cfg_.leaky_slope, st);
     } else {
         linear_forward(gemm_, A.f, u, W(L.fc), N, D, F, st);
         if (cfg_.swiglu) swiglu_forward(A.act, A.f, N, hidden, st);
@@ -493,7 +495,7 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
     // otherwise it is u's gradient, which goes back through the second norm into dx.
     if (fused_mlp_) {
-        mlp_down_backward(df_, dm_, W(L.proj), A.f, N, hidden, D, cfg_.leaky_slope, st);
+        mlp_down_backward(df_, dm_, W(L.proj), A.act, A.f_signs, N, hidden, D, cfg_.leaky_slope, st);
     } else {
         linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);
         if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);

@@ -97,6 +97,7 @@ private:
         float *x, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
         float *rstd1, *rstd2, *q_rstd, *k_rstd, *lse;
         bf16 *h, *qkv, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;  // qkv: [N, (H + 2 Hkv) hd]
+        uint32_t* f_signs;  // in place of f where the MLP is fused (model/mlp_gemm.cuh)
     };
     // How the last forward ran one schedule entry.
     struct Entry {

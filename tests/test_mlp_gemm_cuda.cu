@@ -5,9 +5,13 @@
 //
 // Tolerances, as ||gpu - ref|| / ||ref||. The GPU sums in fp32 in another order than the
 // oracle's double loop (or cuBLAS), so a product near a bf16 rounding boundary may round the
-// other way: one bf16 step (2^-8 relative) on a few elements. f: 4e-3 (one step on every element
-// would be 3.9e-3); act and df, which square or scale such an f or g: 1e-2. Outputs start as
-// NaN and carry three guard rows past M that must stay NaN.
+// other way: one bf16 step (2^-8 relative) on a few elements, which act and df square or scale:
+// 1e-2. act must also equal the oracle's bit for bit on all but 1% of elements (at most 2.8e-4
+// differed on the H100, 582 of 2,048,000 at K = 512: docs/benchmarks/logs/2026-11-24_session11/
+// call8_act_bits). Outputs start as NaN and carry three guard rows past M that must
+// stay NaN. f's signs must match the oracle's f wherever |f| > 1e-4: the fp32 sums differ by
+// ~1e-6 at these K, so only an f that small may fall on the other side of zero. The backward
+// takes its act and signs from a random f.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -26,8 +30,10 @@ using namespace pg;
 
 namespace {
 
-constexpr double kTolF = 4e-3, kTolAct = 1e-2;
-constexpr int kGuardRows = 3;
+constexpr double kTolAct = 1e-2;
+constexpr size_t kMaxDifferent = 100;  // 1 in
+constexpr float kSignFloor = 1e-4f;
+constexpr int kGuardRows = 3, kGuardWords = 4;
 
 uint64_t fresh_seed() { return std::random_device{}() * 0x9E3779B97F4A7C15ull ^ std::random_device{}(); }
 
@@ -45,12 +51,16 @@ DeviceArray<bf16> upload(const std::vector<float>& v) {
     return DeviceArray<bf16>(h);
 }
 
-// An [M + kGuardRows, N] output, all NaN.
-DeviceArray<bf16> poisoned(int M, int N) {
-    DeviceArray<bf16> d(size_t(M + kGuardRows) * N);
-    PG_CHECK(cudaMemset(d.get(), 0xff, d.size() * sizeof(bf16)));
+// n values, every bit set (NaN as bf16).
+template <class T>
+DeviceArray<T> all_ones(size_t n) {
+    DeviceArray<T> d(n);
+    PG_CHECK(cudaMemset(d.get(), 0xff, n * sizeof(T)));
     return d;
 }
+
+// An [M + kGuardRows, N] output, all NaN.
+DeviceArray<bf16> poisoned(int M, int N) { return all_ones<bf16>(size_t(M + kGuardRows) * N); }
 
 // The first M rows as floats; checks that the guard rows are untouched.
 std::vector<float> download(const DeviceArray<bf16>& d, int M, int N) {
@@ -79,6 +89,42 @@ double rel_error(const std::vector<float>& got, const std::vector<float>& ref, s
     }
     if (unwritten) *unwritten = bad;
     return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// mlp_sign_words(M, N) words and kGuardWords more, all ones.
+DeviceArray<uint32_t> poisoned_signs(int M, int N) { return all_ones<uint32_t>(mlp_sign_words(M, N) + kGuardWords); }
+
+// f < 0 of each element, from the signs' words; checks that the guard words are untouched.
+std::vector<bool> download_signs(const DeviceArray<uint32_t>& d, int M, int N) {
+    PG_CHECK(cudaDeviceSynchronize());
+    const std::vector<uint32_t> h = d.download();
+    std::vector<bool> negative(size_t(M) * N);
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            const size_t b = mlp_sign_bit(m, n, N);
+            negative[size_t(m) * N + n] = h[b / 32] >> b % 32 & 1;
+        }
+    size_t guard_written = 0;
+    for (size_t i = h.size() - kGuardWords; i < h.size(); ++i) guard_written += h[i] != ~0u;
+    CHECK(guard_written == 0);
+    return negative;
+}
+
+DeviceArray<uint32_t> upload_signs(const std::vector<float>& f, int M, int N) {
+    std::vector<uint32_t> h(mlp_sign_words(M, N));
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            const size_t b = mlp_sign_bit(m, n, N);
+            if (f[size_t(m) * N + n] < 0.f) h[b / 32] |= 1u << b % 32;
+        }
+    return DeviceArray<uint32_t>(h);
+}
+
+// Elements whose sign bit disagrees with f < 0 although |f| > kSignFloor.
+size_t wrong_signs(const std::vector<bool>& negative, const std::vector<float>& f) {
+    size_t wrong = 0;
+    for (size_t i = 0; i < f.size(); ++i) wrong += std::fabs(f[i]) > kSignFloor && negative[i] != (f[i] < 0.f);
+    return wrong;
 }
 
 #define CHECK_CLOSE(what, got, ref, tol)                      \
@@ -122,25 +168,30 @@ TEST_CASE("mlp gemm cuda: fused up forward and down backward match the CPU oracl
                 std::vector<float> f(n), act(n);
                 mlp_up_forward_ref(f.data(), act.data(), x.data(), w.data(), M, N, K, slope);
                 auto dx = upload(x), dw = upload(w);
-                auto df_out = poisoned(M, N), dact = poisoned(M, N);
-                mlp_up_forward(df_out.get(), dact.get(), dx.get(), dw.get(), M, N, K, slope, 0);
-                const std::vector<float> gf = download(df_out, M, N), gact = download(dact, M, N);
-                CHECK_CLOSE("forward f", gf, f, kTolF);
+                auto dact = poisoned(M, N);
+                auto dsigns = poisoned_signs(M, N);
+                mlp_up_forward(dact.get(), dsigns.get(), dx.get(), dw.get(), M, N, K, slope, 0);
+                const std::vector<float> gact = download(dact, M, N);
                 CHECK_CLOSE("forward act", gact, act, kTolAct);
-                // act is the activation of the kernel's own bf16 f, bit for bit.
-                std::vector<float> own(n);
-                leaky_relu2_forward(own.data(), gf.data(), n, slope);
                 size_t differ = 0;
-                for (size_t i = 0; i < n; ++i) differ += round_to_bf16(own[i]) != gact[i];
-                CHECK(differ == 0);
+                for (size_t i = 0; i < n; ++i) differ += gact[i] != act[i];
+                INFO("act differs from the oracle's on " << differ << " of " << n << " elements");
+                CHECK(differ <= n / kMaxDifferent);
+                CHECK(wrong_signs(download_signs(dsigns, M, N), f) == 0);
 
+                // The backward's act and signs from a random f, as the forward would leave them.
                 const std::vector<float> dm = bf16_values(rng, size_t(M) * K, 1.f),
                                          wp = bf16_values(rng, size_t(K) * N, wscale), fin = bf16_values(rng, n, 1.f);
-                std::vector<float> dref(n);
-                mlp_down_backward_ref(dref.data(), dm.data(), wp.data(), fin.data(), M, N, K, slope);
-                auto ddm = upload(dm), dwp = upload(wp), dfin = upload(fin);
+                std::vector<float> act_in(n), dref(n);
+                leaky_relu2_forward(act_in.data(), fin.data(), n, slope);
+                for (float& a : act_in) a = round_to_bf16(a);
+                std::vector<bool> negative(n);
+                for (size_t i = 0; i < n; ++i) negative[i] = fin[i] < 0.f;
+                mlp_down_backward_ref(dref.data(), dm.data(), wp.data(), act_in.data(), negative, M, N, K, slope);
+                auto ddm = upload(dm), dwp = upload(wp), dact_in = upload(act_in);
+                auto dsigns_in = upload_signs(fin, M, N);
                 auto ddf = poisoned(M, N);
-                mlp_down_backward(ddf.get(), ddm.get(), dwp.get(), dfin.get(), M, N, K, slope, 0);
+                mlp_down_backward(ddf.get(), ddm.get(), dwp.get(), dact_in.get(), dsigns_in.get(), M, N, K, slope, 0);
                 CHECK_CLOSE("backward df", download(ddf, M, N), dref, kTolAct);
             }
 }
@@ -156,7 +207,8 @@ TEST_CASE("mlp gemm cuda: the record shape equals cuBLAS plus the elementwise le
     auto x = upload(bf16_values(rng, size_t(M) * K, 1.f)), w = upload(bf16_values(rng, size_t(N) * K, wscale));
     auto dm = upload(bf16_values(rng, size_t(M) * K, 1.f)), wp = upload(bf16_values(rng, size_t(K) * N, wscale));
     auto f = poisoned(M, N), act = poisoned(M, N), dact = poisoned(M, N), df = poisoned(M, N);
-    auto ff = poisoned(M, N), fact = poisoned(M, N), fdf = poisoned(M, N);
+    auto fact = poisoned(M, N), fdf = poisoned(M, N);
+    auto signs = poisoned_signs(M, N);
     const size_t n = size_t(M) * N;
 
     // Today's path: the products by cuBLASLt, then the elementwise passes.
@@ -170,15 +222,15 @@ TEST_CASE("mlp gemm cuda: the record shape equals cuBLAS plus the elementwise le
     gemm.run(down, 0);
     leaky_relu2_backward(df.get(), dact.get(), f.get(), n, slope, 0);
 
-    mlp_up_forward(ff.get(), fact.get(), x.get(), w.get(), M, N, K, slope, 0);
-    mlp_down_backward(fdf.get(), dm.get(), wp.get(), f.get(), M, N, K, slope, 0);
+    mlp_up_forward(fact.get(), signs.get(), x.get(), w.get(), M, N, K, slope, 0);
+    mlp_down_backward(fdf.get(), dm.get(), wp.get(), fact.get(), signs.get(), M, N, K, slope, 0);
 
-    const std::vector<float> rf = download(f, M, N), gf = download(ff, M, N);
+    const std::vector<float> ract = download(act, M, N), gact = download(fact, M, N);
     size_t same = 0;
-    for (size_t i = 0; i < n; ++i) same += rf[i] == gf[i];
-    MESSAGE("record shape: fused f equals cuBLAS's f bit for bit on " << 100.0 * same / n << "% of elements");
-    CHECK_CLOSE("record f", gf, rf, kTolF);
-    CHECK_CLOSE("record act", download(fact, M, N), download(act, M, N), kTolAct);
+    for (size_t i = 0; i < n; ++i) same += ract[i] == gact[i];
+    MESSAGE("record shape: fused act equals today's act bit for bit on " << 100.0 * same / n << "% of elements");
+    CHECK_CLOSE("record act", gact, ract, kTolAct);
+    CHECK(wrong_signs(download_signs(signs, M, N), download(f, M, N)) == 0);
     CHECK_CLOSE("record df", download(fdf, M, N), download(df, M, N), kTolAct);
 }
 
@@ -192,7 +244,7 @@ TEST_CASE("mlp gemm: unsupported shapes are refused before launching") {
     CHECK_FALSE(mlp_gemm_supports(128, 300, 512));
     CHECK_FALSE(mlp_gemm_supports(128, 0, 512));
     CHECK_THROWS_AS(mlp_up_forward(nullptr, nullptr, nullptr, nullptr, 128, 300, 512, 0.5f, 0), Error);
-    CHECK_THROWS_AS(mlp_down_backward(nullptr, nullptr, nullptr, nullptr, 128, 2048, 100, 0.5f, 0), Error);
+    CHECK_THROWS_AS(mlp_down_backward(nullptr, nullptr, nullptr, nullptr, nullptr, 128, 2048, 100, 0.5f, 0), Error);
     if (gpu_available() && mlp_gemm_supports(1, 256, 32)) {
         CHECK(mlp_gemm_supports(49152, 2048, 512));
         CHECK(mlp_gemm_supports(77, 768, 192));
