@@ -200,10 +200,15 @@ TEST_CASE("train cuda: a stopped and resumed GPU run follows the straight GPU ru
     // attention's dQ in varying order, and Newton-Schulz lifts the resulting 1e-6 differences in
     // weak gradient directions to full-size updates (two straight runs measured 2e-3 apart in
     // gnorm at step 3, 3e-2 at step 8). So the resumed run is judged against the spread of two
-    // straight runs: at most 10x that, plus a floor at rounding level. The exact checks of resume
-    // are the CPU driver test (tests/test_train.cpp, bit for bit) and the GPU state round trip
-    // above; this one shows the GPU path resumes within its own run-to-run noise. Learning rates
-    // at a tenth keep that noise small.
+    // straight runs: at most 10x that, plus a floor. The floor is the gap between the two states
+    // that any run, straight or resumed, lands in at step 4 (the first with recurrence): loss
+    // 6.9022 and gnorm 1.138, or 6.9019 and 1.100-1.104, in runs of HEAD's code and later
+    // (docs/benchmarks/logs/2026-11-24_session12/resume_test_ab); two straight runs in one state
+    // and the resumed run in the other differed by at most 1.2e-3 in loss, 3.5e-2 in gnorm and
+    // 4.4e-3 in the parameters, and the floors are 2.5x that. The exact checks of resume are the
+    // CPU driver test (tests/test_train.cpp, bit for bit) and the GPU state round trip above;
+    // this one shows the GPU path resumes within its own run-to-run noise. Learning rates at a
+    // tenth keep that noise small.
     const auto run = [&](const std::string& out) {
         Config c = test::small_run(d / out, "cuda");
         c.train.matrix_lr *= 0.1f;
@@ -234,9 +239,9 @@ TEST_CASE("train cuda: a stopped and resumed GPU run follows the straight GPU ru
                                                        << (same_bits(pa, pb) ? " (bit for bit)" : " (not bitwise)")
                                                        << "; two straight runs: " << spread.loss << ", "
                                                        << spread.gnorm << ", " << pspread);
-    CHECK(diff.loss <= 10 * spread.loss + 1e-5);
-    CHECK(diff.gnorm <= 10 * spread.gnorm + 1e-4);
-    CHECK(perr <= 10 * pspread + 1e-5);
+    CHECK(diff.loss <= 10 * spread.loss + 3e-3);
+    CHECK(diff.gnorm <= 10 * spread.gnorm + 0.09);
+    CHECK(perr <= 10 * pspread + 0.011);
 }
 
 TEST_CASE("train cuda: a checkpoint written on one device resumes on the other") {
