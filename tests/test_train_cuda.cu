@@ -202,7 +202,7 @@ TEST_CASE("train cuda: a stopped and resumed GPU run follows the straight GPU ru
     // gnorm at step 3, 3e-2 at step 8). So the resumed run is judged against the spread of two
     // straight runs: at most 10x that, plus a floor. The floor is the gap between the two states
     // that any run, straight or resumed, lands in at step 4 (the first with recurrence): loss
-    // 6.9022 and gnorm 1.138, or 6.9019 and 1.100-1.104, in runs of HEAD's code and later
+    // 6.9022 and gnorm 1.138, or 6.9019 and 1.100-1.104, with commit 590d3e2's code and later
     // (docs/benchmarks/logs/2026-11-24_session12/resume_test_ab); two straight runs in one state
     // and the resumed run in the other differed by at most 1.2e-3 in loss, 3.5e-2 in gnorm and
     // 4.4e-3 in the parameters, and the floors are 2.5x that. The exact checks of resume are the
