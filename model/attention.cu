@@ -1,4 +1,4 @@
-// Causal GQA flash attention (FlashAttention-2 split of the work) for head dims 32, 64 and 128.
+// Causal GQA flash attention for head dims 32, 64 and 128: FlashAttention-2 forward, warp-specialised backward.
 // The CPU oracle is model/attention_ref.h.
 //
 // Every product is written for a warpgroup (4 warps, 64 rows of the result): on sm_90 it is one
@@ -11,14 +11,13 @@
 // (log2(e)/sqrt(D) folded into one scale). The query tiles with the most key tiles are launched
 // first across the whole grid, which keeps the last wave short.
 //
-// Backward: one block = 64 keys of one (batch, KV head) per warpgroup (three warpgroups at head
-// dim 64, two at 128, one at 32), with dK, dV accumulating in registers while 64-query tiles
-// of Q and dO of every query head in the group stream past. P and dS are rebuilt from lse and
-// D_i = rowsum(dO * O); dS^T goes through shared memory so that each warpgroup's dQ share is
-// one more product; the shares are summed in shared memory and the block's sum leaves as fp32
-// vector atomics into the workspace. Blocks run in chunks of (batch, KV head) groups, heaviest
-// key tiles first within a chunk: ordering the whole grid heaviest first sent the dQ atomics
-// past L2 once the fp32 dQ outgrew it (25% slower at B = 24, T = 2048, 8 heads of 64).
+// Backward: warp-specialised. One block = 64 keys of one (batch, KV head) per consumer
+// warpgroup (three at head dims 32 and 64, two at 128) and a producer warpgroup that brings Q,
+// dO, lse and D_i = rowsum(dO * O) of every query head in the group, 64 queries a step, into a
+// ring of stages; dK, dV accumulate in registers. The consumers do not run in step (mbarriers,
+// not block barriers), so the tensor cores serve one warpgroup's products while another rebuilds
+// P and dS. Each step's dQ is one warpgroup's product over all the block's keys, in turn, one
+// step late; the TMA unit adds it into an fp32 workspace (bulk reductions). bwd_kernel says more.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -38,13 +37,13 @@ constexpr float kLog2e = 1.4426950408889634f;
 // ---- tiles in and out of shared memory (model/wgmma.cuh has the layout and the products) ----
 
 // ROWS rows of D bf16 starting at global row row0 (row stride `stride` elements) into a tile;
-// rows >= T become zeros.
+// rows >= T become zeros. tid: this thread's index among the THREADS that load the tile.
 template <int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, size_t stride, int row0, int T) {
+__device__ __forceinline__ void load_tile(uint32_t s, const bf16* g, size_t stride, int row0, int T, int tid) {
     constexpr int CH = D / 8;
 #pragma unroll
     for (int j = 0; j < (ROWS * CH + THREADS - 1) / THREADS; ++j) {
-        const int i = threadIdx.x + j * THREADS, r = i / CH, c = i % CH;
+        const int i = tid + j * THREADS, r = i / CH, c = i % CH;
         if (ROWS * CH % THREADS != 0 && i >= ROWS * CH) break;
         const bool valid = row0 + r < T;
         cp_async16(s + Tile<ROWS, D>::off(r, c), g + size_t(valid ? row0 + r : 0) * stride + c * 8, valid);
@@ -132,9 +131,9 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
     const int wr = warp * 16;  // this warp's first row in the tile
     const int row0 = q0 + wr;
 
-    load_tile<Br, D, NT>(sQ, qg, qs, q0, T);
-    load_tile<Bc, D, NT>(sK, kg, ks, 0, T);
-    load_tile<Bc, D, NT>(sV, vg, ks, 0, T);
+    load_tile<Br, D, NT>(sQ, qg, qs, q0, T, threadIdx.x);
+    load_tile<Bc, D, NT>(sK, kg, ks, 0, T, threadIdx.x);
+    load_tile<Bc, D, NT>(sV, vg, ks, 0, T, threadIdx.x);
     cp_async_commit();
 
     float o[DB][4] = {};
@@ -146,8 +145,8 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
         fence_smem_for_tensor_cores();
         __syncthreads();  // tile kt visible; every warp is done with tile kt - 1
         if (kt + 1 < n_kt) {
-            load_tile<Bc, D, NT>(sK + (buf ^ 1) * TK::BYTES, kg, ks, (kt + 1) * Bc, T);
-            load_tile<Bc, D, NT>(sV + (buf ^ 1) * TK::BYTES, vg, ks, (kt + 1) * Bc, T);
+            load_tile<Bc, D, NT>(sK + (buf ^ 1) * TK::BYTES, kg, ks, (kt + 1) * Bc, T, threadIdx.x);
+            load_tile<Bc, D, NT>(sV + (buf ^ 1) * TK::BYTES, vg, ks, (kt + 1) * Bc, T, threadIdx.x);
             cp_async_commit();
         }
         const int k0 = kt * Bc;
@@ -231,33 +230,47 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
 
 // ---- backward ----------------------------------------------------------------------------------
 
-constexpr int kBwdBr = 64;  // queries per step
+constexpr int kBwdBr = 64;      // queries per step
+constexpr int kBwdStages = 2;   // Q / dO stages in flight
+constexpr int kBwdDsSlots = 2;  // dS^T tiles in flight
 
-// Warpgroups per block, 64 keys each. More keys a block mean fewer reads of Q and dO and fewer
-// dQ atomics per key: with one warpgroup at D = 64 the kernel was L2-bound. The count is what
-// the registers allow in one block an SM (168 a thread for three, 250 for two at D = 128),
-// except at D = 32, where one warpgroup runs three blocks an SM and is faster. Backward times
-// at B = 24, T = 2048, 8/4 heads on an H100, one warpgroup -> this count:
-// D = 64 1.13 -> 0.97-1.00 ms, D = 128 2.30 -> 1.67 ms, D = 32 0.67 ms (three: 0.70-0.72).
+// Consumer warpgroups per block (one block an SM), 64 keys each. More keys a block mean fewer
+// reads of Q and dO and fewer dQ reductions per key (with one warpgroup at D = 64 an earlier
+// kernel was L2-bound); the count is what the registers allow.
 template <int D>
 constexpr int bwd_warpgroups() {
-    return D == 32 ? 1 : D == 64 ? 3 : 2;
+    return D == 128 ? 2 : 3;
 }
 
-// Row stride, in floats, of the warpgroups' fp32 dQ shares in shared memory: padded so that a
-// half-warp's 8-byte accumulator stores hit distinct banks.
+// Registers a thread. The launch gives every thread the same count; the producer warpgroup,
+// which only issues copies, hands most of its own to the consumers, whose dK and dV accumulators
+// and scores would otherwise spill. The consumers' increase must fit in what the producer frees
+// (a block's pool: asking for more hangs).
 template <int D>
-constexpr int dq_share_stride() {
-    return D + 8;
-}
+struct BwdRegs {
+    static constexpr int WG = bwd_warpgroups<D>(), threads = 128 * (WG + 1);
+    static constexpr int launch = 65536 / threads / 8 * 8;
+    static constexpr int producer = 32;
+    static constexpr int consumer = std::min(240, (launch + (launch - producer) / WG) / 8 * 8);
+    static_assert(WG * (consumer - launch) <= launch - producer, "register pool");
+};
 
+// Shared memory of the backward, in this order: K and V of the block's keys; the Q and dO
+// stages; the dS^T slots; each consumer warpgroup's fp32 dQ staging (64 columns at a time,
+// rows padded by 8 floats so that a half-warp's 8-byte accumulator stores hit distinct banks);
+// lse * log2(e) and D_i of each stage; the mbarriers.
 template <int D>
-constexpr int bwd_smem_bytes() {
-    // K, V, Q[2], dO[2], dS^T (keys x queries), lse*log2(e) and D_i for 2 stages, dQ shares.
-    constexpr int WG = bwd_warpgroups<D>(), Bc = 64 * WG;
-    return 2 * Tile<Bc, D>::BYTES + 4 * Tile<kBwdBr, D>::BYTES + Tile<Bc, kBwdBr>::BYTES + 2 * 2 * kBwdBr * 4 +
-           WG * kBwdBr * dq_share_stride<D>() * 4 + kSmemSlack;
-}
+struct BwdSmem {
+    static constexpr int WG = bwd_warpgroups<D>(), Bc = 64 * WG, Br = kBwdBr, S = kBwdStages, NS = kBwdDsSlots;
+    static constexpr int DN = D < 64 ? D : 64, PS = DN + 8;
+    using TK = Tile<Bc, D>;
+    using TQ = Tile<Br, D>;
+    using TS = Tile<Bc, Br>;
+    static constexpr int K = 0, V = TK::BYTES, Q = 2 * TK::BYTES, dO = Q + S * TQ::BYTES, dS = dO + S * TQ::BYTES;
+    static constexpr int staging = dS + NS * TS::BYTES, stats = staging + WG * Br * PS * 4;
+    static constexpr int bars = stats + S * 2 * Br * 4, n_bars = 2 * S + 2 * NS;
+    static constexpr int bytes = bars + n_bars * 8 + kSmemSlack;
+};
 
 // D_i = rowsum(dO * O) for every query row, and the dq accumulator zeroed. D / 8 threads a row.
 template <int D>
@@ -299,33 +312,59 @@ __device__ __forceinline__ void wg_barrier(int wg) {
         default: asm volatile("bar.sync 3, 128;\n" ::: "memory"); break;
     }
 }
+// Waits for the N consumer threads (the producer has left by then).
+template <int N>
+__device__ __forceinline__ void consumers_barrier() {
+    asm volatile("bar.sync 4, %0;\n" ::"n"(N) : "memory");
+}
 
-// With one warpgroup, three blocks share an SM where registers allow (D <= 64: 168 registers a
-// thread); with more, one block an SM. The grid runs in chunks of `chunk` (batch, KV head)
-// groups; inside a chunk the key tiles go heaviest (most query tiles) first: tile 0 of each
-// group of the chunk, then tile 1, and so on. The dQ rows that a chunk's blocks add into then
-// fit in L2, and the work inside a chunk stays balanced.
+// One block = 64 keys of one (batch, KV head) per consumer warpgroup, with dK and dV
+// accumulating in registers while 64-query steps of Q and dO of every query head of the group
+// stream past. In lockstep (one block barrier a step, FlashAttention-2 style) the tensor cores
+// waited while every warpgroup rebuilt P and dS at once: 0.97 ms at B = 24, T = 2048, 8/4 heads
+// of 64 on an H100, against 0.78 ms so.
+//   producer  one warpgroup: cp.async of K, V and each step's Q, dO, lse and D_i into a ring
+//             of stages (mbarriers full / empty);
+//   consumers S^T = K Q^T and dP^T = V dO^T, P^T and dS^T = P^T (dP^T - D_i) rebuilt from lse
+//             and D_i, dV += P^T dO, dK += dS^T Q; dS^T goes to a slot in shared memory
+//             (mbarriers ds_full / ds_empty). Step `it`'s dQ = dS K over all the block's keys
+//             is warpgroup it % WG's product, run after that warpgroup's products of step
+//             it + 1 (run at once, it waited for the slowest warpgroup's dS^T: 0.93 ms). It
+//             stages the fp32 result and the TMA unit adds it into the workspace, one bulk
+//             reduction a query row; a reduction of each warpgroup's own share instead, three
+//             times the traffic into L2, took 1.02 ms.
+// A warpgroup whose keys all follow the step's queries skips the step's products, and the dQ
+// product leaves out its keys. The grid runs in chunks of `chunk` (batch, KV head) groups;
+// inside a chunk the key tiles go heaviest (most query tiles) first: tile 0 of each group of the
+// chunk, then tile 1, and so on. The dQ rows that a chunk's blocks add into then fit in L2
+// (ordering the whole grid heaviest first sent the reductions past L2 once the fp32 dQ outgrew
+// it: 25% slower at B = 24, T = 2048, 8 heads of 64), and the work inside a chunk stays balanced.
 template <int D>
-__global__ void __launch_bounds__(128 * bwd_warpgroups<D>(), D <= 64 ? 3 / bwd_warpgroups<D>() : 1)
+__global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
     bwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int Hq, int Hkv,
                int chunk, float scale_log2, float scale) {
-    constexpr int WG = bwd_warpgroups<D>(), Bc = 64 * WG, Br = kBwdBr, NT = 128 * WG;
+    using L = BwdSmem<D>;
+    constexpr int WG = L::WG, Bc = L::Bc, Br = L::Br, S = L::S, NS = L::NS, DN = L::DN, PS = L::PS;
     static_assert(WG >= 1 && WG <= 3, "wg_barrier names three warpgroups");
-    constexpr int NB = Br / 8, DB = D / 8, DN = D < 64 ? D : 64;
-    using TK = Tile<Bc, D>;
-    using TQ = Tile<Br, D>;
-    using TS = Tile<Bc, Br>;
+    static_assert(2 * Br == 128, "one producer thread per statistic");
+    constexpr int NB = Br / 8, DB = D / 8;
+    // At D = 128 dK and dV take 128 registers a thread: dP^T's product then waits until P^T is
+    // packed, so that S^T and dP^T are not both held in fp32.
+    constexpr bool kLateDp = D > 64;
+    using TK = typename L::TK;
+    using TQ = typename L::TQ;
+    using TS = typename L::TS;
     unsigned char* const smem = aligned_smem();
-    unsigned char* const pK = smem;
-    unsigned char* const pV = pK + TK::BYTES;
-    unsigned char* const pdS = pV + TK::BYTES + 4 * TQ::BYTES;
-    const uint32_t sK = smem_addr(pK), sV = smem_addr(pV);
-    const uint32_t sQ = sV + TK::BYTES, sdO = sQ + 2 * TQ::BYTES, sdS = smem_addr(pdS);
-    float* const stats = reinterpret_cast<float*>(pdS + TS::BYTES);  // [2][lse | D_i]
-    constexpr int PS = dq_share_stride<D>();
-    float* const shares = stats + 2 * 2 * Br;  // [WG][Br][PS]
+    const uint32_t base = smem_addr(smem);
+    const uint32_t sK = base + L::K, sV = base + L::V, sQ = base + L::Q, sdO = base + L::dO, sdS = base + L::dS;
+    float* const stats = reinterpret_cast<float*>(smem + L::stats);  // [S][lse | D_i]
+    const uint32_t bars = base + L::bars;
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (S + s); };
+    auto ds_full = [&](int j) { return bars + 8 * (2 * S + j); };
+    auto ds_empty = [&](int j) { return bars + 8 * (2 * S + NS + j); };
 
     const int group = Hq / Hkv;
     const int n_kt = (T + Bc - 1) / Bc, n_groups = gridDim.x / n_kt;
@@ -334,153 +373,205 @@ __global__ void __launch_bounds__(128 * bwd_warpgroups<D>(), D <= 64 ? 3 / bwd_w
     const int k0 = r / in_chunk * Bc, grp = c * chunk + r % in_chunk;
     const int b = grp / Hkv, hk = grp % Hkv;
     const int qt0 = k0 / Br, per_head = (T + Br - 1) / Br - qt0, n_it = group * per_head;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wg = warp / 4, kw = warp * 16;  // this warp's warpgroup and first key in the tile
+    // The warpgroup, by shuffle: the compiler then knows it is the same in every lane, and the
+    // products under conditions on it (or on nk below) stay asynchronous.
+    const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0), tid = threadIdx.x % 128;
     const size_t qs = size_t(Hq) * D, ks = size_t(Hkv) * D;
-    const bf16* kg = k + (size_t(b) * T * Hkv + hk) * D;
-    const bf16* vg = v + (size_t(b) * T * Hkv + hk) * D;
-
     // Step `it` visits query head hk*group + it / per_head, query tile qt0 + it % per_head.
     auto head = [&](int it) { return hk * group + it / per_head; };
     auto qrow0 = [&](int it) { return (qt0 + it % per_head) * Br; };
-    auto issue = [&](int it, int buf) {
-        const size_t off = (size_t(b) * T * Hq + head(it)) * D;
-        load_tile<Br, D, NT>(sQ + buf * TQ::BYTES, q + off, qs, qrow0(it), T);
-        load_tile<Br, D, NT>(sdO + buf * TQ::BYTES, dout + off, qs, qrow0(it), T);
-        cp_async_commit();
-    };
-    // Threads 0..Br-1 fetch lse (in log2 units; +inf past T so P = 0), Br..2Br-1 fetch D_i.
-    auto fetch_stat = [&](int it) {
-        const int i = threadIdx.x % Br, row = qrow0(it) + i;
-        const size_t at = (size_t(b) * Hq + head(it)) * T + row;
-        if (threadIdx.x < Br) return row < T ? lse[at] * kLog2e : INFINITY;
-        return row < T ? delta[at] : 0.f;
-    };
-    static_assert(2 * Br <= NT, "one thread per statistic");
 
-    load_tile<Bc, D, NT>(sK, kg, ks, k0, T);
-    load_tile<Bc, D, NT>(sV, vg, ks, k0, T);
-    issue(0, 0);
-    if (threadIdx.x < 2 * Br) stats[threadIdx.x] = fetch_stat(0);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) mbar_init(full(s), 2 * 128), mbar_init(empty(s), WG);
+        for (int j = 0; j < NS; ++j) mbar_init(ds_full(j), 4 * WG), mbar_init(ds_empty(j), 1);
+        mbar_init_fence();
+    }
+    __syncthreads();
 
+    if (wg == WG) {  // the producer
+        wg_reg_dealloc<BwdRegs<D>::producer>();
+        load_tile<Bc, D, 128>(sK, k + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
+        load_tile<Bc, D, 128>(sV, v + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
+        for (int it = 0; it < n_it; ++it) {
+            const int s = it % S, row = qrow0(it) + tid % Br;
+            mbar_wait(empty(s), (it / S & 1) ^ 1);
+            const size_t off = (size_t(b) * T * Hq + head(it)) * D;
+            load_tile<Br, D, 128>(sQ + s * TQ::BYTES, q + off, qs, qrow0(it), T, tid);
+            load_tile<Br, D, 128>(sdO + s * TQ::BYTES, dout + off, qs, qrow0(it), T, tid);
+            cp_async_mbar_arrive(full(s));
+            // lse in log2 units (+inf past T, so that P = 0 there), then D_i.
+            const size_t at = (size_t(b) * Hq + head(it)) * T + row;
+            stats[s * 2 * Br + tid] = tid < Br ? (row < T ? lse[at] * kLog2e : INFINITY) : (row < T ? delta[at] : 0.f);
+            mbar_arrive(full(s));
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    wg_reg_alloc<BwdRegs<D>::consumer>();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int kw = warp * 16;  // this warp's first key in the tile
+    float* const staging = reinterpret_cast<float*>(smem + L::staging) + wg * Br * PS;
     float dka[DB][4] = {}, dva[DB][4] = {};
 
-    for (int it = 0; it < n_it; ++it) {
-        const int buf = it & 1, h = head(it), q0 = qrow0(it);
-        cp_async_wait<0>();
-        fence_smem_for_tensor_cores();
-        __syncthreads();  // step it's tiles and stats visible; every warp is done with step it - 1
-        float next_stat = 0.f;
-        if (it + 1 < n_it) {
-            issue(it + 1, buf ^ 1);
-            if (threadIdx.x < 2 * Br) next_stat = fetch_stat(it + 1);
-        }
-        const uint32_t sQb = sQ + buf * TQ::BYTES, sdOb = sdO + buf * TQ::BYTES;
-        const float* sl = stats + buf * 2 * Br;
-        const float* sd = sl + Br;
+    // Warpgroups 0..nk(it)-1 have keys at or before some query of step it.
+    auto nk = [&](int it) { return min(WG, (qrow0(it) - k0) / 64 + 1); };
+    // Iteration it runs step it's products (every warpgroup with keys at or before some query of
+    // the step), then step it - 1's dQ product if it is this warpgroup's turn: one step late, so
+    // that the warpgroup does not wait for the others' dS^T of the step it has just finished.
+    for (int it = 0; it <= n_it; ++it) {
+        if (it < n_it) {
+            const int s = it % S, j = it % NS, q0 = qrow0(it);
+            const uint32_t sQb = sQ + s * TQ::BYTES, sdOb = sdO + s * TQ::BYTES;
+            mbar_wait(full(s), it / S & 1);
+            if (wg < nk(it)) {
+                fence_smem_for_tensor_cores();  // the producer's cp.async wrote the stage
+                const float* sl = stats + s * 2 * Br;
+                const float* sd = sl + Br;
+                // S^T = K Q^T and dP^T = V dO^T: 64 keys x Br queries.
+                float st[NB][4], dpt[NB][4];
+                auto dp_product = [&] {
+                    wg_fence();
+#pragma unroll
+                    for (int kk = 0; kk < D / 16; ++kk)
+                        wg_mma<Br>(dpt, Smem<TK, false>{sV, 64 * wg, kk * 16}, Smem<TQ, false>{sdOb, 0, kk * 16},
+                                   kk > 0);
+                    wg_commit();
+                };
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk)
+                    wg_mma<Br>(st, Smem<TK, false>{sK, 64 * wg, kk * 16}, Smem<TQ, false>{sQb, 0, kk * 16}, kk > 0);
+                wg_commit();
+                if constexpr (!kLateDp) dp_product();
+                // P^T = exp2(S^T * scale_log2 - lse_log2), masked (while dP^T is being computed).
+                wg_wait<kLateDp ? 0 : 1>();
+                pin(st);
+                const bool masked = k0 + kw + 15 > q0;  // some key of this warp may follow some query
+#pragma unroll
+                for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int qi = nb * 8 + 2 * t + (e & 1);
+                        float p = exp2_approx(fmaf(st[nb][e], scale_log2, -sl[qi]));
+                        if (masked && k0 + kw + g + (e >> 1) * 8 > q0 + qi) p = 0.f;
+                        st[nb][e] = p;
+                    }
+                uint32_t ap[Br / 16][4], ads[Br / 16][4];
+#pragma unroll
+                for (int kq = 0; kq < Br / 16; ++kq) acc_to_a(ap[kq], st[2 * kq], st[2 * kq + 1]);
+                if constexpr (kLateDp) dp_product();
+                // dS^T = P^T * (dP^T - D_i), P^T in fp32, or as rounded for its product where its
+                // fp32 registers were let go.
+                wg_wait<0>();
+                pin(dpt);
+#pragma unroll
+                for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float p = st[nb][e];
+                        if constexpr (kLateDp) {
+                            const float2 pp = unpack(ap[nb / 2][nb % 2 * 2 + (e >> 1)]);
+                            p = e & 1 ? pp.y : pp.x;
+                        }
+                        dpt[nb][e] = p * (dpt[nb][e] - sd[nb * 8 + 2 * t + (e & 1)]);
+                    }
 
-        // S^T = K Q^T and dP^T = V dO^T: 64 keys x Br queries.
-        float st[NB][4], dpt[NB][4];
-        wg_fence();
+                // dV += P^T dO and dK += dS^T Q (scaled at the end).
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            wg_mma<Br>(st, Smem<TK, false>{sK, 64 * wg, kk * 16}, Smem<TQ, false>{sQb, 0, kk * 16}, kk > 0);
-        wg_commit();
+                for (int kq = 0; kq < Br / 16; ++kq) acc_to_a(ads[kq], dpt[2 * kq], dpt[2 * kq + 1]);
+                wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            wg_mma<Br>(dpt, Smem<TK, false>{sV, 64 * wg, kk * 16}, Smem<TQ, false>{sdOb, 0, kk * 16}, kk > 0);
-        wg_commit();
-        // P^T = exp2(S^T * scale_log2 - lse_log2), masked, while dP^T is still being computed.
-        wg_wait<1>();
-        pin(st);
-        const bool masked = k0 + kw + 15 > q0;  // some key of this warp may follow some query
+                for (int kq = 0; kq < Br / 16; ++kq)
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
+                    for (int n0 = 0; n0 < D; n0 += DN) {
+                        wg_mma<DN>(cols<DN, D>(dva, n0), RegA{ap[kq]}, Smem<TQ, true>{sdOb, n0, kq * 16}, true);
+                        wg_mma<DN>(cols<DN, D>(dka, n0), RegA{ads[kq]}, Smem<TQ, true>{sQb, n0, kq * 16}, true);
+                    }
+                wg_commit();
+
+                // dS^T into its slot once step it - NS's dQ product has read the slot (its bf16 A
+                // fragments are exactly the values to store).
+                mbar_wait(ds_empty(j), (it / NS & 1) ^ 1);
+                unsigned char* const pdS = smem + L::dS + j * TS::BYTES;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qi = nb * 8 + 2 * t + (e & 1);
-                float p = exp2_approx(fmaf(st[nb][e], scale_log2, -sl[qi]));
-                if (masked && k0 + kw + g + (e >> 1) * 8 > q0 + qi) p = 0.f;
-                st[nb][e] = p;
+                for (int kq = 0; kq < Br / 16; ++kq)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        *reinterpret_cast<uint32_t*>(pdS + TS::off(kw + g + (i & 1) * 8, 2 * kq + (i >> 1)) + t * 4) =
+                            ads[kq][i];
+                fence_smem_for_tensor_cores();
+                wg_wait<0>();
+                pin(dka);
+                pin(dva);
+                pin(ap);
+                pin(ads);
+            } else {
+                // No dS^T to store, but the arrival below must not count towards step it - NS's slot.
+                mbar_wait(ds_empty(j), (it / NS & 1) ^ 1);
             }
-        // dS^T = P^T * (dP^T - D_i).
-        wg_wait<0>();
-        pin(dpt);
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dpt[nb][e] = st[nb][e] * (dpt[nb][e] - sd[nb * 8 + 2 * t + (e & 1)]);
-
-        // dV += P^T dO and dK += dS^T Q (scaled at the end).
-        uint32_t ap[Br / 16][4], ads[Br / 16][4];
-#pragma unroll
-        for (int kq = 0; kq < Br / 16; ++kq) {
-            acc_to_a(ap[kq], st[2 * kq], st[2 * kq + 1]);
-            acc_to_a(ads[kq], dpt[2 * kq], dpt[2 * kq + 1]);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(ds_full(j));
+            if (tid == 0) mbar_arrive(empty(s));  // this warpgroup's products have read the stage
         }
-        wg_fence();
-#pragma unroll
-        for (int kq = 0; kq < Br / 16; ++kq)
-#pragma unroll
-            for (int n0 = 0; n0 < D; n0 += DN) {
-                wg_mma<DN>(cols<DN, D>(dva, n0), RegA{ap[kq]}, Smem<TQ, true>{sdOb, n0, kq * 16}, true);
-                wg_mma<DN>(cols<DN, D>(dka, n0), RegA{ads[kq]}, Smem<TQ, true>{sQb, n0, kq * 16}, true);
-            }
-        wg_commit();
+        const int p = it - 1;
+        if (p < 0 || p % WG != wg) continue;
 
-        // dS^T to shared memory (its bf16 A fragments are exactly the values to store). Each
-        // warpgroup reads back only its own rows, so its own barrier suffices.
-#pragma unroll
-        for (int kq = 0; kq < Br / 16; ++kq)
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-                *reinterpret_cast<uint32_t*>(pdS + TS::off(kw + g + (i & 1) * 8, 2 * kq + (i >> 1)) + t * 4) = ads[kq][i];
-        fence_smem_for_tensor_cores();
-        wg_barrier(wg);
-
-        // This warpgroup's dQ share = dS K over its 64 keys (Br queries x D, in slices of DN), into
-        // shared memory; then the block sums the shares and adds the sum into the workspace with
-        // fp32 vector atomics, one per 4 columns of a row.
-        float* const share = shares + wg * Br * PS;
-        const int qr = (warp % 4) * 16 + g;  // this thread's first query row of the share
+        // Step p's dQ = dS K over keys 0..64 nk - 1, DN columns at a time, staged in fp32 and
+        // added into the workspace by bulk reductions, one a query row.
+        const int j = p % NS, h = head(p), q0 = qrow0(p), n = nk(p);
+        const uint32_t sdSj = sdS + j * TS::BYTES;
+        mbar_wait(ds_full(j), p / NS & 1);
 #pragma unroll
         for (int n0 = 0; n0 < D; n0 += DN) {
             float dqa[DN / 8][4];
-            wg_fence();
+            // 16-deep steps over the keys of warpgroups 0..nk-1: unrolled, so that the products
+            // stay asynchronous (in a loop the compiler serialises them).
+            auto product = [&](auto steps) {
+                wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                wg_mma<DN>(dqa, Smem<TS, true>{sdS, 0, 64 * wg + kk * 16}, Smem<TK, true>{sK, n0, 64 * wg + kk * 16},
-                           kk > 0);
-            wg_commit();
+                for (int kk = 0; kk < decltype(steps)::value; ++kk)
+                    wg_mma<DN>(dqa, Smem<TS, true>{sdSj, 0, kk * 16}, Smem<TK, true>{sK, n0, kk * 16}, kk > 0);
+                wg_commit();
+            };
+            if (n == 1) product(std::integral_constant<int, 4>{});
+            else if (WG > 1 && n == 2) product(std::integral_constant<int, 8>{});
+            else if (WG > 2) product(std::integral_constant<int, 12>{});
+            if (tid < Br) bulk_wait<0, true>();  // the last reductions have read the staging
+            wg_barrier(wg);
             wg_wait<0>();
             pin(dqa);
+            if (n0 + DN == D && tid == 0) mbar_arrive(ds_empty(j));
+            const int qr = (warp % 4) * 16 + g;  // this thread's first query row
 #pragma unroll
-            for (int j = 0; j < DN / 8; ++j) {
-                const int col = n0 + j * 8 + 2 * t;
-                *reinterpret_cast<float2*>(share + qr * PS + col) = make_float2(dqa[j][0], dqa[j][1]);
-                *reinterpret_cast<float2*>(share + (qr + 8) * PS + col) = make_float2(dqa[j][2], dqa[j][3]);
+            for (int jb = 0; jb < DN / 8; ++jb) {
+                const int col = jb * 8 + 2 * t;
+                *reinterpret_cast<float2*>(staging + qr * PS + col) = make_float2(dqa[jb][0], dqa[jb][1]);
+                *reinterpret_cast<float2*>(staging + (qr + 8) * PS + col) = make_float2(dqa[jb][2], dqa[jb][3]);
             }
-        }
-        __syncthreads();
-        for (int i = threadIdx.x; i < Br * D / 4; i += NT) {
-            const int r = i / (D / 4), c = i % (D / 4) * 4;
-            float4 sum = *reinterpret_cast<const float4*>(shares + r * PS + c);
-#pragma unroll
-            for (int w = 1; w < WG; ++w) {
-                const float4 x = *reinterpret_cast<const float4*>(shares + (w * Br + r) * PS + c);
-                sum.x += x.x, sum.y += x.y, sum.z += x.z, sum.w += x.w;
+            fence_smem_for_tensor_cores();  // the TMA unit reads the staging next
+            wg_barrier(wg);
+            float* const dst = dq_acc + (size_t(b) * T + q0) * Hq * D + size_t(h) * D + n0;
+#if PG_SM90
+            if (tid < Br) {
+                if (q0 + tid < T) bulk_add_f32(dst + size_t(tid) * Hq * D, smem_addr(staging + tid * PS), DN * 4);
+                bulk_commit();
             }
-            if (q0 + r < T) atomic_add4(dq_acc + ((size_t(b) * T + q0 + r) * Hq + h) * D + c, sum);
+#else
+            for (int i = tid; i < Br * DN / 4; i += 128) {
+                const int row = i / (DN / 4), col = i % (DN / 4) * 4;
+                if (q0 + row < T)
+                    atomic_add4(dst + size_t(row) * Hq * D + col,
+                                *reinterpret_cast<const float4*>(staging + row * PS + col));
+            }
+#endif
         }
-        pin(dka);
-        pin(dva);
-        pin(ap);
-        pin(ads);
-        // The other stage's stats were last read in step it - 1.
-        if (it + 1 < n_it && threadIdx.x < 2 * Br) stats[(buf ^ 1) * 2 * Br + threadIdx.x] = next_stat;
     }
+    if (tid < Br) bulk_wait<0, false>();
 
-    __syncthreads();  // every warp is done with K and V before the tiles are reused for staging
+    consumers_barrier<128 * WG>();  // every dQ product has read K before its tile is reused for staging
+    unsigned char* const pK = smem + L::K;
+    unsigned char* const pV = smem + L::V;
     stage_acc<Bc, D>(pK, kw, dka, scale, g, t);
     stage_acc<Bc, D>(pV, kw, dva, 1.f, g, t);
     __syncwarp();
@@ -570,14 +661,14 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
         out, dout, delta, dq_acc, rows, T, Hq);
     PG_CHECK_LAUNCH();
 
-    constexpr int smem = bwd_smem_bytes<D>();
+    constexpr int smem = BwdSmem<D>::bytes;
     set_smem(bwd_kernel<D>, smem);
     // Chunks of (batch, KV head) groups whose fp32 dQ rows take a third of L2 (at least one group).
     const size_t group_dq_bytes = size_t(Hq / Hkv) * T * D * sizeof(float);
     const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / group_dq_bytes));
     constexpr int WG = bwd_warpgroups<D>();
     const unsigned blocks = unsigned((T + 64 * WG - 1) / (64 * WG)) * unsigned(B * Hkv);
-    bwd_kernel<D><<<blocks, 128 * WG, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv,
+    bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv,
                                                       chunk, scale * kLog2e, scale);
     PG_CHECK_LAUNCH();
 

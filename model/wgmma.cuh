@@ -1,7 +1,8 @@
 // Hopper (sm_90a) building blocks for matrix products: swizzled shared-memory tiles, wgmma on
 // operands in shared memory, TMA and cp.async copies and the mbarriers that track them. On
-// sm_80, wg_mma runs as ldmatrix + mma.sync per warp; the other sm_90-only functions compile to
-// nothing there (their callers run on sm_90 only).
+// sm_80, wg_mma runs as ldmatrix + mma.sync per warp and the mbarriers and cp.async work as
+// they do on sm_90; the other sm_90-only functions compile to nothing there (their callers run
+// on sm_90 only, or have an sm_80 path of their own).
 #pragma once
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -264,9 +265,7 @@ __device__ __forceinline__ void wg_reg_dealloc() {
 // (parity 1) as complete, so a producer's first wait on an empty buffer passes at once.
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-#if PG_SM90
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-#endif
 }
 // Makes the initialised barriers visible to the async proxy (the TMA units); then __syncthreads.
 __device__ __forceinline__ void mbar_init_fence() {
@@ -275,9 +274,7 @@ __device__ __forceinline__ void mbar_init_fence() {
 #endif
 }
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-#if PG_SM90
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-#endif
 }
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
 #if PG_SM90
@@ -287,13 +284,16 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #if PG_SM90
+#define PG_MBAR_TEST "mbarrier.try_wait.parity.shared::cta.b64"
+#else
+#define PG_MBAR_TEST "mbarrier.test_wait.parity.shared::cta.b64"
+#endif
     asm volatile(
-        "{\n.reg .pred done;\nwait:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "{\n.reg .pred done;\nwait:\n" PG_MBAR_TEST " done, [%0], %1;\n"
         "@!done bra wait;\n}\n" ::"r"(bar),
         "r"(parity)
         : "memory");
-#endif
+#undef PG_MBAR_TEST
 }
 
 __device__ __forceinline__ uint4 lds16(uint32_t addr) {
@@ -323,9 +323,7 @@ __device__ __forceinline__ void fence_smem_for_tensor_cores() {
 // Arrives on mbarrier `bar` once this thread's cp.async copies so far have landed; the arrival
 // counts towards the barrier's expected count (no increment).
 __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
-#if PG_SM90
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-#endif
 }
 
 // Box (c0, c1) of a 2-D tensor map (c0 the contiguous coordinate) into shared memory; the
@@ -337,6 +335,31 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
             dst),
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
+#endif
+}
+
+// dst[0..bytes/4) += the fp32 values at shared address src, by the TMA unit (16-byte aligned,
+// bytes a multiple of 16); the copy joins this thread's bulk group.
+__device__ __forceinline__ void bulk_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+#if PG_SM90
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+                 "r"(src), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if PG_SM90
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's bulk groups are still reading shared memory (READ) or
+// still running at all.
+template <int N, bool READ>
+__device__ __forceinline__ void bulk_wait() {
+#if PG_SM90
+    if constexpr (READ)
+        asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+    else
+        asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
