@@ -382,8 +382,10 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
     auto qrow0 = [&](int it) { return (qt0 + it % per_head) * Br; };
 
     if (threadIdx.x == 0) {
-        for (int s = 0; s < S; ++s) mbar_init(full(s), 2 * 128), mbar_init(empty(s), WG);
-        for (int j = 0; j < NS; ++j) mbar_init(ds_full(j), 4 * WG), mbar_init(ds_empty(j), 1);
+        // Consumers arrive one a warp, each after its own wait: a warpgroup's product runs on
+        // the four warps' tensor cores, and one warp's wait does not cover the others' reads.
+        for (int s = 0; s < S; ++s) mbar_init(full(s), 2 * 128), mbar_init(empty(s), 4 * WG);
+        for (int j = 0; j < NS; ++j) mbar_init(ds_full(j), 4 * WG), mbar_init(ds_empty(j), 4);
         mbar_init_fence();
     }
     __syncthreads();
@@ -512,7 +514,7 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
             }
             __syncwarp();
             if (lane == 0) mbar_arrive(ds_full(j));
-            if (tid == 0) mbar_arrive(empty(s));  // this warpgroup's products have read the stage
+            if (lane == 0) mbar_arrive(empty(s));  // this warp's products have read the stage
         }
         const int p = it - 1;
         if (p < 0 || p % WG != wg) continue;
@@ -541,7 +543,7 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
             wg_barrier(wg);
             wg_wait<0>();
             pin(dqa);
-            if (n0 + DN == D && tid == 0) mbar_arrive(ds_empty(j));
+            if (n0 + DN == D && lane == 0) mbar_arrive(ds_empty(j));
             const int qr = (warp % 4) * 16 + g;  // this thread's first query row
 #pragma unroll
             for (int jb = 0; jb < DN / 8; ++jb) {

@@ -170,6 +170,14 @@ bool timing_key(const std::string& k) {
     return k == "date" || k.find("seconds") != std::string::npos || k.find("tokens_per_second") != std::string::npos;
 }
 
+// The scores of test-time training, which on a GPU run the attention backward: its blocks add
+// their dQ into one fp32 sum by reductions whose order can differ between processes (two runs
+// of one binary: 5.88858554 and 5.88858724). Compared to 1e-6 relative; every other value exactly.
+bool ttt_key(const std::string& k) {
+    const std::string last = k.substr(k.rfind('.') == std::string::npos ? 0 : k.rfind('.') + 1);
+    return last == "ttt_val_bpb" || last == "ttt_val_loss" || last == "val_bpb" || last == "val_loss";
+}
+
 const std::string kTiny = "run --config records/configs/tiny.toml";
 
 // One uninterrupted tiny run, shared by the tests that compare against it.
@@ -311,7 +319,8 @@ TEST_CASE("run: a stopped or partly deleted run, started again, completes with t
         for (const auto& [k, v] : straight.v) {
             INFO("submission.json " << k);
             REQUIRE(j.v.count(k) == 1);
-            if (!timing_key(k)) CHECK(j.v.at(k) == v);
+            if (ttt_key(k)) CHECK(std::fabs(j.num(k) - straight.num(k)) <= 1e-6 * std::fabs(straight.num(k)));
+            else if (!timing_key(k)) CHECK(j.v.at(k) == v);
         }
     };
     REQUIRE(test::run_pgolf(kTiny + " --out " + dir, log) == 0);
