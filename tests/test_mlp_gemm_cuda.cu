@@ -151,49 +151,51 @@ TEST_CASE("mlp gemm cuda: fused up forward and down backward match the CPU oracl
     INFO("seed = " << seed);
     std::mt19937_64 rng(seed);
     struct Shape {
-        int N, K;
+        int M, N, K;
     };
-    for (const Shape s : {Shape{256, 32}, Shape{768, 192}, Shape{2048, 512}})
-        for (int M : {1, 77, 1000})
-            for (float slope : {0.5f, 0.1f}) {
-                const int N = s.N, K = s.K;
-                CAPTURE(M);
-                CAPTURE(N);
-                CAPTURE(K);
-                CAPTURE(slope);
-                const size_t n = size_t(M) * N;
-                const float wscale = 1.f / std::sqrt(float(K));  // products of unit variance
+    // 2500 x 2048: 160 tiles of 128 x 256 for 132 SMs, so some blocks take two.
+    for (const Shape s : {Shape{1, 256, 32}, Shape{77, 256, 32}, Shape{1000, 256, 32}, Shape{77, 768, 192},
+                          Shape{1000, 768, 192}, Shape{1, 2048, 512}, Shape{1000, 2048, 512}, Shape{2500, 2048, 192}})
+        for (float slope : {0.5f, 0.1f}) {
+            const int M = s.M, N = s.N, K = s.K;
+            CAPTURE(M);
+            CAPTURE(N);
+            CAPTURE(K);
+            CAPTURE(slope);
+            const size_t n = size_t(M) * N;
+            const float wscale = 1.f / std::sqrt(float(K));  // products of unit variance
 
-                const std::vector<float> x = bf16_values(rng, size_t(M) * K, 1.f), w = bf16_values(rng, size_t(N) * K, wscale);
-                std::vector<float> f(n), act(n);
-                mlp_up_forward_ref(f.data(), act.data(), x.data(), w.data(), M, N, K, slope);
-                auto dx = upload(x), dw = upload(w);
-                auto dact = poisoned(M, N);
-                auto dsigns = poisoned_signs(M, N);
-                mlp_up_forward(dact.get(), dsigns.get(), dx.get(), dw.get(), M, N, K, slope, 0);
-                const std::vector<float> gact = download(dact, M, N);
-                CHECK_CLOSE("forward act", gact, act, kTolAct);
-                size_t differ = 0;
-                for (size_t i = 0; i < n; ++i) differ += gact[i] != act[i];
-                INFO("act differs from the oracle's on " << differ << " of " << n << " elements");
-                CHECK(differ <= n / kMaxDifferent);
-                CHECK(wrong_signs(download_signs(dsigns, M, N), f) == 0);
+            const std::vector<float> x = bf16_values(rng, size_t(M) * K, 1.f),
+                                     w = bf16_values(rng, size_t(N) * K, wscale);
+            std::vector<float> f(n), act(n);
+            mlp_up_forward_ref(f.data(), act.data(), x.data(), w.data(), M, N, K, slope);
+            auto dx = upload(x), dw = upload(w);
+            auto dact = poisoned(M, N);
+            auto dsigns = poisoned_signs(M, N);
+            mlp_up_forward(dact.get(), dsigns.get(), dx.get(), dw.get(), M, N, K, slope, 0);
+            const std::vector<float> gact = download(dact, M, N);
+            CHECK_CLOSE("forward act", gact, act, kTolAct);
+            size_t differ = 0;
+            for (size_t i = 0; i < n; ++i) differ += gact[i] != act[i];
+            INFO("act differs from the oracle's on " << differ << " of " << n << " elements");
+            CHECK(differ <= n / kMaxDifferent);
+            CHECK(wrong_signs(download_signs(dsigns, M, N), f) == 0);
 
-                // The backward's act and signs from a random f, as the forward would leave them.
-                const std::vector<float> dm = bf16_values(rng, size_t(M) * K, 1.f),
-                                         wp = bf16_values(rng, size_t(K) * N, wscale), fin = bf16_values(rng, n, 1.f);
-                std::vector<float> act_in(n), dref(n);
-                leaky_relu2_forward(act_in.data(), fin.data(), n, slope);
-                for (float& a : act_in) a = round_to_bf16(a);
-                std::vector<bool> negative(n);
-                for (size_t i = 0; i < n; ++i) negative[i] = fin[i] < 0.f;
-                mlp_down_backward_ref(dref.data(), dm.data(), wp.data(), act_in.data(), negative, M, N, K, slope);
-                auto ddm = upload(dm), dwp = upload(wp), dact_in = upload(act_in);
-                auto dsigns_in = upload_signs(fin, M, N);
-                auto ddf = poisoned(M, N);
-                mlp_down_backward(ddf.get(), ddm.get(), dwp.get(), dact_in.get(), dsigns_in.get(), M, N, K, slope, 0);
-                CHECK_CLOSE("backward df", download(ddf, M, N), dref, kTolAct);
-            }
+            // The backward's act and signs from a random f, as the forward would leave them.
+            const std::vector<float> dm = bf16_values(rng, size_t(M) * K, 1.f),
+                                     wp = bf16_values(rng, size_t(K) * N, wscale), fin = bf16_values(rng, n, 1.f);
+            std::vector<float> act_in(n), dref(n);
+            leaky_relu2_forward(act_in.data(), fin.data(), n, slope);
+            for (float& a : act_in) a = round_to_bf16(a);
+            std::vector<bool> negative(n);
+            for (size_t i = 0; i < n; ++i) negative[i] = fin[i] < 0.f;
+            mlp_down_backward_ref(dref.data(), dm.data(), wp.data(), act_in.data(), negative, M, N, K, slope);
+            auto ddm = upload(dm), dwp = upload(wp), dact_in = upload(act_in);
+            auto dsigns_in = upload_signs(fin, M, N);
+            auto ddf = poisoned(M, N);
+            mlp_down_backward(ddf.get(), ddm.get(), dwp.get(), dact_in.get(), dsigns_in.get(), M, N, K, slope, 0);
+            CHECK_CLOSE("backward df", download(ddf, M, N), dref, kTolAct);
+        }
 }
 
 TEST_CASE("mlp gemm cuda: the record shape equals cuBLAS plus the elementwise leaky_relu2 kernels") {
