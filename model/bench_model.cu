@@ -171,7 +171,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     auto out = random_array<float>(size_t(nC), g), out2 = random_array<float>(size_t(nC), g);
     auto a = random_array<bf16>(size_t(nC), g), mb = random_array<bf16>(size_t(nC), g);
     auto ob = random_array<bf16>(size_t(nC), g), dnb = random_array<bf16>(size_t(nC), g);
-    auto w = random_array<float>(C, g), w2 = random_array<float>(C, g), dw = random_array<float>(2 * C, g);
+    auto w = random_array<float>(C, g), w2 = random_array<float>(C, g), dw = random_array<float>(6 * C, g);
     auto rstd = random_array<float>(size_t(N) * H, g, 0.5f);
     auto qkv = random_array<bf16>(size_t(N) * QKV, g), dqkv = random_array<bf16>(size_t(N) * QKV, g);
     auto q = random_array<bf16>(size_t(N) * QD, g), k = random_array<bf16>(size_t(N) * KVD, g);
@@ -254,6 +254,23 @@ void bench_kernels(const ModelConfig& m, int rows) {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st);
         });
     }
+    {  // the same pass taken on through a U-Net skip to the previous entry's first pass
+        ResidualIn tp;
+        tp.wx = w.get(), tp.x0 = x0.get(), tp.w0 = w2.get();
+        ResidualGrad d;
+        d.dx0 = out2.get(), d.dwx = dw.get(), d.dw0 = dw.get() + C;
+        ResidualPrev p;
+        p.x = x.get(), p.s = out.get(), p.w = w.get(), p.gate = w2.get(), p.ds = dn.get(), p.dw = dw.get() + 2 * C;
+        p.dgate = dw.get() + 3 * C, p.dres = dy.get();
+        p.t.m = mb.get(), p.t.wm = w.get(), p.d.dm = ob.get(), p.d.dwm = dw.get() + 4 * C;
+        row("residual_backward: norm 1, skip, previous m -> dx, dx0, ds, dm, dw", nC * (8 * f + 3 * h), [&] {
+            residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
+        });
+        tp.x = x.get(), p.s = nullptr, p.dw = p.dgate = nullptr;
+        row("residual_backward: norm 1, previous m -> dx, dx0, dm, dw", nC * (6 * f + 3 * h), [&] {
+            residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
+        });
+    }
     const double nq = double(N) * QKV, nkv = double(N) * KVD;
     row("qkv_prep_forward: qkv, v_first -> q, k, v", nq * 2 * h + nkv * h, [&] { qkv_prep_forward(qp, s, st); });
     row("qkv_prep_backward: dq (fp32) dk dv, qkv, v_first, dv_first, dv_xsa",
@@ -267,10 +284,6 @@ void bench_kernels(const ModelConfig& m, int rows) {
         [&] { leaky_relu2_forward(f2.get(), f1.get(), size_t(nh), m.leaky_slope, st); });
     row("leaky_relu2_backward", nh * 3 * h,
         [&] { leaky_relu2_backward(f3.get(), f2.get(), f1.get(), size_t(nh), m.leaky_slope, st); });
-    row("skip_mix_backward", nC * 5 * f, [&] {
-        skip_mix_backward(out.get(), out2.get(), dw.get(), dw.get() + C, dy.get(), x.get(), x0.get(), w.get(),
-                          w2.get(), N, C, st);
-    });
     const double nl = double(nce) * V;
     row("softcap_ce_forward (one head chunk)", nl * h,
         [&] { softcap_ce_forward(losses.get(), lse.get(), logits.get(), targets.get(), nce, V, 30.f, st); });

@@ -183,7 +183,7 @@ __device__ float block_sum(float v) {
 // summed by 32 threads in 4 interleaved running sums (loads in flight), then across the
 // threads; every order is fixed. With wstride 0 the one block takes every column, thread
 // (x, y) the parts y mod 32 and columns x mod 32.
-constexpr int kMaxSums = 4;
+constexpr int kMaxSums = 8;
 struct PartialSums {
     float* out[kMaxSums] = {};
     const float* partial[kMaxSums] = {};
@@ -539,37 +539,6 @@ struct SmearBackward {
     }
 };
 
-struct SkipCols {
-    Gates gates;
-    Weights w;
-};
-
-struct SkipMixBackward {
-    static constexpr int kGrads = 2;  // dw, dgate
-    using Cols = SkipCols;
-    float *dx, *ds;
-    const float *dout, *x, *s, *w, *gate;
-    int C;
-    __device__ Cols cols(int c0, int cnt) const { return {load_gates(gate, c0, cnt), load_weights(w, c0, cnt, 1)}; }
-    __device__ void operator()(const Cols& k, int n, int c0, int cnt, Acc<2>& acc) const {
-        const size_t o = size_t(n) * C + c0;
-        float dy[8], vx[8], vs[8];
-        ld8(dy, dout + o, cnt);
-        ld8(vx, x + o, cnt);
-        ld8(vs, s + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float g = k.gates.g[j], wj = k.w.v[j];
-            acc[0][j] += (1.f - g) * vs[j] * dy[j];
-            acc[1][j] += k.gates.dg[j] * dy[j] * (vx[j] - wj * vs[j]);
-            vx[j] = g * dy[j];
-            vs[j] = (1.f - g) * wj * dy[j];
-        }
-        st8(dx + o, vx, cnt);
-        st8(ds + o, vs, cnt);
-    }
-};
-
 // ---- RMSNorm: one block per row; its first 8 * blockDim values stay in registers ----
 
 int norm_threads(int C) { return std::clamp(((C + 7) / 8 + 31) / 32 * 32, 32, 1024); }
@@ -689,15 +658,20 @@ __device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, si
     add_term(s, t.m, t.wm, o, c0, cnt, t.wstride);
 }
 
+// The U-Net skip mix over a chunk, y = g x + (1 - g) w s; the forward's and, formed again,
+// the backward's.
+__device__ __forceinline__ void skip_mix(float (&y)[8], const float (&x)[8], const float (&s)[8], const Gates& g,
+                                         const Weights& w) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) y[j] = g.g[j] * x[j] + (1.f - g.g[j]) * w.v[j] * s[j];
+}
+
 // The next block's input from a chunk of the sum, in place (ResidualNext).
 __device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx, size_t o, int c0, int cnt) {
     if (nx.s) {
-        const Gates g = load_gates(nx.gate, c0, cnt);
-        const Weights w = load_weights(nx.w, c0, cnt, 1);
         float v[8];
         ld8(v, nx.s + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) s[j] = g.g[j] * s[j] + (1.f - g.g[j]) * w.v[j] * v[j];
+        skip_mix(s, s, v, load_gates(nx.gate, c0, cnt), load_weights(nx.w, c0, cnt, 1));
         st8(nx.skip_out + o, s, cnt);
     }
     float wx[8];
@@ -753,7 +727,10 @@ struct ResidualBackwardArgs {
     float scale;
     ResidualIn t;
     ResidualGrad d;
-    int slot[4];  // accumulator of each term's weight gradient (x, x0, a, m), or -1 for none
+    ResidualPrev p;
+    // Accumulator of each weight gradient, or -1 for none: t's x, x0, a, m; p's skip w and gate;
+    // p.t's a and m.
+    int slot[8];
 };
 
 // The weight-gradient sums of a residual backward pass, in shared memory rather than
@@ -806,18 +783,24 @@ constexpr size_t residual_backward_smem(int K, int slots) {
     return size_t(slots) * kResWarps * K * 256 * sizeof(float);
 }
 
-// partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient.
-template <int K>
+// partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient. PREV: the
+// pass goes on to the previous entry (ResidualPrev); SKIP: through a skip (p.s given), t's x
+// term being the skip mix of p.x and p.s. A kernel of its own, so that the passes without it
+// keep their registers down (80, three blocks an SM).
+template <int K, bool PREV, bool SKIP>
 __global__ void __launch_bounds__(kResWarps * 32)
     residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, int slots, float* partial) {
+    static_assert(PREV || !SKIP);
     extern __shared__ float4 acc_smem[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const ResidualIn& t = a.t;
     const ResidualGrad& d = a.d;
+    const ResidualPrev& p = a.p;
+    constexpr bool skip = SKIP;
     const int slot_stride = kResWarps * K * 2 * 32;  // float4s
     const GradAcc acc{acc_smem + warp * K * 2 * 32 + lane, slot_stride};
     for (int s = 0; s < slots; ++s)
-        for (int p = 0; p < 2 * K; ++p) acc.base[s * slot_stride + p * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int q = 0; q < 2 * K; ++q) acc.base[s * slot_stride + q * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float g[K][8];
@@ -841,6 +824,15 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 ld8(dn[k], a.dnorm + row + c0, cnt);
                 if (a.xn) ld8(xs[k], a.xn + row + c0, cnt);
                 else sum_terms(xs[k], t, row + c0, c0, cnt);
+                if (skip) {  // the block's input, the skip mix, formed again where needed
+                    float x[8], s[8], xv[8], wx[8];
+                    ld8(x, p.x + row + c0, cnt);
+                    ld8(s, p.s + row + c0, cnt);
+                    skip_mix(xv, x, s, load_gates(p.gate, c0, cnt), load_weights(p.w, c0, cnt, 1));
+                    ldw(wx, t.wx, c0, cnt, 1);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) xs[k][j] += wx[j] * xv[j];
+                }
                 dot += dot8(dn[k], xs[k]);
             }
             const float r = a.rstd[n];
@@ -855,10 +847,51 @@ __global__ void __launch_bounds__(kResWarps * 32)
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
             if (a.dres) st8(a.dres + o, g[k], cnt);  // may alias dy: read above by this lane
+            float x[8], s[8];  // skip: the previous output and the skip's source
+            Gates gt;
+            Weights w;
+            if (skip) {
+                ld8(x, p.x + o, cnt);
+                ld8(s, p.s + o, cnt);
+                gt = load_gates(p.gate, c0, cnt);
+                w = load_weights(p.w, c0, cnt, 1);
+                float xv[8];
+                skip_mix(xv, x, s, gt, w);
+                acc.add(a.slot[0], k, g[k], xv);
+            }
             term_backward(acc, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
             term_backward(acc, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, true, o, c0, cnt, t.wstride);
             term_backward(acc, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
             term_backward(acc, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
+            if constexpr (PREV) {
+                float gx[8];  // y = wx g, then the previous output's gradient
+                ldw(gx, t.wx, c0, cnt, 1);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) gx[j] *= g[k][j];
+                if (skip) {
+                    float vw[8], vg[8], ds[8];
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        vw[j] = (1.f - gt.g[j]) * s[j];
+                        vg[j] = gt.dg[j] * (x[j] - w.v[j] * s[j]);
+                        ds[j] = (1.f - gt.g[j]) * w.v[j] * gx[j];
+                    }
+                    acc.add(a.slot[4], k, gx, vw);
+                    acc.add(a.slot[5], k, gx, vg);
+                    if (p.ds) st8(p.ds + o, ds, cnt);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) gx[j] = gt.g[j] * gx[j] + (p.ds ? 0.f : ds[j]);
+                }
+                if (p.dskip) {
+                    float e[8];
+                    ld8(e, p.dskip + o, cnt);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) gx[j] += e[j];
+                }
+                st8(p.dres + o, gx, cnt);  // may alias dy: read above by this lane
+                term_backward(acc, a.slot[6], k, gx, p.t.a, p.t.wa, p.d.da, false, o, c0, cnt, 1);
+                term_backward(acc, a.slot[7], k, gx, p.t.m, p.t.wm, p.d.dm, false, o, c0, cnt, 1);
+            }
         }
     }
     if (slots == 0) return;
@@ -1506,11 +1539,6 @@ void smear_backward(float* dinp, float* dgate, const float* dout, const float* i
     launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C}, B * Tn, C, stream, {dgate});
 }
 
-void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x, const float* s,
-                       const float* w, const float* gate, int N, int C, cudaStream_t stream) {
-    launch_rows(SkipMixBackward{dx, ds, dout, x, s, w, gate, C}, N, C, stream, {dw, dgate});
-}
-
 void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
                       cudaStream_t stream, const ResidualNext* next) {
     if (N <= 0 || C <= 0) return;
@@ -1529,28 +1557,46 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
 
 void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, const ResidualPrev* prev) {
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!dnorm || rstd);
-    ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, {-1, -1, -1, -1}};
-    float* const dw[4] = {d.dwx, d.dw0, d.dwa, d.dwm};
+    if (prev) {
+        PG_CHECK(prev->x && prev->dres && !d.dx && t.wstride == 1 && prev->t.wstride == 1);
+        PG_CHECK(!prev->s || (prev->w && prev->gate && !t.x));
+    }
+    ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, prev ? *prev : ResidualPrev{},
+                           {-1, -1, -1, -1, -1, -1, -1, -1}};
+    float* const dw[8] = {d.dwx, d.dw0, d.dwa, d.dwm, a.p.dw, a.p.dgate, a.p.d.dwa, a.p.d.dwm};
     int slots = 0;
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 8; ++i)
         if (dw[i]) a.slot[i] = slots++;
-    with_res_chunks(C, [&](auto k) {
-        const auto kernel = residual_backward_kernel<decltype(k)::value>;
+    auto launch = [&](auto kernel, int K) {
         const int threads = kResWarps * 32;
-        const size_t smem = residual_backward_smem(decltype(k)::value, slots);
-        if (smem > 48 * 1024)
-            PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        const size_t smem = residual_backward_smem(K, slots);
+        // The kernel's limit is what its most slots take (within the device's), not this call's:
+        // a graph captured with a larger launch of it must still find that launch allowed (with
+        // the limit lowered after capture, ncu's replay of such a launch failed).
+        int dev = 0, optin = 0;
+        PG_CHECK(cudaGetDevice(&dev));
+        PG_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        const size_t limit = std::min(residual_backward_smem(K, 8), size_t(optin));
+        if (smem > limit)
+            fail("residual_backward: %d weight gradients of rows of %d take too much shared memory", slots, C);
+        PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
         const int blocks = one_wave(kernel, threads, smem, (N + kResWarps - 1) / kResWarps);
         float* partial = slots ? scratch(size_t(slots) * blocks * C) : nullptr;
         kernel<<<blocks, threads, smem, stream>>>(a, N, C, slots, partial);
         PG_CHECK_LAUNCH();
         PartialSums f;
-        for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 8; ++i)
             if (dw[i]) f.add(dw[i], partial + size_t(a.slot[i]) * blocks * C, C);
         finish_partials(f, blocks, C, t.wstride, stream);
+    };
+    with_res_chunks(C, [&](auto k) {
+        constexpr int K = decltype(k)::value;
+        if (!prev) launch(residual_backward_kernel<K, false, false>, K);
+        else if (!prev->s) launch(residual_backward_kernel<K, true, false>, K);
+        else launch(residual_backward_kernel<K, true, true>, K);
     });
 }
 

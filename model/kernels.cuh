@@ -79,11 +79,9 @@ void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int h
 void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
 void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B,
                     int Tn, int C, cudaStream_t stream);
-// U-Net skip: out = g x + (1-g) (w s), g = sigmoid(gate); the forward is residual_forward's
-// (ResidualNext). The backward OVERWRITES dx and ds (each encoder output feeds one skip; no
-// zeroing needed) and adds to dw, dgate.
-void skip_mix_backward(float* dx, float* ds, float* dw, float* dgate, const float* dout, const float* x,
-                       const float* s, const float* w, const float* gate, int N, int C, cudaStream_t stream);
+// The U-Net skip, out = g x + (1-g) (w s), g = sigmoid(gate), runs inside the residual passes
+// below: forward in residual_forward's (ResidualNext), backward in residual_backward's
+// (ResidualPrev).
 
 // ---- the residual stream around a block (ops_ref.h residual_forward / _backward): one warp
 // per row, so a row's RMS statistic and every term of the sum meet in one pass. C <= 2048. ----
@@ -103,9 +101,27 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
 // g = dy + dadd + scale * rmsnorm_backward(dnorm; input xn, or the terms' sum when xn is null);
 // dres = g (may alias dy); term gradients as ResidualGrads says. dnorm, the gradient of the
 // norm's output, comes from the products that read it, in bf16 like every GEMM's gradient output.
+// With prev (the mirror of ResidualNext): the gradient of the block's input, y = wx g, is not
+// stored (d.dx null) but taken on in the same pass to the previous entry's output x, whose
+// gradient is then read by nobody else first:
+//   skip (s given; the block's input was g x + (1-g) w s, t.x null: that input is formed again
+//   from x and s): gx = g y, ds = (1-g) w y, dw and dgate added to; with ds null, s is x itself
+//   and its share adds into gx;
+//   gx += dskip (x's gradient through its own skip);
+//   dres = gx, and the previous block's branch terms t (a, m) get their gradients d from gx.
+// Weights are per channel (wstride 1) throughout.
+struct ResidualPrev {
+    const float* x = nullptr;
+    const float *s = nullptr, *w = nullptr, *gate = nullptr;
+    float *ds = nullptr, *dw = nullptr, *dgate = nullptr;
+    const float* dskip = nullptr;
+    float* dres = nullptr;  // may alias dy
+    ResidualIn t;
+    ResidualGrad d;
+};
 void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
-                       cudaStream_t stream);
+                       cudaStream_t stream, const ResidualPrev* prev = nullptr);
 
 // ---- tied head: softcap + cross-entropy over a chunk of logits [n, V] (bf16, the GEMM output
 // x E^T), so the full fp32 logits never exist (ops_ref.h softcap_ce_forward / _backward). One

@@ -414,35 +414,24 @@ void CudaModel::backward_body() {
 
     // The head's gradients, which the forward formed at unit scale.
     accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
-    float* dx = dx_;
-    float* dblock = dblock_;
+    float* const dx = dx_;
     zero(dx, ND, st);
     rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_);
 
-    // Blocks in reverse. The decoder entry that pops encoder entry i runs first, and its skip
-    // backward writes dskip_[i], the gradient of i's output through that skip.
+    // Blocks in reverse, dx holding the residual's gradient throughout. The decoder entry that
+    // pops encoder entry i runs first, and its skip backward writes dskip_[i], the gradient of
+    // i's output through that skip.
     zero(dx0_, ND, st);
     if (cfg_.value_residual) zero(dv_first_, size_t(N) * KVD, st);
-    for (int i = int(schedule_.size()) - 1; i >= 0; --i) {
-        const Entry& E = entries_[i];
-        block_backward(i, dx, dblock);
-        if (E.skip >= 0) {
-            skip_mix_backward(dx, dskip_[E.skip_src], G(ix_.skip_weights) + size_t(E.skip) * D,
-                              G(ix_.skip_gates) + size_t(E.skip) * D, dblock, slots_[i - 1].x_out,
-                              slots_[E.skip_src].x_out, P(ix_.skip_weights) + size_t(E.skip) * D,
-                              P(ix_.skip_gates) + size_t(E.skip) * D, N, D, st);
-        } else {
-            std::swap(dx, dblock);
-        }
-    }
+    for (int i = int(schedule_.size()) - 1; i >= 0; --i) block_backward(i);
     // x0 feeds the first block and every resid_mix.
     accumulate(dx, dx0_, ND, st);
 
     const float* dnorm = dx;
     if (cfg_.smear_gate) {
-        zero(dblock, ND, st);
-        smear_backward(dblock, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
-        dnorm = dblock;
+        zero(dblock_, ND, st);
+        smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
+        dnorm = dblock_;
     }
     float* demb = dx0_;  // free once added into dx
     zero(demb, ND, st);
@@ -461,16 +450,18 @@ void CudaModel::backward_body() {
     embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
 }
 
-// dx: the gradient of the block's output, used up (it holds the residual's gradient as it
-// passes back through the block). Writes the gradient of the block's input residual into
-// dblock, adds that of x0 into dx0_ and of the first block's values into dv_first_.
+// dx: the gradient of the block's output, replaced by that of the previous entry's output (the
+// first block: of its input). Adds the gradient of x0 into dx0_ and of the first block's values
+// into dv_first_. The block's last pass also runs the U-Net skip's backward and the previous
+// entry's first pass (ResidualPrev), which is why a block's first pass runs here only for the
+// last entry.
 // GEMM operands (dm, da, dact, df, dy, dk, dv, dqkv) are bf16, and so is dh, the input
 // gradient of the matrices that read h. dh is a GEMM output read once by a norm backward, so
 // bf16 halves its traffic (0.5 ms a step at the record shape). It takes the same bf16 rounding
 // that every other product's gradient already has. In a parallel block the second product
 // adds into it, which is one more rounding. Residual-stream gradients are fp32, and so is dq:
 // qkv_prep's backward reads the attention's fp32 accumulator (saving a pass that rounds it).
-void CudaModel::block_backward(int i, float* dx, float* dblock) {
+void CudaModel::block_backward(int i) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
     const ParamIndex::Block& L = ix_.blocks[E.layer];
@@ -480,15 +471,16 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
     const float s = ln_scale(E.layer);
     const bool par = parallel(E.layer);
     const cudaStream_t st = st_;
+    float* const dx = dx_;
 
-    // The branches' gradients from the output's: the MLP's, and with parallel residuals the
-    // attention's too. An encoder entry's output also fed a skip: its gradient is added first.
-    {
+    // The branches' gradients from the output's (branch_terms). An encoder entry's output also
+    // fed a skip: its gradient is added first. Before every entry but the last, the next
+    // block's last pass has done this.
+    if (i + 1 == int(entries_.size())) {
         const float* dskip = i < n_enc_ ? dskip_[i] : nullptr;
         ResidualIn t;
         ResidualGrad d;
-        t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_, d.dwm = G(L.mlp_scale);
-        if (par) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
+        branch_terms(i, t, d);
         residual_backward(dskip ? dx : nullptr, dx, dskip, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
     }
 
@@ -539,12 +531,44 @@ void CudaModel::block_backward(int i, float* dx, float* dblock) {
     accumulate(G(L.wk), dwqkv_ + size_t(QD) * D, size_t(KVD) * D, st);
     accumulate(G(L.wv), dwqkv_ + size_t(QD + KVD) * D, size_t(KVD) * D, st);
 
-    // Through the first norm (x_in formed again from x and x0) and resid_mix.
+    // Through the first norm (x_in formed again from x and x0) and resid_mix; the first block's
+    // input gradient goes to dx, every other's on through the previous entry's first pass.
     ResidualIn t;
     ResidualGrad g;
-    t.x = E.x, t.wx = P(L.resid_mix), t.x0 = x0_, t.w0 = P(L.resid_mix) + D;
-    g.dx = dblock, g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D;
-    residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
+    t.wx = P(L.resid_mix), t.x0 = x0_, t.w0 = P(L.resid_mix) + D;
+    g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D;
+    if (i == 0) {
+        t.x = E.x, g.dx = dx;
+        residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
+        return;
+    }
+    // Entry i - 1 = p: its output fed this block (through the skip mix, which the pass forms
+    // again) and maybe a skip of its own, whose gradient is in dskip_[p] unless it is this one.
+    const int p = i - 1;
+    ResidualPrev prev;
+    prev.x = slots_[p].x_out, prev.dres = dx;
+    bool own_skip = p < n_enc_;
+    if (E.skip >= 0) {
+        prev.s = slots_[E.skip_src].x_out;
+        prev.w = P(ix_.skip_weights) + size_t(E.skip) * D, prev.gate = P(ix_.skip_gates) + size_t(E.skip) * D;
+        prev.dw = G(ix_.skip_weights) + size_t(E.skip) * D, prev.dgate = G(ix_.skip_gates) + size_t(E.skip) * D;
+        if (E.skip_src == p) own_skip = false;  // that skip is this one: its share adds in place
+        else prev.ds = dskip_[E.skip_src];
+    } else {
+        t.x = E.x;
+    }
+    if (own_skip) prev.dskip = dskip_[p];
+    branch_terms(p, prev.t, prev.d);
+    residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st, &prev);
+}
+
+// Entry i's branch outputs, which its output's gradient reaches first: the MLP's, and with
+// parallel residuals the attention's; and their gradients.
+void CudaModel::branch_terms(int i, ResidualIn& t, ResidualGrad& d) const {
+    const Slot& A = slots_[i];
+    const ParamIndex::Block& L = ix_.blocks[entries_[i].layer];
+    t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_, d.dwm = G(L.mlp_scale);
+    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
 }
 
 }  // namespace pg

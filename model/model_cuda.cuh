@@ -131,7 +131,8 @@ private:
     void forward_body();
     void backward_body();
     void block_forward(int i);
-    void block_backward(int i, float* dx, float* dblock);
+    void block_backward(int i);
+    void branch_terms(int i, ResidualIn& t, ResidualGrad& d) const;
     // Rows [r0, r0 + rows) of the tied head: losses; with grads, also their gradients at unit
     // loss scale into dxf_ and dhead_.
     void head_chunk(int r0, int rows, bool grads);

@@ -103,6 +103,10 @@ Vec minus(Vec a, const Vec& b) {
     for (size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
     return a;
 }
+Vec plus(Vec a, const Vec& b) {
+    for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+    return a;
+}
 
 const char* name(float) { return "f32"; }
 const char* name(bf16) { return "bf16"; }
@@ -401,6 +405,108 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     E.check("residual_forward next rstd, " + tag, download(drstd, st), rstd, kSum);
 }
 
+// A block's first backward pass taken on to the previous entry (ResidualPrev): against the CPU
+// reference's first-norm backward, skip mix backward and the previous block's branch backward,
+// one after another. skip: 0 none, 1 from another entry's output, 2 from the previous output
+// itself; dskip: that output also fed a skip; par: the previous block is parallel (a and m).
+struct PrevCase {
+    int skip;
+    bool dskip, par, alias;  // alias: dres is dy
+};
+constexpr PrevCase kPrevCases[] = {
+    {0, false, false, true}, {0, true, false, false}, {0, false, true, true},
+    {1, false, false, true}, {1, true, true, false},  {2, false, false, true},
+};
+
+void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, int N, int C, cudaStream_t st) {
+    const std::string tag = "skip " + std::to_string(pc.skip) + (pc.dskip ? ", dskip" : "") +
+                            (pc.par ? ", parallel" : "") + ", C=" + std::to_string(C);
+    const size_t n = size_t(N) * C;
+    const double scale = 0.7;
+    const Vec xp = randn(rng, n), x0 = randn(rng, n), sk = pc.skip == 2 ? xp : randn(rng, n);
+    const Vec wx = randn(rng, C, 0.5), w0 = randn(rng, C, 0.5), w = randn(rng, C, 0.5), gate = randn(rng, C);
+    const Vec a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n)), wa = randn(rng, C, 0.5),
+              wm = randn(rng, C, 0.5);
+    const Vec dy = randn(rng, n), dnorm = held<bf16>(randn(rng, n)), dskip = randn(rng, n);
+    const Vec base_x0 = randn(rng, n), base_w = randn(rng, C);
+    std::vector<DeviceArray<float>> f32;
+    auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
+    auto da = upload<bf16>(a);
+    auto dm = upload<bf16>(m);
+    auto ddnorm = upload<bf16>(dnorm);
+
+    // The reference: the block's input, its norm's rstd, then the three backward steps.
+    Vec xin = xp;
+    if (pc.skip) pg::skip_mix_forward(xin.data(), xp.data(), sk.data(), w.data(), gate.data(), N, C);
+    ResidualTerms<double, double, double> r;
+    r.x = xin.data(), r.wx = wx.data(), r.x0 = x0.data(), r.w0 = w0.data();
+    Vec norm(n), rstd(N);
+    pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), r, N, C, scale);
+    rstd = held<float>(rstd);
+    Vec y(n, 0.0), rdx0(n, 0.0), rdw[8];
+    for (Vec& v : rdw) v.assign(C, 0.0);
+    ResidualGrads<double, double, double> rd;
+    rd.dx = y.data(), rd.dx0 = rdx0.data(), rd.dwx = rdw[0].data(), rd.dw0 = rdw[1].data();
+    pg::residual_backward(static_cast<double*>(nullptr), dy.data(), static_cast<double*>(nullptr), dnorm.data(),
+                          static_cast<double*>(nullptr), rstd.data(), scale, r, rd, N, C);
+    Vec gx(n, 0.0), rds(n, 0.0);
+    if (pc.skip) {
+        pg::skip_mix_backward(gx.data(), rds.data(), rdw[2].data(), rdw[3].data(), y.data(), xp.data(), sk.data(),
+                              w.data(), gate.data(), N, C);
+        if (pc.skip == 2) gx = plus(gx, rds);
+    } else {
+        gx = y;
+    }
+    if (pc.dskip) gx = plus(gx, dskip);
+    ResidualTerms<double, double, double> rp;
+    ResidualGrads<double, double, double> rdp;
+    Vec rres(n), rda(n, 0.0), rdm(n, 0.0);
+    rp.m = m.data(), rp.wm = wm.data(), rdp.dm = rdm.data(), rdp.dwm = rdw[5].data();
+    if (pc.par) rp.a = a.data(), rp.wa = wa.data(), rdp.da = rda.data(), rdp.dwa = rdw[4].data();
+    pg::residual_backward(rres.data(), gx.data(), static_cast<double*>(nullptr), static_cast<double*>(nullptr),
+                          static_cast<double*>(nullptr), static_cast<double*>(nullptr), 1.0, rp, rdp, N, C);
+
+    // The GPU's one pass; outputs that add start from random values, overwritten ones poisoned.
+    ResidualIn t;
+    ResidualGrad d;
+    t.wx = dev(wx), t.x0 = dev(x0), t.w0 = dev(w0);
+    auto gdx0 = upload<float>(base_x0);
+    std::vector<DeviceArray<float>> gdw;
+    for (int k = 0; k < 6; ++k) gdw.push_back(upload<float>(base_w));
+    d.dx0 = gdx0.get(), d.dwx = gdw[0].get(), d.dw0 = gdw[1].get();
+    ResidualPrev p;
+    p.x = dev(xp);
+    if (pc.skip) {
+        p.s = pc.skip == 2 ? p.x : dev(sk), p.w = dev(w), p.gate = dev(gate);
+        p.dw = gdw[2].get(), p.dgate = gdw[3].get();
+    } else {
+        t.x = p.x;
+    }
+    auto gds = poisoned<float>(n);
+    if (pc.skip == 1) p.ds = gds.get();
+    if (pc.dskip) p.dskip = dev(dskip);
+    float* gdy = dev(dy);
+    auto gres = poisoned<float>(n);
+    p.dres = pc.alias ? gdy : gres.get();
+    auto gda = poisoned<bf16>(n);
+    auto gdm = poisoned<bf16>(n);
+    p.t.m = dm.get(), p.t.wm = dev(wm), p.d.dm = gdm.get(), p.d.dwm = gdw[5].get();
+    if (pc.par) p.t.a = da.get(), p.t.wa = dev(wa), p.d.da = gda.get(), p.d.dwa = gdw[4].get();
+    residual_backward(nullptr, gdy, nullptr, ddnorm.get(), nullptr, dev(rstd), float(scale), t, d, N, C, st, &p);
+
+    E.check("residual_backward prev dres, " + tag, download(p.dres, n, st), rres, kSum);
+    E.check("residual_backward prev dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kSum);
+    E.check("residual_backward prev dm, " + tag, download(gdm, st), rdm, kBf16);
+    if (pc.par) E.check("residual_backward prev da, " + tag, download(gda, st), rda, kBf16);
+    if (pc.skip == 1) E.check("residual_backward prev ds, " + tag, download(gds, st), rds, kSum);
+    const char* names[6] = {"dwx", "dw0", "skip dw", "skip dgate", "dwa", "dwm"};
+    for (int k = 0; k < 6; ++k)
+        if ((k != 2 && k != 3) || pc.skip)
+            if (k != 4 || pc.par)
+                E.check(std::string("residual_backward prev ") + names[k] + ", " + tag,
+                        minus(download(gdw[k], st), base_w), rdw[k], kSum);
+}
+
 }  // namespace
 
 TEST_CASE("kernel convert and accumulate: every type pair, aligned and not") {
@@ -672,7 +778,7 @@ TEST_CASE("kernel mlp activations: leaky_relu2 and swiglu, forward and backward"
     }
 }
 
-TEST_CASE("kernel smear gate and U-Net skip mix backward") {
+TEST_CASE("kernel smear gate: forward and backward") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -685,46 +791,22 @@ TEST_CASE("kernel smear gate and U-Net skip mix backward") {
         CAPTURE(s.B);
         CAPTURE(s.Tn);
         CAPTURE(C);
-        {  // SmearGate
-            const Vec x = randn(rng, n), gate = randn(rng, C), g = randn(rng, n);
-            const Vec base_x = randn(rng, n), base_gate = randn(rng, C);
-            auto dx = upload<float>(x);
-            auto dgate = upload<float>(gate);
-            auto dout = poisoned<float>(n);
-            smear_forward(dout.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
-            Vec out(n), rdx(n, 0.0), rdgate(C, 0.0);
-            pg::smear_forward(out.data(), x.data(), gate.data(), s.B, s.Tn, C);
-            E.check("smear_forward", download(dout, st.s), out, kF32);
-            auto dg = upload<float>(g);
-            auto gdx = upload<float>(base_x);
-            auto gdgate = upload<float>(base_gate);
-            smear_backward(gdx.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
-            pg::smear_backward(rdx.data(), rdgate.data(), g.data(), x.data(), gate.data(), s.B, s.Tn, C);
-            E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kF32);
-            E.check("smear_backward dgate", minus(download(gdgate, st.s), base_gate), rdgate, kSum);
-        }
-        {  // U-Net skip (its forward is residual_forward's: check_residual_next)
-            const Vec x = randn(rng, n), sk = randn(rng, n), w = randn(rng, C), gate = randn(rng, C), g = randn(rng, n);
-            const Vec bw = randn(rng, C), bgate = randn(rng, C);
-            auto dx = upload<float>(x);
-            auto ds = upload<float>(sk);
-            auto dw = upload<float>(w);
-            auto dgate = upload<float>(gate);
-            Vec rx(n, 0.0), rs(n, 0.0), rw(C, 0.0), rgate(C, 0.0);
-            auto dg = upload<float>(g);
-            auto gx = poisoned<float>(n);  // dx and ds are overwritten
-            auto gs = poisoned<float>(n);
-            auto gw = upload<float>(bw);
-            auto ggate = upload<float>(bgate);
-            skip_mix_backward(gx.get(), gs.get(), gw.get(), ggate.get(), dg.get(), dx.get(), ds.get(), dw.get(),
-                              dgate.get(), N, C, st.s);
-            pg::skip_mix_backward(rx.data(), rs.data(), rw.data(), rgate.data(), g.data(), x.data(), sk.data(),
-                                  w.data(), gate.data(), N, C);
-            E.check("skip_mix_backward dx", download(gx, st.s), rx, kF32);
-            E.check("skip_mix_backward ds", download(gs, st.s), rs, kF32);
-            E.check("skip_mix_backward dw", minus(download(gw, st.s), bw), rw, kSum);
-            E.check("skip_mix_backward dgate", minus(download(ggate, st.s), bgate), rgate, kSum);
-        }
+        const Vec x = randn(rng, n), gate = randn(rng, C), g = randn(rng, n);
+        const Vec base_x = randn(rng, n), base_gate = randn(rng, C);
+        auto dx = upload<float>(x);
+        auto dgate = upload<float>(gate);
+        auto dout = poisoned<float>(n);
+        smear_forward(dout.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
+        Vec out(n), rdx(n, 0.0), rdgate(C, 0.0);
+        pg::smear_forward(out.data(), x.data(), gate.data(), s.B, s.Tn, C);
+        E.check("smear_forward", download(dout, st.s), out, kF32);
+        auto dg = upload<float>(g);
+        auto gdx = upload<float>(base_x);
+        auto gdgate = upload<float>(base_gate);
+        smear_backward(gdx.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
+        pg::smear_backward(rdx.data(), rdgate.data(), g.data(), x.data(), gate.data(), s.B, s.Tn, C);
+        E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kF32);
+        E.check("smear_backward dgate", minus(download(gdgate, st.s), base_gate), rdgate, kSum);
     }
 }
 
@@ -747,6 +829,9 @@ TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward an
     // Rows longer than 512 values take more chunks per lane; longer than 1024 are refused.
     for (const ResidualCase& rc : kResidualCases) check_residual(E, rng, rc, 5, 1000, st.s);
     check_residual_next(E, rng, kResidualCases[3], true, 5, 1000, st.s);
+    for (const RowShape& s : row_shapes())
+        for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, s.N(), s.C, st.s);
+    for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, 5, 1000, st.s);
     ResidualIn t;
     DeviceArray<float> x(1025), out(1025);
     t.x = x.get();
@@ -831,24 +916,27 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto qkv = upload<bf16>(randn(rng, nq + 2 * nkv));
     auto gkv = upload<bf16>(randn(rng, nkv));
     auto mix = upload<float>(randn(rng, 2));
-    DeviceArray<float> dx(n), ds(n), dvf(nkv);
-    DeviceArray<bf16> dqkv(nq + 2 * nkv);
+    DeviceArray<float> dx(n), ds(n), dres(n), dvf(nkv);
+    DeviceArray<bf16> dqkv(nq + 2 * nkv), dm(n);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {
-        // skip dw and dgate; resid_mix-like dwx, dw0 (per channel) and bigram-like dwa (scalar);
-        // dgain and dv_mix.
-        DeviceArray<float> dw(4 * C + 1 + H + 2);
+        // The first-norm pass taken on through a skip: resid_mix-like dwx, dw0, the skip's dw and
+        // dgate, the previous block's dwm (per channel); bigram-like dwa (scalar); dgain, dv_mix.
+        DeviceArray<float> dw(5 * C + 1 + H + 2);
         PG_CHECK(cudaMemset(dw.get(), 0, dw.size() * sizeof(float)));
         float* p = dw.get();
-        skip_mix_backward(dx.get(), ds.get(), p, p + C, g.get(), x.get(), x.get(), w.get(), w.get(), N, C, st.s);
         ResidualIn t;
         ResidualGrad d;
-        t.x = x.get(), t.wx = w.get(), t.x0 = g.get(), t.w0 = w.get();
-        d.dx = dx.get(), d.dwx = p + 2 * C, d.dw0 = p + 3 * C;
-        residual_backward(nullptr, g.get(), nullptr, gb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s);
+        t.wx = w.get(), t.x0 = g.get(), t.w0 = w.get();
+        d.dx0 = dx.get(), d.dwx = p, d.dw0 = p + C;
+        ResidualPrev pv;
+        pv.x = x.get(), pv.s = g.get(), pv.w = w.get(), pv.gate = w.get(), pv.ds = ds.get(), pv.dres = dres.get();
+        pv.dw = p + 2 * C, pv.dgate = p + 3 * C;
+        pv.t.m = gb.get(), pv.t.wm = w.get(), pv.d.dm = dm.get(), pv.d.dwm = p + 4 * C;
+        residual_backward(nullptr, g.get(), nullptr, gb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s, &pv);
         ResidualIn ts;
         ResidualGrad dsg;
-        ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 4 * C;
+        ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 5 * C;
         residual_backward(nullptr, g.get(), nullptr, nullptr, nullptr, nullptr, 1.f, ts, dsg, N, C, st.s);
         QkvShape s;
         s.B = B, s.Tn = Tn, s.H = H, s.Hkv = Hkv, s.hd = hd, s.rope_dims = 16;
@@ -856,7 +944,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
         qp.qkv = qkv.get(), qp.q_rstd = rstd.get(), qp.k_rstd = rstd.get(), qp.q_gain = gain.get();
         qp.v_first = kv.get(), qp.v_mix = mix.get();
         QkvGrad qd;
-        qd.dqkv = dqkv.get(), qd.dq_gain = p + 4 * C + 1, qd.dv_mix = p + 4 * C + 1 + H, qd.dv_first = dvf.get();
+        qd.dqkv = dqkv.get(), qd.dq_gain = p + 5 * C + 1, qd.dv_mix = p + 5 * C + 1 + H, qd.dv_first = dvf.get();
         qd.dq = gq.get(), qd.dk = gkv.get(), qd.dv = gkv.get();
         qkv_prep_backward(qd, qp, s, st.s);
         PG_CHECK(cudaStreamSynchronize(st.s));
