@@ -796,7 +796,6 @@ __global__ void __launch_bounds__(kResWarps * 32)
     const ResidualIn& t = a.t;
     const ResidualGrad& d = a.d;
     const ResidualPrev& p = a.p;
-    constexpr bool skip = SKIP;
     const int slot_stride = kResWarps * K * 2 * 32;  // float4s
     const GradAcc acc{acc_smem + warp * K * 2 * 32 + lane, slot_stride};
     for (int s = 0; s < slots; ++s)
@@ -824,7 +823,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 ld8(dn[k], a.dnorm + row + c0, cnt);
                 if (a.xn) ld8(xs[k], a.xn + row + c0, cnt);
                 else sum_terms(xs[k], t, row + c0, c0, cnt);
-                if (skip) {  // the block's input, the skip mix, formed again where needed
+                if (SKIP) {  // the block's input, the skip mix, formed again where needed
                     float x[8], s[8], xv[8], wx[8];
                     ld8(x, p.x + row + c0, cnt);
                     ld8(s, p.s + row + c0, cnt);
@@ -850,7 +849,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
             float x[8], s[8];  // skip: the previous output and the skip's source
             Gates gt;
             Weights w;
-            if (skip) {
+            if (SKIP) {
                 ld8(x, p.x + o, cnt);
                 ld8(s, p.s + o, cnt);
                 gt = load_gates(p.gate, c0, cnt);
@@ -868,7 +867,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 ldw(gx, t.wx, c0, cnt, 1);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) gx[j] *= g[k][j];
-                if (skip) {
+                if (SKIP) {
                     float vw[8], vg[8], ds[8];
 #pragma unroll
                     for (int j = 0; j < 8; ++j) {
