@@ -92,8 +92,12 @@ __device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int c
         if (j < cnt) atomicAdd(p + j, v[j]);
 }
 
-// p[j] += v[j] for j < cnt (fp32 gradients).
-__device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt) {
+// p[j] += v[j] for j < cnt (fp32 gradients); without add, p[j] = v[j].
+__device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt, bool add = true) {
+    if (!add) {
+        st8(p, v, cnt);
+        return;
+    }
     float d[8];
     ld8(d, p, cnt);
 #pragma unroll
@@ -520,6 +524,7 @@ struct SmearBackward {
     const float* inp;
     const float* gate;
     int Tn, C;
+    bool add;
     __device__ Cols cols(int c0, int cnt) const { return load_gates(gate, c0, cnt); }
     __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<1>& acc) const {
         const size_t o = size_t(n) * C + c0;
@@ -535,7 +540,7 @@ struct SmearBackward {
             dx[j] = (1.f - w.g[j]) * dy[j] + w.g[j] * next[j];
             acc[0][j] += w.dg[j] * dy[j] * (prev[j] - x[j]);
         }
-        add8(dinp + o, dx, cnt);
+        add8(dinp + o, dx, cnt, add);
     }
 };
 
@@ -574,7 +579,7 @@ __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, const In* inp, int
 
 template <typename In, typename G>
 __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* inp, const float* rstd, int C,
-                                        float scale, const float* dscale) {
+                                        float scale, const float* dscale, bool add) {
     const size_t row = blockIdx.x;
     const In* x = inp + row * C;
     const G* dy = dout + row * C;
@@ -595,7 +600,7 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* in
     auto write = [&](const float(&tx)[8], float(&tg)[8], int c) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) tg[j] = sr * (tg[j] - tx[j] * k);
-        add8(dx + c, tg, C - c);
+        add8(dx + c, tg, C - c, add);
     };
     write(vx, vg, c0);
     for (int c = c0 + stride; c < C; c += stride) {
@@ -769,13 +774,8 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     ldw(wv, w, c0, cnt, wstride);
 #pragma unroll
     for (int j = 0; j < 8; ++j) d[j] = wv[j] * g[j];
-    if constexpr (std::is_same_v<D, float>) {
-        if (add) {
-            add8(out + o, d, cnt);
-            return;
-        }
-    }
-    st8(out + o, d, cnt);
+    if constexpr (std::is_same_v<D, float>) add8(out + o, d, cnt, add);
+    else st8(out + o, d, cnt);
 }
 
 // Shared memory of residual_backward_kernel<K> with `slots` accumulators.
@@ -859,7 +859,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 acc.add(a.slot[0], k, g[k], xv);
             }
             term_backward(acc, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, true, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, d.add_dx0, o, c0, cnt, t.wstride);
             term_backward(acc, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
             term_backward(acc, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
             if constexpr (PREV) {
@@ -1192,7 +1192,7 @@ __global__ void __launch_bounds__(kThreads, 4)
                 df[k] = vm1 * vd[k];
                 vd[k] *= vm0;
             }
-            add8(d.dv_first + a.o, df, cnt);
+            add8(d.dv_first + a.o, df, cnt, d.add_dv_first);
         }
         st8(d.dqkv + a.oi, vd, cnt);
         fetch(it + QkvBwdAhead::kAhead);
@@ -1240,7 +1240,7 @@ __global__ void xsa_forward_kernel(bf16* out, const bf16* y, const bf16* v, int 
 }
 
 __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H,
-                                    int Hkv, int hd, int tpv, int rpb) {
+                                    int Hkv, int hd, int tpv, int rpb, bool add) {
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, hk = vec % Hkv, group = H / Hkv;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
         const int n = n0 + vec / Hkv;
@@ -1270,7 +1270,7 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
         const float nd = floored ? 0.f : group_sum(dot8(vn, dvn), tpv);
 #pragma unroll
         for (int j = 0; j < 8; ++j) dvn[j] = (dvn[j] - vn[j] * nd) * inv;
-        add8(dv + ov, dvn, cnt);
+        add8(dv + ov, dvn, cnt, add);
     }
 }
 
@@ -1442,9 +1442,9 @@ void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float s
 
 template <typename In, typename G>
 void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
-                      cudaStream_t stream, const float* dscale) {
+                      cudaStream_t stream, const float* dscale, bool add) {
     if (N <= 0 || C <= 0) return;
-    rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale, dscale);
+    rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale, dscale, add);
     PG_CHECK_LAUNCH();
 }
 
@@ -1504,12 +1504,12 @@ void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv,
 }
 
 void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, bool add) {
     if (N <= 0) return;
     PG_CHECK(Hkv > 0 && H % Hkv == 0);
     const HeadLaunch L = head_launch(N, Hkv, hd);
     xsa_backward_kernel<<<one_wave(xsa_backward_kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(
-        dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb);
+        dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb, add);
     PG_CHECK_LAUNCH();
 }
 
@@ -1534,8 +1534,8 @@ void smear_forward(float* out, const float* inp, const float* gate, int B, int T
 }
 
 void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B, int Tn,
-                    int C, cudaStream_t stream) {
-    launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C}, B * Tn, C, stream, {dgate});
+                    int C, cudaStream_t stream, bool add) {
+    launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C, add}, B * Tn, C, stream, {dgate});
 }
 
 void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
@@ -1629,12 +1629,12 @@ template void rmsnorm_forward<float, bf16>(bf16*, float*, const float*, int, int
 template void rmsnorm_forward<bf16, float>(float*, float*, const bf16*, int, int, float, cudaStream_t);
 template void rmsnorm_forward<bf16, bf16>(bf16*, float*, const bf16*, int, int, float, cudaStream_t);
 template void rmsnorm_backward<float, float>(float*, const float*, const float*, const float*, int, int, float,
-                                             cudaStream_t, const float*);
+                                             cudaStream_t, const float*, bool);
 template void rmsnorm_backward<float, bf16>(float*, const bf16*, const float*, const float*, int, int, float,
-                                            cudaStream_t, const float*);
+                                            cudaStream_t, const float*, bool);
 template void rmsnorm_backward<bf16, float>(float*, const float*, const bf16*, const float*, int, int, float,
-                                            cudaStream_t, const float*);
+                                            cudaStream_t, const float*, bool);
 template void rmsnorm_backward<bf16, bf16>(float*, const bf16*, const bf16*, const float*, int, int, float,
-                                           cudaStream_t, const float*);
+                                           cudaStream_t, const float*, bool);
 
 }  // namespace pg

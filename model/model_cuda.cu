@@ -408,34 +408,31 @@ void CudaModel::backward(float loss_scale) {
 }
 
 void CudaModel::backward_body() {
-    const int N = N_, D = cfg_.model_dim, KVD = cfg_.n_kv_heads * cfg_.head_dim;
+    const int N = N_, D = cfg_.model_dim;
     const size_t ND = size_t(N) * D;
     const cudaStream_t st = st_;
 
-    // The head's gradients, which the forward formed at unit scale.
+    // The head's gradients, which the forward formed at unit scale. Gradients whose first
+    // writer is known are overwritten by it, not zeroed first: dx here, dx0_ and dv_first_ by
+    // the last entry, dv_ by each XSA block, dblock_ and demb below.
     accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
     float* const dx = dx_;
-    zero(dx, ND, st);
-    rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_);
+    rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_, false);
 
     // Blocks in reverse, dx holding the residual's gradient throughout. The decoder entry that
     // pops encoder entry i runs first, and its skip backward writes dskip_[i], the gradient of
     // i's output through that skip.
-    zero(dx0_, ND, st);
-    if (cfg_.value_residual) zero(dv_first_, size_t(N) * KVD, st);
     for (int i = int(schedule_.size()) - 1; i >= 0; --i) block_backward(i);
     // x0 feeds the first block and every resid_mix.
     accumulate(dx, dx0_, ND, st);
 
     const float* dnorm = dx;
     if (cfg_.smear_gate) {
-        zero(dblock_, ND, st);
-        smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
+        smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st, false);
         dnorm = dblock_;
     }
     float* demb = dx0_;  // free once added into dx
-    zero(demb, ND, st);
-    rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st);
+    rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st, nullptr, false);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;
         ResidualIn t;
@@ -469,14 +466,14 @@ void CudaModel::block_backward(int i) {
     const int QD = H * hd, KVD = Hkv * hd, QKV = qkv_width(), hidden = cfg_.hidden_dim();
     const int F = cfg_.swiglu ? 2 * hidden : hidden;
     const float s = ln_scale(E.layer);
-    const bool par = parallel(E.layer);
+    const bool par = parallel(E.layer), last = i + 1 == int(entries_.size());
     const cudaStream_t st = st_;
     float* const dx = dx_;
 
     // The branches' gradients from the output's (branch_terms). An encoder entry's output also
     // fed a skip: its gradient is added first. Before every entry but the last, the next
     // block's last pass has done this.
-    if (i + 1 == int(entries_.size())) {
+    if (last) {
         const float* dskip = i < n_enc_ ? dskip_[i] : nullptr;
         ResidualIn t;
         ResidualGrad d;
@@ -509,8 +506,7 @@ void CudaModel::block_backward(int i) {
     linear_backward_weight(gemm_, G(L.wo), da_, x ? A.y_xsa : A.y, N, QD, D, st);
     const bf16* dy = dyo_;
     if (x) {
-        zero(dv_, size_t(N) * KVD, st);
-        xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st);
+        xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st, false);
         dy = dy_;
     }
     flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
@@ -519,8 +515,8 @@ void CudaModel::block_backward(int i) {
     d.dq = flash_attention_dq_accumulator(attn_ws_), d.dq_scale = 1.f / std::sqrt(float(hd));
     d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
     if (cfg_.value_residual) {
-        if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix);
-        else d.dv_add2 = dv_first_;  // the first block's v is v_first itself
+        if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix), d.add_dv_first = !last;
+        else if (!last) d.dv_add2 = dv_first_;  // the first block's v is v_first itself
     }
     qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
     linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
@@ -536,7 +532,7 @@ void CudaModel::block_backward(int i) {
     ResidualIn t;
     ResidualGrad g;
     t.wx = P(L.resid_mix), t.x0 = x0_, t.w0 = P(L.resid_mix) + D;
-    g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D;
+    g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D, g.add_dx0 = !last;
     if (i == 0) {
         t.x = E.x, g.dx = dx;
         residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);

@@ -616,9 +616,10 @@ struct ResidualTerms {
 template <typename S, typename B, typename W>
 struct ResidualGrads {
     S* dx = nullptr;                 // = wx g
-    S* dx0 = nullptr;                // += w0 g
+    S* dx0 = nullptr;                // += w0 g (= when !add_dx0: the gradient's first writer)
     B *da = nullptr, *dm = nullptr;  // = wa g, wm g
     W *dwx = nullptr, *dw0 = nullptr, *dwa = nullptr, *dwm = nullptr;  // += sum over rows of g * term
+    bool add_dx0 = true;
 };
 
 // Row n's sum of the terms into out[C].
@@ -670,7 +671,7 @@ void residual_backward(T* dres, const T* dy, const T* dadd, const T* dnorm, cons
         for (int c = 0; c < C; ++c) {
             const size_t i = size_t(n) * C + c;
             if (d.dx) d.dx[i] = w(t.wx, c) * g[i];
-            if (d.dx0) d.dx0[i] += w(t.w0, c) * g[i];
+            if (d.dx0) d.dx0[i] = (d.add_dx0 ? d.dx0[i] : T(0)) + w(t.w0, c) * g[i];
             if (d.da) d.da[i] = w(t.wa, c) * g[i];
             if (d.dm) d.dm[i] = w(t.wm, c) * g[i];
             if (d.dwx) d.dwx[c * t.wstride] += g[i] * t.x[i];
@@ -705,13 +706,14 @@ struct QkvForward {
 template <typename F, typename A>
 struct QkvBackward {
     A* dqkv = nullptr;                                          // overwritten
-    F *dq_gain = nullptr, *dv_mix = nullptr, *dv_first = nullptr;  // +=
+    F *dq_gain = nullptr, *dv_mix = nullptr, *dv_first = nullptr;  // += (dv_first = when !add_dv_first)
     // The attention's input gradients: q's is dq_scale * dq, in fp32 (the GPU takes the
     // attention backward's unscaled accumulator as it is, with no pass to round it).
     const F* dq = nullptr;
     F dq_scale = 1;
     const A *dk = nullptr, *dv = nullptr;
     const F *dv_add = nullptr, *dv_add2 = nullptr;              // more gradient of v (fp32), or null
+    bool add_dv_first = true;
 };
 
 // The rows of qkv [N, width] cut into q [N, H*hd], k and v [N, Hkv*hd].
@@ -782,6 +784,7 @@ void qkv_prep_backward(const QkvBackward<T, T>& d, const QkvForward<T, T>& p, co
     }
     std::vector<T> dv(d.dv, d.dv + size_t(N) * KVD), dv_raw(dv.size(), T(0));
     for (size_t i = 0; i < dv.size(); ++i) dv[i] += (d.dv_add ? d.dv_add[i] : T(0)) + (d.dv_add2 ? d.dv_add2[i] : T(0));
+    if (p.v_mix && !d.add_dv_first) std::fill(d.dv_first, d.dv_first + dv.size(), T(0));
     if (p.v_mix)
         mix_backward(dv_raw.data(), d.dv_first, d.dv_mix, d.dv_mix + 1, dv.data(), v_raw.data(), p.v_first, p.v_mix,
                      p.v_mix + 1, N, KVD, 0);

@@ -234,6 +234,9 @@ void check_rmsnorm(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t s
     Vec dref(size_t(N) * C, 0.0);
     pg::rmsnorm_backward(dref.data(), g.data(), x.data(), rstd32.data(), N, C, scale);
     E.check("rmsnorm_backward " + tag, minus(download(ddx, st), base), dref, kSum);
+    auto ddx_set = poisoned<float>(size_t(N) * C);  // overwritten (add = false)
+    rmsnorm_backward<In, Out>(ddx_set.get(), dg.get(), dx.get(), dr.get(), N, C, float(scale), st, nullptr, false);
+    E.check("rmsnorm_backward overwriting " + tag, download(ddx_set, st), dref, kSum);
 
     // A second scale from device memory multiplies the first.
     const double k = 0.3;
@@ -258,16 +261,18 @@ struct ResidualCase {
     int dres;              // 0 none, 1 separate buffer, 2 in place over dy
     bool dx, dx0, da, dm;  // term gradients wanted
     bool dwx, dw0, dwa, dwm;
+    bool set_dx0;          // dx0 overwritten (the first writer of it, add_dx0 false), not added to
 };
 
 const ResidualCase kResidualCases[] = {
-    // what                         x  x0 a  m   wx w0 wa wm  ws  sum nrm alias  dadd dnrm xn dres  dx dx0 da dm  dwx dw0 dwa dwm
-    {"mix + norm (block input)", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0},
-    {"mix + attn + norm (x_mid)", 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 0, 1, 0},
-    {"x_mid + mlp (x_out)", 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1},
-    {"parallel block output", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1},
-    {"bigram add in place, scalar", 1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0},
-    {"all terms, norm, separate dres", 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1},
+    // what                    x x0 a m wx w0 wa wm ws sum nrm alias dadd dnrm xn dres dx dx0 da dm dwx dw0 dwa dwm set
+    {"mix + norm (block input)", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0},
+    {"mix + attn + norm (x_mid)", 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 0, 1, 0, 0},
+    {"x_mid + mlp (x_out)", 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0},
+    {"parallel block output", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0},
+    {"bigram add in place, scalar", 1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0},
+    {"all terms, norm, separate dres", 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0},
+    {"last block's input, dx0 set", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1},
 };
 
 void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int N, int C, cudaStream_t st) {
@@ -313,7 +318,8 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     }
     if (rc.alias) dx_.upload(std::vector<float>(x.begin(), x.end()));  // x again for the backward
 
-    // Backward: fp32 outputs that add start from random values; overwritten ones are poisoned.
+    // Backward: fp32 outputs that add start from random values; overwritten ones are poisoned
+    // (and the oracle's dx0, when set, starts from random values that it must overwrite).
     const Vec dy = randn(rng, n), dadd = randn(rng, n), dnorm = held<bf16>(randn(rng, n)), base_x0 = randn(rng, n);
     const Vec base_w = randn(rng, nw), xn = held<float>(sum_ref), rstd = held<float>(rstd_ref);
     auto ddy = upload<float>(dy);
@@ -323,17 +329,18 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     auto dr = upload<float>(rstd);
     auto ddres = poisoned<float>(n);
     auto gdx = poisoned<float>(n);
-    auto gdx0 = upload<float>(base_x0);
+    auto gdx0 = rc.set_dx0 ? poisoned<float>(n) : upload<float>(base_x0);
     auto gda = poisoned<bf16>(n);
     auto gdm = poisoned<bf16>(n);
     DeviceArray<float> gdw[4] = {upload<float>(base_w), upload<float>(base_w), upload<float>(base_w),
                                  upload<float>(base_w)};
     ResidualGrad d;
     ResidualGrads<double, double, double> rd;
-    Vec rdx(n, 0.0), rdx0(n, 0.0), rda(n, 0.0), rdm(n, 0.0), rdw[4] = {Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0),
-                                                                        Vec(nw, 0.0)};
+    Vec rdx(n, 0.0), rdx0 = rc.set_dx0 ? base_x0 : Vec(n, 0.0), rda(n, 0.0), rdm(n, 0.0);
+    Vec rdw[4] = {Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0)};
     if (rc.dx) d.dx = gdx.get(), rd.dx = rdx.data();
     if (rc.dx0) d.dx0 = gdx0.get(), rd.dx0 = rdx0.data();
+    d.add_dx0 = rd.add_dx0 = !rc.set_dx0;
     if (rc.da) d.da = gda.get(), rd.da = rda.data();
     if (rc.dm) d.dm = gdm.get(), rd.dm = rdm.data();
     if (rc.dwx) d.dwx = gdw[0].get(), rd.dwx = rdw[0].data();
@@ -348,7 +355,9 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
                           rc.xn ? xn.data() : nullptr, rstd.data(), scale, r, rd, N, C);
     if (dres) E.check("residual_backward dres, " + tag, download(dres, n, st), rres, kSum);
     if (rc.dx) E.check("residual_backward dx, " + tag, download(gdx, st), rdx, kSum);
-    if (rc.dx0) E.check("residual_backward dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kSum);
+    if (rc.dx0)
+        E.check("residual_backward dx0, " + tag, rc.set_dx0 ? download(gdx0, st) : minus(download(gdx0, st), base_x0),
+                rdx0, kSum);
     if (rc.da) E.check("residual_backward da, " + tag, download(gda, st), rda, kBf16);
     if (rc.dm) E.check("residual_backward dm, " + tag, download(gdm, st), rdm, kBf16);
     const bool dw[4] = {rc.dwx, rc.dw0, rc.dwa, rc.dwm};
@@ -688,6 +697,15 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                         if (vmix) {
                             E.check("qkv_prep_backward dv_mix", minus(download(gmix, st.s), base_mix), rmix, kSum);
                             E.check("qkv_prep_backward dv_first", minus(download(gvf, st.s), base_vf), rvf, kF32);
+                            // dv_first overwritten (add_dv_first false): on the GPU over poison,
+                            // in the oracle over random values.
+                            auto gvf_set = poisoned<float>(nkv);
+                            Vec rvf_set = base_vf;
+                            d.dv_first = gvf_set.get(), d.add_dv_first = false;
+                            rd.dv_first = rvf_set.data(), rd.add_dv_first = false;
+                            qkv_prep_backward(d, p, s, st.s);
+                            pg::qkv_prep_backward(rd, r, s);
+                            E.check("qkv_prep_backward dv_first overwriting", download(gvf_set, st.s), rvf_set, kF32);
                         } else {
                             CHECK(download(gmix, st.s) == base_mix);
                             CHECK(download(gvf, st.s) == base_vf);
@@ -732,6 +750,9 @@ TEST_CASE("kernel xsa: forward and backward, grouped and not") {
             pg::xsa_backward(ry.data(), rv.data(), g.data(), y.data(), v.data(), N, H, Hkv, hd);
             E.check("xsa_backward dy", download(gdy, st.s), ry, kBf16);
             E.check("xsa_backward dv", minus(download(gdv, st.s), base_v), rv, kSum);
+            auto gdv_set = poisoned<float>(nv);  // overwritten (add = false)
+            xsa_backward(gdy.get(), gdv_set.get(), dg.get(), dy_in.get(), dv_in.get(), N, H, Hkv, hd, st.s, false);
+            E.check("xsa_backward dv overwriting", download(gdv_set, st.s), rv, kSum);
         }
 }
 
@@ -807,6 +828,9 @@ TEST_CASE("kernel smear gate: forward and backward") {
         pg::smear_backward(rdx.data(), rdgate.data(), g.data(), x.data(), gate.data(), s.B, s.Tn, C);
         E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kF32);
         E.check("smear_backward dgate", minus(download(gdgate, st.s), base_gate), rdgate, kSum);
+        auto gdx_set = poisoned<float>(n);  // overwritten (add = false)
+        smear_backward(gdx_set.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s, false);
+        E.check("smear_backward dinp overwriting", download(gdx_set, st.s), rdx, kF32);
     }
 }
 
