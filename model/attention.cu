@@ -32,7 +32,6 @@
 namespace pg {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
 
 // ---- tiles in and out of shared memory (model/wgmma.cuh has the layout and the products) ----
 
@@ -57,12 +56,6 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
     a[1] = pack(c0[2], c0[3]);
     a[2] = pack(c1[0], c1[1]);
     a[3] = pack(c1[2], c1[3]);
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {  // exp2(-inf) = 0
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
 }
 
 // The accumulator columns n0..n0+N-1 of a wider accumulator, as an N-wide accumulator.

@@ -161,7 +161,7 @@ DeviceArray<T> random_array(size_t n, std::mt19937_64& g, float scale = 1.f) {
 void bench_kernels(const ModelConfig& m, int rows) {
     const int Tn = m.seq_len, N = rows * Tn, C = m.model_dim, H = m.n_heads, Hkv = m.n_kv_heads, hd = m.head_dim;
     const int QD = H * hd, KVD = Hkv * hd, QKV = QD + 2 * KVD, hidden = m.hidden_dim(), V = m.vocab_size;
-    const int nce = std::min(N, (1 << 25) / V);  // CudaModel's head chunk
+    const int nce = CudaModel::head_chunk_rows(N, V);
     const double nC = double(N) * C, f = 4, h = 2;
     std::mt19937_64 g(7);
     cudaStream_t st;

@@ -1276,21 +1276,22 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
 
 // ---- softcap + cross-entropy: one block per row. The kernel keeps the first
 // kCeCached * 8 * kCeThreads values (8192) in registers through its reduction (running max and
-// sum of exp) and the gradient's pass after it; longer rows are read again ----
+// sum of exp) and the gradient's pass after it; longer rows are read again. It is bound by its
+// issue slots (77% busy in ncu at the record shape, DRAM 37%), so the per-logit arithmetic is
+// written for instruction count: exponentials as exp2 with the log2(e) factors folded into one
+// FMA, no per-element tests of the row's end or of the target. ----
 
 constexpr int kCeThreads = 256, kCeCached = 4;
 
-// cap tanh(z / cap) with tanh(x) = 1 - 2 / (exp(2|x|) + 1) and x's sign, from the fast
-// exponential and reciprocal (|x| clamped where tanh is 1 in fp32, so that the reciprocal's
-// argument stays in its range): these kernels are bound by the per-logit arithmetic, and
-// tanhf and an IEEE division cost several times as much. Absolute error a few 1e-7 cap.
-// The clamp is a comparison, not fminf, so that a NaN logit stays NaN: fminf would cap it,
-// and a model poisoned by NaN weights would then report a finite loss and train on.
-// inv_cap = 1 / cap; cap <= 0 means no cap.
-__device__ __forceinline__ float softcap(float z, float cap, float inv_cap) {
-    if (cap <= 0.f) return z;
-    const float x = z * inv_cap, ax = 2.f * fabsf(x), e = __expf(ax > 40.f ? 40.f : ax);
-    return cap * copysignf(1.f - __fdividef(2.f, e + 1.f), x);
+// |cap tanh(z / cap)| = cap - 2 cap / (exp(2 |z| / cap) + 1), given z's sign: an exp2, a
+// reciprocal and three other instructions, with k2 = 2 log2(e) / cap. Where the exponential
+// overflows, 1 / inf = 0 and the value is cap; a NaN logit stays NaN (a clamp by fminf would
+// cap it, and a model poisoned by NaN weights would then report a finite loss and train on).
+// Absolute error a few 1e-7 cap. Without CAP, z itself.
+template <bool CAP>
+__device__ __forceinline__ float softcap(float z, float cap, float k2) {
+    if constexpr (!CAP) return z;
+    return copysignf(fmaf(-2.f * cap, rcp_approx(exp2_approx(fabsf(z) * k2) + 1.f), cap), z);
 }
 
 // (m, l) = running max and sum of exp(s - m); symmetric, so xor butterflies agree on every lane.
@@ -1313,41 +1314,39 @@ __device__ void block_lse(float& m, float& l) {
     for (int o = 16; o > 0; o >>= 1) lse_merge(m, l, __shfl_xor_sync(kFull, m, o), __shfl_xor_sync(kFull, l, o));
 }
 
-// d(loss)/dz of one logit: softmax minus the target's one-hot, through the softcap.
-__device__ __forceinline__ float softcap_ce_grad(float sv, float lz, bool target, float cap, float inv_cap) {
-    const float t = cap > 0.f ? sv * inv_cap : 0.f;
-    return (__expf(sv - lz) - (target ? 1.f : 0.f)) * (1.f - t * t);
-}
-
 // With GRAD, each thread also writes dlogits for the columns it read: from the registers for the
 // cached ones, reading the rest again. The target's logit is read before the block's reduction,
-// whose barrier orders it before any thread overwrites it (dlogits may be logits). A template
-// parameter, so that the loss-only pass (evaluation) keeps its registers.
-template <bool GRAD>
+// whose barrier orders it before any thread overwrites it (dlogits may be logits). Template
+// parameters, so that the loss-only pass (evaluation) keeps its registers and the uncapped
+// model pays nothing for the cap.
+template <bool GRAD, bool CAP>
 __global__ void __launch_bounds__(kCeThreads)
     softcap_ce_forward_kernel(float* losses, float* lse, const bf16* logits, const int32_t* targets, int V, float cap,
                               bf16* dlogits) {
     const size_t row = blockIdx.x;
     const bf16* z = logits + row * V;
     const int stride = kCeThreads * 8, target = targets[row];
-    const float inv_cap = 1.f / cap;
+    const float k2 = 2.f * kLog2e / cap;
+    // Softcapped values of a chunk; past the row's end -inf, which the sums take as exp = 0.
     auto load = [&](float(&v)[8], int c) {
         ld8(v, z + c, V - c);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = softcap(v[j], cap, inv_cap);
+        for (int j = 0; j < 8; ++j) v[j] = softcap<CAP>(v[j], cap, k2);
+        if (V - c < 8)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (j >= V - c) v[j] = -INFINITY;
     };
     float m = -INFINITY, l = 0.f;
     auto absorb = [&](const float(&v)[8], int c) {
-        const int cnt = V - c;
-        if (cnt <= 0) return;
+        if (c >= V) return;
         float mx = m;
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (j < cnt) mx = fmaxf(mx, v[j]);
-        l *= __expf(m - mx);
+        for (int j = 0; j < 8; ++j) mx = fmaxf(mx, v[j]);
+        const float mxl = mx * kLog2e;
+        l *= exp2_approx(fmaf(m, kLog2e, -mxl));
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (j < cnt) l += __expf(v[j] - mx);
+        for (int j = 0; j < 8; ++j) l += exp2_approx(fmaf(v[j], kLog2e, -mxl));
         m = mx;
     };
     float s[kCeCached][8];
@@ -1362,7 +1361,7 @@ __global__ void __launch_bounds__(kCeThreads)
         load(t, c);
         absorb(t, c);
     }
-    const float zt = threadIdx.x == 0 ? softcap(__bfloat162float(z[target]), cap, inv_cap) : 0.f;
+    const float zt = threadIdx.x == 0 ? softcap<CAP>(__bfloat162float(z[target]), cap, k2) : 0.f;
     block_lse(m, l);
     const float lz = m + logf(l);
     if (threadIdx.x == 0) {
@@ -1370,10 +1369,22 @@ __global__ void __launch_bounds__(kCeThreads)
         losses[row] = lz - zt;
     }
     if constexpr (GRAD) {
+        // d(loss)/dz = (softmax - the target's one-hot) (1 - (s / cap)^2), the last factor the
+        // softcap's derivative; the one-hot is taken off the target's chunk alone.
         bf16* dz = dlogits + row * V;
+        const float lzl = lz * kLog2e, icap2 = 1.f / (cap * cap);
         auto grad = [&](float(&v)[8], int c) {
+            float d[8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = softcap_ce_grad(v[j], lz, c + j == target, cap, inv_cap);
+            for (int j = 0; j < 8; ++j) d[j] = CAP ? fmaf(-v[j] * icap2, v[j], 1.f) : 1.f;
+            if (unsigned(target - c) < 8u)
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    if (c + j == target) v[j] = (exp2_approx(fmaf(v[j], kLog2e, -lzl)) - 1.f) * d[j];
+                    else v[j] = exp2_approx(fmaf(v[j], kLog2e, -lzl)) * d[j];
+            else
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = exp2_approx(fmaf(v[j], kLog2e, -lzl)) * d[j];
             st8(dz + c, v, V - c);
         };
 #pragma unroll
@@ -1603,10 +1614,11 @@ void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int
                         cudaStream_t stream, bf16* dlogits) {
     if (n <= 0) return;
     PG_CHECK(V > 0);
-    if (dlogits)
-        softcap_ce_forward_kernel<true><<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap, dlogits);
-    else
-        softcap_ce_forward_kernel<false><<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap, nullptr);
+    const auto kernel = cap > 0.f ? (dlogits ? softcap_ce_forward_kernel<true, true>
+                                             : softcap_ce_forward_kernel<false, true>)
+                                  : (dlogits ? softcap_ce_forward_kernel<true, false>
+                                             : softcap_ce_forward_kernel<false, false>);
+    kernel<<<n, kCeThreads, 0, stream>>>(losses, lse, logits, targets, V, cap, dlogits);
     PG_CHECK_LAUNCH();
 }
 

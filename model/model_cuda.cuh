@@ -55,6 +55,9 @@ public:
     const ParamLayout& layout() const { return layout_; }
     cudaStream_t stream() const { return stream_; }
     Gemm& gemm() { return gemm_; }  // for the optimizer: one cuBLASLt handle and workspace
+    // Rows of one chunk of the head's logits (its GEMMs and softcap_ce run chunk by chunk), for a
+    // forward of `tokens` rows at vocabulary V.
+    static int head_chunk_rows(int tokens, int V);
 
     // Device buffers of layout().total values; the optimizer updates params and its bf16 copy.
     float* params() { return params_.get(); }

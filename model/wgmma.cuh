@@ -53,6 +53,20 @@ __device__ __forceinline__ float2 unpack(uint32_t u) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
 }
 
+// One MUFU operation each (relative error ~2^-22), for kernels bound by their per-element
+// arithmetic: exp2(-inf) = 0, 1 / inf = 0, NaN stays NaN. exp(x) = exp2(x kLog2e).
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Registers that an asynchronous product reads or writes: the empty asm pins their values, so
 // the compiler neither reads an accumulator before the wait nor reuses an A fragment early.
 template <int N>
