@@ -82,13 +82,35 @@ __global__ void muon_prep_kernel(const float* g, float* m, float* u, int cols, c
     }
 }
 
+// f(i, n) for the n elements [i, i + n) of chunk c of a matrix, a thread's share in order. Where
+// numel is a multiple of 4 (every model's banks), each matrix, and so each chunk, starts on a
+// 16-byte boundary of the (cudaMalloc-aligned) bank, and a thread takes 4 elements at a time,
+// several loads in flight: read one float at a time, these passes ran at 0.8-1.3 TB/s, and a
+// bank of one small matrix (4 blocks) took 29 us.
+template <class F>
+__device__ __forceinline__ void frob_chunk(size_t numel, unsigned c, F&& f) {
+    const size_t end = std::min(numel, (c + 1) * kFrobChunk);
+    if (numel % 4 == 0) {
+#pragma unroll 4
+        for (size_t i = c * kFrobChunk + 4 * threadIdx.x; i < end; i += 4 * blockDim.x) f(i, 4);
+    } else {
+        for (size_t i = c * kFrobChunk + threadIdx.x; i < end; i += blockDim.x) f(i, 1);
+    }
+}
+
 // Block (c, b): the sum of squares of chunk c of matrix b.
 __global__ void frob_partial_kernel(const float* U, size_t numel, double* partial) {
     __shared__ double sh[32];
     const float* x = U + size_t(blockIdx.y) * numel;
-    const size_t end = std::min(numel, (blockIdx.x + 1) * kFrobChunk);
     double s = 0;
-    for (size_t i = blockIdx.x * kFrobChunk + threadIdx.x; i < end; i += blockDim.x) s += double(x[i]) * x[i];
+    frob_chunk(numel, blockIdx.x, [&](size_t i, int n) {
+        if (n == 4) {
+            const float4 v = *reinterpret_cast<const float4*>(x + i);
+            s += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+        } else {
+            s += double(x[i]) * x[i];
+        }
+    });
     s = block_sum(s, sh);
     if (threadIdx.x == 0) partial[size_t(blockIdx.y) * gridDim.x + blockIdx.x] = s;
 }
@@ -99,9 +121,18 @@ __global__ void frob_normalize_kernel(const float* U, size_t numel, const double
     double ss = 0;
     for (unsigned c = 0; c < gridDim.x; ++c) ss += partial[size_t(blockIdx.y) * gridDim.x + c];
     const float denom = float(sqrt(ss)) + 1e-7f;
-    const size_t off = size_t(blockIdx.y) * numel, end = std::min(numel, (blockIdx.x + 1) * kFrobChunk);
-    for (size_t i = blockIdx.x * kFrobChunk + threadIdx.x; i < end; i += blockDim.x)
-        X[off + i] = __float2bfloat16(U[off + i] / denom);
+    const float* u = U + size_t(blockIdx.y) * numel;
+    bf16* x = X + size_t(blockIdx.y) * numel;
+    frob_chunk(numel, blockIdx.x, [&](size_t i, int n) {
+        if (n == 4) {
+            const float4 v = *reinterpret_cast<const float4*>(u + i);
+            __nv_bfloat162 o[2] = {__floats2bfloat162_rn(v.x / denom, v.y / denom),
+                                   __floats2bfloat162_rn(v.z / denom, v.w / denom)};
+            *reinterpret_cast<uint2*>(x + i) = *reinterpret_cast<const uint2*>(o);
+        } else {
+            x[i] = __float2bfloat16(u[i] / denom);
+        }
+    });
 }
 
 // W = W * decay - step_size * O, and its bf16 copy.
