@@ -80,14 +80,6 @@ __device__ __forceinline__ void store_slots(uint32_t buf, bf16* out, int M, int 
     }
 }
 
-// One MUFU operation (relative error ~2^-23, against act's 2^-9), not sqrtf's correctly rounded
-// sequence: the backward's epilogue takes a root an element.
-__device__ __forceinline__ float sqrt_approx(float x) {
-    float y;
-    asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // The two forms: B's layout in its stage and the epilogue. The consumers' part takes the tile's
 // accumulators (wgmma_ss layout) one 64-column chunk at a time into its shared-memory slot, with
 // f's signs (thread rows r, r + 8, lane % 4 = t; bit 4 nb + 2 h + e of `neg` is the sign bit of

@@ -66,6 +66,13 @@ __device__ __forceinline__ float rcp_approx(float x) {
     asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
+// Not sqrtf's correctly rounded sequence: the MLP backward's epilogue takes a root an element
+// (error ~2^-23 against act's 2^-9).
+__device__ __forceinline__ float sqrt_approx(float x) {
+    float y;
+    asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 // Registers that an asynchronous product reads or writes: the empty asm pins their values, so
 // the compiler neither reads an accumulator before the wait nor reuses an A fragment early.
