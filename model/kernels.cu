@@ -258,8 +258,9 @@ float* scratch(size_t n) {
 
 // Blocks for a kernel that loops over its work: as many as the device holds at once, so that
 // they all run in one wave and none waits for a last, part-empty one (qkv_prep's backward ran
-// 2.6 waves of a fixed 1,024-block grid, its last wave 60% idle), or `work` when that is fewer. The count, and with it the order
-// of any per-block partial sums, depends on the device and the kernel, never on the data.
+// 2.6 waves of a fixed 1,024-block grid, its last wave 60% idle), or `work` when that is fewer.
+// The count, and with it the order of any per-block partial sums, depends on the device and the
+// kernel, never on the data.
 template <class Kernel>
 int one_wave(Kernel kernel, int threads, size_t smem, int work) {
     int dev = 0, sms = 0, per_sm = 0;
