@@ -166,9 +166,10 @@ void bench_kernels(const ModelConfig& m, int rows) {
     std::mt19937_64 g(7);
     cudaStream_t st;
     PG_CHECK(cudaStreamCreate(&st));
-    auto x = random_array<float>(size_t(nC), g), x0 = random_array<float>(size_t(nC), g);
-    auto dy = random_array<float>(size_t(nC), g), dn = random_array<float>(size_t(nC), g);
-    auto out = random_array<float>(size_t(nC), g), out2 = random_array<float>(size_t(nC), g);
+    // The residual stream and its gradients, bf16 like the branch outputs.
+    auto x = random_array<bf16>(size_t(nC), g), x0 = random_array<bf16>(size_t(nC), g);
+    auto dy = random_array<bf16>(size_t(nC), g), dn = random_array<bf16>(size_t(nC), g);
+    auto out = random_array<bf16>(size_t(nC), g), out2 = random_array<bf16>(size_t(nC), g);
     auto a = random_array<bf16>(size_t(nC), g), mb = random_array<bf16>(size_t(nC), g);
     auto ob = random_array<bf16>(size_t(nC), g), dnb = random_array<bf16>(size_t(nC), g);
     auto w = random_array<float>(C, g), w2 = random_array<float>(C, g), dw = random_array<float>(6 * C, g);
@@ -210,47 +211,47 @@ void bench_kernels(const ModelConfig& m, int rows) {
     });
     ResidualIn t;
     t.x = x.get(), t.wx = w.get(), t.x0 = x0.get(), t.w0 = w2.get();
-    row("residual_forward: x, x0 -> h (block input norm)", nC * (2 * f + h),
+    row("residual_forward: x, x0 -> h (block input norm)", nC * h * 3,
         [&] { residual_forward(nullptr, ob.get(), rstd.get(), t, N, C, 0.5f, st); });
     ResidualIn tm = t;
     tm.a = a.get(), tm.wa = w.get();
-    row("residual_forward: x, x0, a -> x_mid, u", nC * (2 * f + h + f + h),
+    row("residual_forward: x, x0, a -> x_mid, u", nC * h * 5,
         [&] { residual_forward(out.get(), ob.get(), rstd.get(), tm, N, C, 0.5f, st); });
     ResidualIn to;
     to.x = x.get(), to.m = mb.get(), to.wm = w.get();
-    row("residual_forward: x_mid, m -> x_out", nC * (f + h + f),
+    row("residual_forward: x_mid, m -> x_out", nC * h * 3,
         [&] { residual_forward(out.get(), nullptr, nullptr, to, N, C, 1.f, st); });
     ResidualNext nx;
     nx.wx = w.get(), nx.x0 = x0.get(), nx.w0 = w2.get();
-    row("residual_forward: x_mid, m -> x_out, next block's h", nC * (f + h + f + f + h),
+    row("residual_forward: x_mid, m -> x_out, next block's h", nC * h * 5,
         [&] { residual_forward(out.get(), ob.get(), rstd.get(), to, N, C, 0.5f, st, &nx); });
     ResidualNext ns = nx;
     ns.s = x.get(), ns.w = w.get(), ns.gate = w2.get(), ns.skip_out = out2.get();
-    row("residual_forward: x_mid, m -> x_out, skip mix, next block's h", nC * (f + h + f + f + f + f + h),
+    row("residual_forward: x_mid, m -> x_out, skip mix, next block's h", nC * h * 7,
         [&] { residual_forward(out.get(), ob.get(), rstd.get(), to, N, C, 0.5f, st, &ns); });
     ResidualIn tp = tm;
     tp.m = mb.get(), tp.wm = w2.get();
-    row("residual_forward: x, x0, a, m -> x_out (parallel block)", nC * (2 * f + 2 * h + f),
+    row("residual_forward: x, x0, a, m -> x_out (parallel block)", nC * h * 5,
         [&] { residual_forward(out.get(), nullptr, nullptr, tp, N, C, 1.f, st); });
     {
         ResidualIn tb;
         ResidualGrad d;
         tb.m = mb.get(), tb.wm = w.get(), d.dm = ob.get(), d.dwm = dw.get();
-        row("residual_backward: dy + dskip, m -> dy, dm, dw", nC * (2 * f + h + f + h),
+        row("residual_backward: dy + dskip, m -> dy, dm, dw", nC * h * 5,
             [&] { residual_backward(dy.get(), dy.get(), dn.get(), nullptr, nullptr, nullptr, 1.f, tb, d, N, C, st); });
     }
     {
         ResidualIn tb;
         ResidualGrad d;
         tb.a = a.get(), tb.wa = w.get(), d.da = ob.get(), d.dwa = dw.get();
-        row("residual_backward: dy, du, x_mid, a -> dy, da, dw (norm 2)", nC * (2 * f + 2 * h + f + h), [&] {
+        row("residual_backward: dy, du, x_mid, a -> dy, da, dw (norm 2)", nC * h * 6, [&] {
             residual_backward(dy.get(), dy.get(), nullptr, dnb.get(), x.get(), rstd.get(), 0.5f, tb, d, N, C, st);
         });
     }
     {
         ResidualGrad d;
         d.dx = out.get(), d.dx0 = out2.get(), d.dwx = dw.get(), d.dw0 = dw.get() + C;
-        row("residual_backward: dy, dh, x, x0, dx0 -> dx, dx0, dw (norm 1)", nC * (4 * f + h + 2 * f), [&] {
+        row("residual_backward: dy, dh, x, x0, dx0 -> dx, dx0, dw (norm 1)", nC * h * 7, [&] {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st);
         });
     }
@@ -263,11 +264,11 @@ void bench_kernels(const ModelConfig& m, int rows) {
         p.x = x.get(), p.s = out.get(), p.w = w.get(), p.gate = w2.get(), p.ds = dn.get(), p.dw = dw.get() + 2 * C;
         p.dgate = dw.get() + 3 * C, p.dres = dy.get();
         p.t.m = mb.get(), p.t.wm = w.get(), p.d.dm = ob.get(), p.d.dwm = dw.get() + 4 * C;
-        row("residual_backward: norm 1, skip, previous m -> dx, dx0, ds, dm, dw", nC * (8 * f + 3 * h), [&] {
+        row("residual_backward: norm 1, skip, previous m -> dx, dx0, ds, dm, dw", nC * h * 11, [&] {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
         });
         tp.x = x.get(), p.s = nullptr, p.dw = p.dgate = nullptr;
-        row("residual_backward: norm 1, previous m -> dx, dx0, dm, dw", nC * (6 * f + 3 * h), [&] {
+        row("residual_backward: norm 1, previous m -> dx, dx0, dm, dw", nC * h * 9, [&] {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
         });
     }

@@ -92,8 +92,9 @@ __device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int c
         if (j < cnt) atomicAdd(p + j, v[j]);
 }
 
-// p[j] += v[j] for j < cnt (fp32 gradients); without add, p[j] = v[j].
-__device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt, bool add = true) {
+// p[j] += v[j] for j < cnt, summed in fp32; without add, p[j] = v[j].
+template <typename T>
+__device__ __forceinline__ void add8(T* p, const float (&v)[8], int cnt, bool add = true) {
     if (!add) {
         st8(p, v, cnt);
         return;
@@ -103,6 +104,12 @@ __device__ __forceinline__ void add8(float* p, const float (&v)[8], int cnt, boo
 #pragma unroll
     for (int j = 0; j < 8; ++j) d[j] += v[j];
     st8(p, d, cnt);
+}
+
+// v[j] = the bf16 value nearest v[j]: what a store to bf16 and a load back give.
+__device__ __forceinline__ void round_bf16(float (&v)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(__float2bfloat16_rn(v[j]));
 }
 
 __device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) {
@@ -297,9 +304,9 @@ struct ConvertOp {
     }
 };
 
-template <typename Src>
+template <typename Src, typename Dst>
 struct AccumulateOp {
-    float* dst;
+    Dst* dst;
     const Src* src;
     const float* scale;
     __device__ void operator()(size_t i, int cnt) const {
@@ -501,13 +508,13 @@ __device__ __forceinline__ Gates load_gates(const float* gate, int c0, int cnt) 
 struct SmearForward {
     static constexpr int kGrads = 0;
     using Cols = Gates;
-    float* out;
-    const float* inp;
+    bf16* out;
+    const bf16* inp;
     const float* gate;
     int Tn, C;
     __device__ Cols cols(int c0, int cnt) const { return load_gates(gate, c0, cnt); }
     __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<0>&) const {
-        const float* x = inp + size_t(n) * C + c0;
+        const bf16* x = inp + size_t(n) * C + c0;
         float v[8], prev[8];
         ld8(v, x, cnt);
         ld8(prev, x - C, n % Tn ? cnt : 0);
@@ -520,9 +527,9 @@ struct SmearForward {
 struct SmearBackward {
     static constexpr int kGrads = 1;
     using Cols = Gates;
-    float* dinp;
-    const float* dout;
-    const float* inp;
+    bf16* dinp;
+    const bf16* dout;
+    const bf16* inp;
     const float* gate;
     int Tn, C;
     bool add;
@@ -579,12 +586,12 @@ __global__ void rmsnorm_forward_kernel(Out* out, float* rstd, const In* inp, int
 }
 
 template <typename In, typename G>
-__global__ void rmsnorm_backward_kernel(float* dinp, const G* dout, const In* inp, const float* rstd, int C,
-                                        float scale, const float* dscale, bool add) {
+__global__ void rmsnorm_backward_kernel(In* dinp, const G* dout, const In* inp, const float* rstd, int C, float scale,
+                                        const float* dscale, bool add) {
     const size_t row = blockIdx.x;
     const In* x = inp + row * C;
     const G* dy = dout + row * C;
-    float* dx = dinp + row * C;
+    In* dx = dinp + row * C;
     const int c0 = threadIdx.x * 8, stride = blockDim.x * 8;
     float vx[8], vg[8];
     ld8(vx, x + c0, C - c0);
@@ -678,6 +685,7 @@ __device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx
         float v[8];
         ld8(v, nx.s + o, cnt);
         skip_mix(s, s, v, load_gates(nx.gate, c0, cnt), load_weights(nx.w, c0, cnt, 1));
+        round_bf16(s);
         st8(nx.skip_out + o, s, cnt);
     }
     float wx[8];
@@ -688,7 +696,7 @@ __device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx
 }
 
 template <int K, bool NEXT>
-__global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(float* sum, bf16* norm, float* rstd,
+__global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* sum, bf16* norm, float* rstd,
                                                                           const ResidualIn t, int N, int C,
                                                                           float scale, const ResidualNext nx) {
     const int lane = threadIdx.x % 32;
@@ -700,9 +708,14 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(float*
             const int c0 = (k * 32 + lane) * 8;
             sum_terms(s[k], t, row + c0, c0, C - c0);
         }
-        if (sum)  // may alias t.x: this lane read its chunks above
+        // The stored sum may alias t.x: this lane read its chunks above. The norm goes on from
+        // the stored (rounded) values, which the backward reads to form the norm's input again.
+        if (sum)
 #pragma unroll
-            for (int k = 0; k < K; ++k) st8(sum + row + (k * 32 + lane) * 8, s[k], C - (k * 32 + lane) * 8);
+            for (int k = 0; k < K; ++k) {
+                round_bf16(s[k]);
+                st8(sum + row + (k * 32 + lane) * 8, s[k], C - (k * 32 + lane) * 8);
+            }
         if (!norm) continue;
         if constexpr (NEXT)
 #pragma unroll
@@ -726,10 +739,9 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(float*
 }
 
 struct ResidualBackwardArgs {
-    float* dres;
-    const float *dy, *dadd;
-    const bf16* dnorm;
-    const float *xn, *rstd;
+    bf16* dres;
+    const bf16 *dy, *dadd, *dnorm, *xn;
+    const float* rstd;
     float scale;
     ResidualIn t;
     ResidualGrad d;
@@ -760,10 +772,9 @@ struct GradAcc {
 
 // One term's gradients over a chunk: the term's own (out = w g; added to when add) and its
 // weight's (into the slot's accumulator).
-template <typename T, typename D>
-__device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int k, const float (&g)[8], const T* t,
-                                              const float* w, D* out, bool add, size_t o, int c0, int cnt,
-                                              int wstride) {
+__device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int k, const float (&g)[8],
+                                              const bf16* t, const float* w, bf16* out, bool add, size_t o, int c0,
+                                              int cnt, int wstride) {
     if (!t || (!out && slot < 0)) return;
     if (slot >= 0) {
         float v[8];
@@ -775,8 +786,7 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     ldw(wv, w, c0, cnt, wstride);
 #pragma unroll
     for (int j = 0; j < 8; ++j) d[j] = wv[j] * g[j];
-    if constexpr (std::is_same_v<D, float>) add8(out + o, d, cnt, add);
-    else st8(out + o, d, cnt);
+    add8(out + o, d, cnt, add);
 }
 
 // Shared memory of residual_backward_kernel<K> with `slots` accumulators.
@@ -824,11 +834,12 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 ld8(dn[k], a.dnorm + row + c0, cnt);
                 if (a.xn) ld8(xs[k], a.xn + row + c0, cnt);
                 else sum_terms(xs[k], t, row + c0, c0, cnt);
-                if (SKIP) {  // the block's input, the skip mix, formed again where needed
+                if (SKIP) {  // the block's input, the skip mix, formed again (in bf16) where needed
                     float x[8], s[8], xv[8], wx[8];
                     ld8(x, p.x + row + c0, cnt);
                     ld8(s, p.s + row + c0, cnt);
                     skip_mix(xv, x, s, load_gates(p.gate, c0, cnt), load_weights(p.w, c0, cnt, 1));
+                    round_bf16(xv);
                     ldw(wx, t.wx, c0, cnt, 1);
 #pragma unroll
                     for (int j = 0; j < 8; ++j) xs[k][j] += wx[j] * xv[j];
@@ -857,6 +868,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
                 w = load_weights(p.w, c0, cnt, 1);
                 float xv[8];
                 skip_mix(xv, x, s, gt, w);
+                round_bf16(xv);
                 acc.add(a.slot[0], k, g[k], xv);
             }
             term_backward(acc, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
@@ -1421,9 +1433,9 @@ void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream) {
     launch_flat(ConvertOp<Src, Dst>{dst, src}, n, stream);
 }
 
-template <typename Src>
-void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale) {
-    launch_flat(AccumulateOp<Src>{dst, src, scale}, n, stream);
+template <typename Src, typename Dst>
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale) {
+    launch_flat(AccumulateOp<Src, Dst>{dst, src, scale}, n, stream);
 }
 
 template <typename Out>
@@ -1453,7 +1465,7 @@ void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float s
 }
 
 template <typename In, typename G>
-void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
+void rmsnorm_backward(In* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
                       cudaStream_t stream, const float* dscale, bool add) {
     if (N <= 0 || C <= 0) return;
     rmsnorm_backward_kernel<<<N, norm_threads(C), 0, stream>>>(dinp, dout, inp, rstd, C, scale, dscale, add);
@@ -1541,16 +1553,16 @@ void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int h
     launch_rows(SwigluBackward{{}, dinp, dout, inp, hidden}, N, hidden, stream);
 }
 
-void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream) {
+void smear_forward(bf16* out, const bf16* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream) {
     launch_rows(SmearForward{out, inp, gate, Tn, C}, B * Tn, C, stream);
 }
 
-void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B, int Tn,
+void smear_backward(bf16* dinp, float* dgate, const bf16* dout, const bf16* inp, const float* gate, int B, int Tn,
                     int C, cudaStream_t stream, bool add) {
     launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C, add}, B * Tn, C, stream, {dgate});
 }
 
-void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
+void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
                       cudaStream_t stream, const ResidualNext* next) {
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!norm || rstd);
@@ -1566,7 +1578,7 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
     });
 }
 
-void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
+void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16* dnorm, const bf16* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
                        cudaStream_t stream, const ResidualPrev* prev) {
     if (N <= 0 || C <= 0) return;
@@ -1629,8 +1641,9 @@ template void convert<float, float>(float*, const float*, size_t, cudaStream_t);
 template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t);
 template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t);
 template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t);
-template void accumulate<float>(float*, const float*, size_t, cudaStream_t, const float*);
-template void accumulate<bf16>(float*, const bf16*, size_t, cudaStream_t, const float*);
+template void accumulate<float, float>(float*, const float*, size_t, cudaStream_t, const float*);
+template void accumulate<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*);
+template void accumulate<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*);
 
 template void embedding_forward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
 template void embedding_forward<bf16>(bf16*, const int32_t*, const float*, int, int, cudaStream_t);
@@ -1645,9 +1658,9 @@ template void rmsnorm_backward<float, float>(float*, const float*, const float*,
                                              cudaStream_t, const float*, bool);
 template void rmsnorm_backward<float, bf16>(float*, const bf16*, const float*, const float*, int, int, float,
                                             cudaStream_t, const float*, bool);
-template void rmsnorm_backward<bf16, float>(float*, const float*, const bf16*, const float*, int, int, float,
+template void rmsnorm_backward<bf16, float>(bf16*, const float*, const bf16*, const float*, int, int, float,
                                             cudaStream_t, const float*, bool);
-template void rmsnorm_backward<bf16, bf16>(float*, const bf16*, const bf16*, const float*, int, int, float,
+template void rmsnorm_backward<bf16, bf16>(bf16*, const bf16*, const bf16*, const float*, int, int, float,
                                            cudaStream_t, const float*, bool);
 
 }  // namespace pg

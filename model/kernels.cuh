@@ -2,16 +2,19 @@
 // (model/attention.cuh). Each has its CPU oracle in model/ops_ref.h, same meaning, checked
 // against it in tests/test_kernels_cuda.cu.
 //
-// Precision: the residual stream and its gradient are fp32; tensors that feed a GEMM (norm
-// outputs, q/k/v, attention outputs, MLP activations, logits) are bf16; parameters and
-// parameter gradients are fp32 (the flat master / grad buffers of model/params.h).
-// Gradient convention, as in ops_ref.h: backward kernels ADD into fp32 gradient outputs
-// (callers zero them first); bf16 gradient outputs, which feed GEMMs, are overwritten. A few
-// fp32 outputs are overwritten too, each said below: where every element is written once per
-// step, a zeroing pass would cost as much as the kernel's own write. And where a call is a
-// gradient's first writer in the model's backward, it asks to overwrite (add = false, or the
-// add_ flags of the gradient structs), which spares the caller the zeroing pass and the kernel
-// the read of the zeros: 1.2 GB a step at the record shape.
+// Precision: the residual stream and its gradient are bf16 in memory, as in the PyTorch
+// reference under autocast (its activations are bf16 tensors), and every kernel sums and
+// normalises them in fp32 registers. At the record shape an fp32 stream moved 1.6x the bytes of
+// the residual passes, the largest memory-bound kernels of a step. Tensors that feed a GEMM
+// (norm outputs, q/k/v, attention outputs, MLP activations, logits) are bf16 too; parameters
+// and parameter gradients are fp32 (the flat master / grad buffers of model/params.h).
+// Gradient convention, as in ops_ref.h: backward kernels ADD into gradient outputs of the
+// stream and of parameters (callers zero them first); gradient outputs that feed GEMMs are
+// overwritten. A few other outputs are overwritten too, each said below: where every element is
+// written once per step, a zeroing pass would cost as much as the kernel's own write. And where
+// a call is a gradient's first writer in the model's backward, it asks to overwrite (add =
+// false, or the add_ flags of the gradient structs), which spares the caller the zeroing pass
+// and the kernel the read of the zeros.
 // Parameter gradients that sum over rows are reduced in a fixed order (deterministic),
 // except the embedding scatter-adds, which use fp32 atomics.
 // Every function only enqueues work on `stream`.
@@ -29,12 +32,12 @@ namespace pg {
 using bf16 = __nv_bfloat16;
 
 // ---- conversions ----
-// dst[i] = src[i] (any of float/bf16 to any); add: dst[i] += k src[i] into fp32, with k = *scale
-// (device memory) or 1 without one.
+// dst[i] = src[i] (any of float/bf16 to any); accumulate: dst[i] += k src[i], summed in fp32, with
+// k = *scale (device memory) or 1 without one; dst is fp32, or bf16 for a bf16 src.
 template <typename Src, typename Dst>
 void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream);
-template <typename Src>
-void accumulate(float* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr);
+template <typename Src, typename Dst>
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr);
 
 // ---- embeddings ----
 // out[n] = table[idx[n]], table fp32 [rows, C]; Out is float or bf16.
@@ -49,9 +52,10 @@ void bigram_hash(int32_t* buckets, const int32_t* idx, int B, int Tn, int n_buck
 // ---- RMSNorm (no weight): out = scale * x * r, r = 1/sqrt(mean(x^2) + kRmsEps), rstd[N] = r ----
 template <typename In, typename Out>
 void rmsnorm_forward(Out* out, float* rstd, const In* inp, int N, int C, float scale, cudaStream_t stream);
-// dinp += d/dx (= without add), times *dscale (device memory) when given; G is float or bf16.
+// dinp (the input's type) += d/dx (= without add), times *dscale (device memory) when given; G
+// is float or bf16.
 template <typename In, typename G>
-void rmsnorm_backward(float* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
+void rmsnorm_backward(In* dinp, const G* dout, const In* inp, const float* rstd, int N, int C, float scale,
                       cudaStream_t stream, const float* dscale = nullptr, bool add = true);
 
 // ---- q/k/v preparation (ops_ref.h qkv_prep_forward / _backward): from the fused projection
@@ -76,31 +80,34 @@ void leaky_relu2_backward(bf16* dinp, const bf16* dout, const bf16* inp, size_t 
 void swiglu_forward(bf16* out, const bf16* inp, int N, int hidden, cudaStream_t stream);
 void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int hidden, cudaStream_t stream);
 
-// ---- residual-stream mixes (fp32 [N, C]; per-channel weights [C], read from the fp32
+// ---- residual-stream mixes (bf16 [N, C]; per-channel weights [C], read from the fp32
 // parameter buffer) ----
 // SmearGate over [B, Tn, C]: out_t = (1-g) x_t + g x_{t-1}, g = sigmoid(gate).
-void smear_forward(float* out, const float* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
+void smear_forward(bf16* out, const bf16* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
 // dinp += (= without add); dgate +=.
-void smear_backward(float* dinp, float* dgate, const float* dout, const float* inp, const float* gate, int B,
-                    int Tn, int C, cudaStream_t stream, bool add = true);
+void smear_backward(bf16* dinp, float* dgate, const bf16* dout, const bf16* inp, const float* gate, int B, int Tn,
+                    int C, cudaStream_t stream, bool add = true);
 // The U-Net skip, out = g x + (1-g) (w s), g = sigmoid(gate), runs inside the residual passes
 // below: forward in residual_forward's (ResidualNext), backward in residual_backward's
 // (ResidualPrev).
 
 // ---- the residual stream around a block (ops_ref.h residual_forward / _backward): one warp
 // per row, so a row's RMS statistic and every term of the sum meet in one pass. C <= 2048. ----
-// sum (fp32, may alias t.x) and/or norm = scale * rmsnorm(sum) (bf16) with rstd [N].
-using ResidualIn = ResidualTerms<float, bf16, float>;
-using ResidualGrad = ResidualGrads<float, bf16, float>;
+// sum (may alias t.x) and/or norm = scale * rmsnorm(sum) with rstd [N].
+using ResidualIn = ResidualTerms<bf16, bf16, float>;
+using ResidualGrad = ResidualGrads<bf16, bf16, float>;
 // The next block's input, formed from a block's output sum in the same pass, so that the sum is
 // not read back: when s is given, the U-Net skip mix y = g sum + (1-g) w s, g = sigmoid(gate),
 // into skip_out; else y = sum. norm is then scale * rmsnorm(wx y + w0 x0) (per-channel weights).
 struct ResidualNext {
-    const float *s = nullptr, *w = nullptr, *gate = nullptr;
-    float* skip_out = nullptr;
-    const float *wx = nullptr, *x0 = nullptr, *w0 = nullptr;
+    const bf16* s = nullptr;
+    const float *w = nullptr, *gate = nullptr;
+    bf16* skip_out = nullptr;
+    const float* wx = nullptr;
+    const bf16* x0 = nullptr;
+    const float* w0 = nullptr;
 };
-void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
+void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
                       cudaStream_t stream, const ResidualNext* next = nullptr);
 // g = dy + dadd + scale * rmsnorm_backward(dnorm; input xn, or the terms' sum when xn is null);
 // dres = g (may alias dy); term gradients as ResidualGrads says. dnorm, the gradient of the
@@ -115,15 +122,16 @@ void residual_forward(float* sum, bf16* norm, float* rstd, const ResidualIn& t, 
 //   dres = gx, and the previous block's branch terms t (a, m) get their gradients d from gx.
 // Weights are per channel (wstride 1) throughout.
 struct ResidualPrev {
-    const float* x = nullptr;
-    const float *s = nullptr, *w = nullptr, *gate = nullptr;
-    float *ds = nullptr, *dw = nullptr, *dgate = nullptr;
-    const float* dskip = nullptr;
-    float* dres = nullptr;  // may alias dy
+    const bf16 *x = nullptr, *s = nullptr;
+    const float *w = nullptr, *gate = nullptr;
+    bf16* ds = nullptr;
+    float *dw = nullptr, *dgate = nullptr;
+    const bf16* dskip = nullptr;
+    bf16* dres = nullptr;  // may alias dy
     ResidualIn t;
     ResidualGrad d;
 };
-void residual_backward(float* dres, const float* dy, const float* dadd, const bf16* dnorm, const float* xn,
+void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16* dnorm, const bf16* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,
                        cudaStream_t stream, const ResidualPrev* prev = nullptr);
 

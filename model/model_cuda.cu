@@ -109,18 +109,18 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     unsigned char* ws = nullptr;
     want(ws, flash_attention_backward_workspace_bytes(1, int(N), int(H), cfg_.head_dim));
     for (Slot& s : slots_) {
-        for (float** p : {&s.x, &s.x_mid, &s.x_out}) want(*p, N * D);
         want(s.rstd1, N), want(s.rstd2, N), want(s.q_rstd, N * H), want(s.k_rstd, N * Hkv), want(s.lse, N * H);
-        for (bf16** p : {&s.h, &s.a, &s.u, &s.m}) want(*p, N * D);
+        for (bf16** p : {&s.x, &s.x_mid, &s.x_out, &s.h, &s.a, &s.u, &s.m}) want(*p, N * D);
         for (bf16** p : {&s.q, &s.y, &s.y_xsa}) want(*p, N * QD);
         for (bf16** p : {&s.k, &s.v}) want(*p, N * KVD);
         want(s.qkv, N * QKV), want(s.act, N * hidden);
         want(s.f, fused_mlp_ ? 0 : N * F), want(s.f_signs, fused_mlp_ ? mlp_sign_words(int(N), int(hidden)) : 0);
     }
-    for (float** p : {&dx_, &dblock_, &dx0_, &dxf_}) want(*p, N * D);
+    for (bf16** p : {&dx_, &dblock_, &dx0_}) want(*p, N * D);
+    want(dxf_, N * D);
     want(dhead_, V * D);
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
-    for (float*& p : dskip_) want(p, N * D);
+    for (bf16*& p : dskip_) want(p, N * D);
     want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(df_, N * F);
     want(dact_, fused_mlp_ ? 0 : N * hidden);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
@@ -422,7 +422,7 @@ void CudaModel::backward_body() {
     // writer is known are overwritten by it, not zeroed first: dx here, dx0_ and dv_first_ by
     // the last entry, dv_ by each XSA block, dblock_ and demb below.
     accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
-    float* const dx = dx_;
+    bf16* const dx = dx_;
     rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_, false);
 
     // Blocks in reverse, dx holding the residual's gradient throughout. The decoder entry that
@@ -432,12 +432,12 @@ void CudaModel::backward_body() {
     // x0 feeds the first block and every resid_mix.
     accumulate(dx, dx0_, ND, st);
 
-    const float* dnorm = dx;
+    const bf16* dnorm = dx;
     if (cfg_.smear_gate) {
         smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st, false);
         dnorm = dblock_;
     }
-    float* demb = dx0_;  // free once added into dx
+    bf16* demb = dx0_;  // free once added into dx
     rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st, nullptr, false);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;
@@ -458,12 +458,10 @@ void CudaModel::backward_body() {
 // into dv_first_. The block's last pass also runs the U-Net skip's backward and the previous
 // entry's first pass (ResidualPrev), which is why a block's first pass runs here only for the
 // last entry.
-// GEMM operands (dm, da, dact, df, dy, dk, dv, dqkv) are bf16, and so is dh, the input
-// gradient of the matrices that read h. dh is a GEMM output read once by a norm backward, so
-// bf16 halves its traffic (0.5 ms a step at the record shape). It takes the same bf16 rounding
-// that every other product's gradient already has. In a parallel block the second product
-// adds into it, which is one more rounding. Residual-stream gradients are fp32, and so is dq:
-// qkv_prep's backward reads the attention's fp32 accumulator (saving a pass that rounds it).
+// GEMM operands (dm, da, dact, df, dy, dk, dv, dqkv) are bf16, like the residual stream's
+// gradients, and so is dh, the input gradient of the matrices that read h. In a parallel block
+// the second product adds into dh, which is one more rounding. dq is fp32: qkv_prep's backward
+// reads the attention's fp32 accumulator (saving a pass that rounds it).
 void CudaModel::block_backward(int i) {
     const Entry& E = entries_[i];
     const Slot& A = slots_[i];
@@ -474,13 +472,13 @@ void CudaModel::block_backward(int i) {
     const float s = ln_scale(E.layer);
     const bool par = parallel(E.layer), last = i + 1 == int(entries_.size());
     const cudaStream_t st = st_;
-    float* const dx = dx_;
+    bf16* const dx = dx_;
 
     // The branches' gradients from the output's (branch_terms). An encoder entry's output also
     // fed a skip: its gradient is added first. Before every entry but the last, the next
     // block's last pass has done this.
     if (last) {
-        const float* dskip = i < n_enc_ ? dskip_[i] : nullptr;
+        const bf16* dskip = i < n_enc_ ? dskip_[i] : nullptr;
         ResidualIn t;
         ResidualGrad d;
         branch_terms(i, t, d);

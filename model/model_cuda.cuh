@@ -1,6 +1,6 @@
 // The pgolf model on one GPU: RefModel (model/model_ref.h) op for op, forward and backward,
-// with the precision of model/kernels.cuh: fp32 residual stream, bf16 GEMM operands and
-// attention, fp32 parameters and gradients. Matrices are read from the bf16 copy of the
+// with the precision of model/kernels.cuh: bf16 residual stream, GEMM operands and attention,
+// fp32 parameters and gradients. Matrices are read from the bf16 copy of the
 // weights (params_bf16(), refreshed by the optimizer), everything else from the fp32 master.
 //
 // Every activation the backward needs is kept per schedule entry, as RefModel keeps them;
@@ -97,7 +97,7 @@ private:
     // The buffers of one schedule entry: what RefModel's BlockActs holds (x_in is not kept:
     // the backward forms it again from x and x0, which it reads anyway).
     struct Slot {
-        float *x, *x_mid, *x_out;  // fp32 [N, D]; x only written after a skip mix
+        bf16 *x, *x_mid, *x_out;  // the residual stream [N, D]; x only written after a skip mix
         float *rstd1, *rstd2, *q_rstd, *k_rstd, *lse;
         bf16 *h, *qkv, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;  // qkv: [N, (H + 2 Hkv) hd]
         uint32_t* f_signs;  // in place of f where the MLP is fused (model/mlp_gemm.cuh)
@@ -106,7 +106,7 @@ private:
     struct Entry {
         int layer = 0;
         int skip = -1, skip_src = -1;  // U-Net row mixed in before the block, and whose output
-        const float* x = nullptr;      // residual entering the block
+        const bf16* x = nullptr;       // residual entering the block
     };
     // Captured graphs of one direction, by (rows, tokens, recurrence, for backward).
     using GraphKey = std::tuple<int, int, bool, bool>;
@@ -171,19 +171,21 @@ private:
     std::vector<Entry> entries_;
     std::vector<Slot> slots_;  // one per entry of the longest schedule
     int32_t *inputs_, *targets_, *buckets_;
-    float *x_emb_, *x_norm_, *x_smear_, *rstd_emb_, *rstd_f_, *losses_, *lse_;
+    bf16 *x_emb_, *x_norm_, *x_smear_;
+    float *rstd_emb_, *rstd_f_, *losses_, *lse_;
     float* loss_scale_;  // d(sum of losses)/d(each loss) of the current backward, on the device
-    const float* x0_ = nullptr;  // x_smear_, or x_norm_ without the smear gate
+    const bf16* x0_ = nullptr;  // x_smear_, or x_norm_ without the smear gate
     bf16 *big_e_, *big_p_, *xf_, *logits_;
     void* attn_ws_;
 
     // Backward scratch, named after the gradients they hold.
-    float *dx_, *dblock_, *dx0_, *dv_first_, *dv_;
+    bf16 *dx_, *dblock_, *dx0_;  // the residual stream's
+    float *dv_first_, *dv_;
     float* dwqkv_;  // [q|k|v width, D]: one block's wq, wk, wv gradients
     // The head's gradients at unit loss scale, from the forward: the final norm's output [N, D]
     // and the tied embedding's [vocab, D].
     float *dxf_, *dhead_;
-    std::vector<float*> dskip_;  // per encoder entry: the gradient of its output through its skip
+    std::vector<bf16*> dskip_;  // per encoder entry: the gradient of its output through its skip
     bf16 *dm_, *da_, *dh_, *dact_, *df_, *dyo_, *dy_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
 };
 

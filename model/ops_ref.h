@@ -602,7 +602,7 @@ void add_scaled_backward(T* dx, T* da, T* dw, const T* dout, const T* a, const T
 // and the residual gradient dx of residual_backward are overwritten, not added to.
 
 // The terms of a residual-stream sum, out = wx x + w0 x0 + wa a + wm m: x and x0 are
-// streams of the residual (fp32 on the GPU), a and m branch outputs (bf16 on the GPU). A null
+// streams of the residual, a and m branch outputs (all bf16 on the GPU). A null
 // term is absent, a null weight is 1; weights are [C] (wstride 1) or one scalar (wstride 0).
 template <typename S, typename B, typename W>
 struct ResidualTerms {

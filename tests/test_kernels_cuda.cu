@@ -1,8 +1,8 @@
 // The kernels of model/kernels.cuh against their CPU oracles in model/ops_ref.h (in double),
 // forward and backward, on fresh random inputs rounded to bf16 first wherever a kernel reads
 // bf16, so both sides see the same values; odd sizes (tails, misaligned rows) and record ones.
-// Outputs are poisoned with NaN before each call, so an unwritten element fails; fp32
-// gradient outputs start from random values and the check is on what the kernel added.
+// Outputs are poisoned with NaN before each call, so an unwritten element fails; those
+// that add start from random values and the check is on what the kernel added.
 //
 // Tolerances, as ||gpu - ref|| / ||ref||:
 //   kExact  conversions and the hash: bit for bit;
@@ -61,21 +61,26 @@ T cast(double x) {
 double to_double(float x) { return x; }
 double to_double(bf16 x) { return __bfloat162float(x); }
 
+// v in an array of T.
+template <typename T>
+std::vector<T> hold(const Vec& v) {
+    std::vector<T> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = cast<T>(v[i]);
+    return h;
+}
+
 // The values T can hold: what a kernel reading T sees. They pass through an array of T: built
 // in this file, g++ 12 (-O1 and up) dropped the float rounding of a two-value Vec written in place.
 template <typename T>
 Vec held(Vec v) {
-    std::vector<T> t(v.size());
-    for (size_t i = 0; i < v.size(); ++i) t[i] = cast<T>(v[i]);
+    const std::vector<T> t = hold<T>(v);
     for (size_t i = 0; i < v.size(); ++i) v[i] = to_double(t[i]);
     return v;
 }
 
 template <typename T>
 DeviceArray<T> upload(const Vec& v) {
-    std::vector<T> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) h[i] = cast<T>(v[i]);
-    return DeviceArray<T>(h);
+    return DeviceArray<T>(hold<T>(v));
 }
 
 template <typename T>
@@ -171,20 +176,25 @@ void check_convert(Errors& E, std::mt19937_64& rng, size_t n, size_t off, cudaSt
     const Vec ref = held<Dst>(Vec(src.begin() + off, src.end()));
     E.check(std::string("convert ") + name(Src()) + "->" + name(Dst()), got, ref, kExact);
 
-    const Vec base = randn(rng, n + off);
-    auto dacc = upload<float>(base);
-    accumulate<Src>(dacc.get() + off, dsrc.get() + off, n, st);
-    Vec acc_ref(n);
-    for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + float(src[off + i]));
-    E.check(std::string("accumulate ") + name(Src()), download(dacc.get() + off, n, st), acc_ref, kExact);
+    // accumulate into fp32, or into bf16 from bf16 (the residual stream's gradients).
+    if constexpr (std::is_same_v<Dst, float> || std::is_same_v<Src, bf16>) {
+        const std::string tag = std::string(name(Src())) + "->" + name(Dst());
+        const Vec base = held<Dst>(randn(rng, n + off));
+        auto dacc = upload<Dst>(base);
+        accumulate(dacc.get() + off, dsrc.get() + off, n, st);
+        Vec acc_ref(n);
+        for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + float(src[off + i]));
+        E.check("accumulate " + tag, download(dacc.get() + off, n, st), held<Dst>(acc_ref), kExact);
 
-    // With a scale from device memory: dst += k src (the product and sum may fuse into one FMA).
-    const float k = 0.375f;
-    auto dk = upload<float>(Vec{k});
-    auto dacc2 = upload<float>(base);
-    accumulate<Src>(dacc2.get() + off, dsrc.get() + off, n, st, dk.get());
-    for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + k * float(src[off + i]));
-    E.check(std::string("accumulate scaled ") + name(Src()), download(dacc2.get() + off, n, st), acc_ref, kF32);
+        // With a scale from device memory: dst += k src (the product and sum may fuse into one FMA).
+        const float k = 0.375f;
+        auto dk = upload<float>(Vec{k});
+        auto dacc2 = upload<Dst>(base);
+        accumulate(dacc2.get() + off, dsrc.get() + off, n, st, dk.get());
+        for (size_t i = 0; i < n; ++i) acc_ref[i] = double(float(base[off + i]) + k * float(src[off + i]));
+        E.check("accumulate scaled " + tag, download(dacc2.get() + off, n, st), held<Dst>(acc_ref),
+                std::is_same_v<Dst, float> ? kF32 : kBf16);
+    }
 }
 
 template <typename Out, typename G>
@@ -224,28 +234,31 @@ void check_rmsnorm(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t s
     E.check("rmsnorm_forward out " + tag, download(dy, st), y, std::is_same_v<Out, float> ? kF32 : kBf16);
     E.check("rmsnorm_forward rstd " + tag, download(drstd, st), rstd, kSum);
 
-    // The backward reads dout of the output's type and the forward's rstd.
-    const Vec g = held<Out>(randn(rng, size_t(N) * C)), base = randn(rng, size_t(N) * C);
+    // The backward reads dout of the output's type and the forward's rstd; its output has the
+    // input's type. What it adds to is smaller than the gradient (0.1 against ~0.4, the scaled
+    // one ~0.1), so that a bf16 output's rounding of the sum stays near that of the gradient.
+    const double tol = std::is_same_v<In, float> ? kSum : kBf16;
+    const Vec g = held<Out>(randn(rng, size_t(N) * C)), base = held<In>(randn(rng, size_t(N) * C, 0.1));
     auto dg = upload<Out>(g);
-    auto ddx = upload<float>(base);
+    auto ddx = upload<In>(base);
     const Vec rstd32 = held<float>(rstd);
     auto dr = upload<float>(rstd32);
     rmsnorm_backward<In, Out>(ddx.get(), dg.get(), dx.get(), dr.get(), N, C, float(scale), st);
     Vec dref(size_t(N) * C, 0.0);
     pg::rmsnorm_backward(dref.data(), g.data(), x.data(), rstd32.data(), N, C, scale);
-    E.check("rmsnorm_backward " + tag, minus(download(ddx, st), base), dref, kSum);
-    auto ddx_set = poisoned<float>(size_t(N) * C);  // overwritten (add = false)
+    E.check("rmsnorm_backward " + tag, minus(download(ddx, st), base), dref, tol);
+    auto ddx_set = poisoned<In>(size_t(N) * C);  // overwritten (add = false)
     rmsnorm_backward<In, Out>(ddx_set.get(), dg.get(), dx.get(), dr.get(), N, C, float(scale), st, nullptr, false);
-    E.check("rmsnorm_backward overwriting " + tag, download(ddx_set, st), dref, kSum);
+    E.check("rmsnorm_backward overwriting " + tag, download(ddx_set, st), dref, tol);
 
     // A second scale from device memory multiplies the first.
     const double k = 0.3;
     auto dk = upload<float>(Vec{k});
-    auto ddx2 = upload<float>(base);
+    auto ddx2 = upload<In>(base);
     rmsnorm_backward<In, Out>(ddx2.get(), dg.get(), dx.get(), dr.get(), N, C, float(scale), st, dk.get());
     Vec dref2(size_t(N) * C, 0.0);
     pg::rmsnorm_backward(dref2.data(), g.data(), x.data(), rstd32.data(), N, C, scale * double(float(k)));
-    E.check("rmsnorm_backward scaled " + tag, minus(download(ddx2, st), base), dref2, kSum);
+    E.check("rmsnorm_backward scaled " + tag, minus(download(ddx2, st), base), dref2, tol);
 }
 
 // One use of the residual kernels: which terms the sum has, which have weights, and what the
@@ -280,10 +293,11 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     const size_t n = size_t(N) * C, nw = rc.wstride ? C : 1;
     const double scale = 0.7;
     // Inputs, held in the types the kernels read; weights away from 1 so that a dropped one shows.
-    const Vec x = randn(rng, n), x0 = randn(rng, n), a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n));
+    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n)),
+              m = held<bf16>(randn(rng, n));
     const Vec wx = randn(rng, nw, 0.5), w0 = randn(rng, nw, 0.5), wa = randn(rng, nw, 0.5), wm = randn(rng, nw, 0.5);
-    auto dx_ = upload<float>(x);
-    auto dx0_ = upload<float>(x0);
+    auto dx_ = upload<bf16>(x);
+    auto dx0_ = upload<bf16>(x0);
     auto da_ = upload<bf16>(a);
     auto dm_ = upload<bf16>(m);
     auto dwx_ = upload<float>(wx);
@@ -303,33 +317,39 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     if (rc.wm) t.wm = dwm_.get(), r.wm = wm.data();
 
     // Forward.
-    auto dsum = poisoned<float>(n);
+    auto dsum = poisoned<bf16>(n);
     auto dnorm_out = poisoned<bf16>(n);
     auto drstd = poisoned<float>(N);
-    float* sum = rc.sum ? (rc.alias ? dx_.get() : dsum.get()) : nullptr;
+    bf16* sum = rc.sum ? (rc.alias ? dx_.get() : dsum.get()) : nullptr;
     residual_forward(sum, rc.norm ? dnorm_out.get() : nullptr, rc.norm ? drstd.get() : nullptr, t, N, C, float(scale),
                      st);
     Vec sum_ref(n), norm_ref(n), rstd_ref(N);
     pg::residual_forward(sum_ref.data(), rc.norm ? norm_ref.data() : nullptr, rstd_ref.data(), r, N, C, scale);
-    if (rc.sum) E.check("residual_forward sum, " + tag, download(sum, n, st), sum_ref, kF32);
+    if (rc.sum) {
+        E.check("residual_forward sum, " + tag, download(sum, n, st), sum_ref, kBf16);
+        // The kernel normalises the stored (bf16) sum; so does the reference.
+        sum_ref = download(sum, n, st);
+        if (rc.norm) pg::rmsnorm_forward(norm_ref.data(), rstd_ref.data(), sum_ref.data(), N, C, scale);
+    }
     if (rc.norm) {
         E.check("residual_forward norm, " + tag, download(dnorm_out, st), norm_ref, kBf16);
         E.check("residual_forward rstd, " + tag, download(drstd, st), rstd_ref, kSum);
     }
-    if (rc.alias) dx_.upload(std::vector<float>(x.begin(), x.end()));  // x again for the backward
+    if (rc.alias) dx_.upload(hold<bf16>(x));  // x again for the backward
 
-    // Backward: fp32 outputs that add start from random values; overwritten ones are poisoned
-    // (and the oracle's dx0, when set, starts from random values that it must overwrite).
-    const Vec dy = randn(rng, n), dadd = randn(rng, n), dnorm = held<bf16>(randn(rng, n)), base_x0 = randn(rng, n);
-    const Vec base_w = randn(rng, nw), xn = held<float>(sum_ref), rstd = held<float>(rstd_ref);
-    auto ddy = upload<float>(dy);
-    auto ddadd = upload<float>(dadd);
+    // Backward: outputs that add start from random values; overwritten ones are poisoned (and
+    // the oracle's dx0, when set, starts from random values that it must overwrite).
+    const Vec dy = held<bf16>(randn(rng, n)), dadd = held<bf16>(randn(rng, n)), dnorm = held<bf16>(randn(rng, n));
+    const Vec base_x0 = held<bf16>(randn(rng, n)), base_w = randn(rng, nw), xn = held<bf16>(sum_ref),
+              rstd = held<float>(rstd_ref);
+    auto ddy = upload<bf16>(dy);
+    auto ddadd = upload<bf16>(dadd);
     auto ddnorm = upload<bf16>(dnorm);
-    auto dxn = upload<float>(xn);
+    auto dxn = upload<bf16>(xn);
     auto dr = upload<float>(rstd);
-    auto ddres = poisoned<float>(n);
-    auto gdx = poisoned<float>(n);
-    auto gdx0 = rc.set_dx0 ? poisoned<float>(n) : upload<float>(base_x0);
+    auto ddres = poisoned<bf16>(n);
+    auto gdx = poisoned<bf16>(n);
+    auto gdx0 = rc.set_dx0 ? poisoned<bf16>(n) : upload<bf16>(base_x0);
     auto gda = poisoned<bf16>(n);
     auto gdm = poisoned<bf16>(n);
     DeviceArray<float> gdw[4] = {upload<float>(base_w), upload<float>(base_w), upload<float>(base_w),
@@ -347,17 +367,17 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     if (rc.dw0) d.dw0 = gdw[1].get(), rd.dw0 = rdw[1].data();
     if (rc.dwa) d.dwa = gdw[2].get(), rd.dwa = rdw[2].data();
     if (rc.dwm) d.dwm = gdw[3].get(), rd.dwm = rdw[3].data();
-    float* dres = rc.dres == 2 ? ddy.get() : rc.dres == 1 ? ddres.get() : nullptr;
+    bf16* dres = rc.dres == 2 ? ddy.get() : rc.dres == 1 ? ddres.get() : nullptr;
     residual_backward(dres, ddy.get(), rc.dadd ? ddadd.get() : nullptr, rc.dnorm ? ddnorm.get() : nullptr,
                       rc.xn ? dxn.get() : nullptr, dr.get(), float(scale), t, d, N, C, st);
     Vec rres(n);
     pg::residual_backward(rres.data(), dy.data(), rc.dadd ? dadd.data() : nullptr, rc.dnorm ? dnorm.data() : nullptr,
                           rc.xn ? xn.data() : nullptr, rstd.data(), scale, r, rd, N, C);
-    if (dres) E.check("residual_backward dres, " + tag, download(dres, n, st), rres, kSum);
-    if (rc.dx) E.check("residual_backward dx, " + tag, download(gdx, st), rdx, kSum);
+    if (dres) E.check("residual_backward dres, " + tag, download(dres, n, st), rres, kBf16);
+    if (rc.dx) E.check("residual_backward dx, " + tag, download(gdx, st), rdx, kBf16);
     if (rc.dx0)
         E.check("residual_backward dx0, " + tag, rc.set_dx0 ? download(gdx0, st) : minus(download(gdx0, st), base_x0),
-                rdx0, kSum);
+                rdx0, kBf16);
     if (rc.da) E.check("residual_backward da, " + tag, download(gda, st), rda, kBf16);
     if (rc.dm) E.check("residual_backward dm, " + tag, download(gdm, st), rdm, kBf16);
     const bool dw[4] = {rc.dwx, rc.dw0, rc.dwa, rc.dwm};
@@ -374,42 +394,48 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     const std::string tag = std::string(rc.what) + (skip ? ", then skip" : "") + ", C=" + std::to_string(C);
     const size_t n = size_t(N) * C;
     const double scale = 0.7;
-    const Vec x = randn(rng, n), x0 = randn(rng, n), a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n));
+    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n)),
+              m = held<bf16>(randn(rng, n));
     const Vec tw[4] = {randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5)};
-    const Vec sk = randn(rng, n), w = randn(rng, C, 0.5), gate = randn(rng, C), wx = randn(rng, C, 0.5),
+    const Vec sk = held<bf16>(randn(rng, n)), w = randn(rng, C, 0.5), gate = randn(rng, C), wx = randn(rng, C, 0.5),
               w0 = randn(rng, C, 0.5);
     std::vector<DeviceArray<float>> f32;
+    std::vector<DeviceArray<bf16>> b16;
     auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
+    auto devb = [&](const Vec& v) { return b16.emplace_back(upload<bf16>(v)).get(); };
     auto da = upload<bf16>(a);
     auto dm = upload<bf16>(m);
     ResidualIn t;
     ResidualTerms<double, double, double> r;
-    if (rc.x) t.x = dev(x), r.x = x.data();
-    if (rc.x0) t.x0 = dev(x0), r.x0 = x0.data();
+    if (rc.x) t.x = devb(x), r.x = x.data();
+    if (rc.x0) t.x0 = devb(x0), r.x0 = x0.data();
     if (rc.a) t.a = da.get(), r.a = a.data();
     if (rc.m) t.m = dm.get(), r.m = m.data();
     if (rc.wx) t.wx = dev(tw[0]), r.wx = tw[0].data();
     if (rc.w0) t.w0 = dev(tw[1]), r.w0 = tw[1].data();
     if (rc.wa) t.wa = dev(tw[2]), r.wa = tw[2].data();
     if (rc.wm) t.wm = dev(tw[3]), r.wm = tw[3].data();
-    auto dsum = poisoned<float>(n);
-    auto dskip = poisoned<float>(n);
+    auto dsum = poisoned<bf16>(n);
+    auto dskip = poisoned<bf16>(n);
     auto dnorm = poisoned<bf16>(n);
     auto drstd = poisoned<float>(N);
     ResidualNext nx;
-    if (skip) nx.s = dev(sk), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
-    nx.wx = dev(wx), nx.x0 = dev(x0), nx.w0 = dev(w0);
+    if (skip) nx.s = devb(sk), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
+    nx.wx = dev(wx), nx.x0 = devb(x0), nx.w0 = dev(w0);
     residual_forward(dsum.get(), dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
 
+    // The kernel goes on from the stored (bf16) sum and skip mix; so does the reference.
     Vec sum(n), y(n), norm(n), rstd(N);
     pg::residual_forward(sum.data(), static_cast<double*>(nullptr), rstd.data(), r, N, C, 1.0);
+    E.check("residual_forward sum, " + tag, download(dsum, st), sum, kBf16);
+    sum = download(dsum, st);
     if (skip) pg::skip_mix_forward(y.data(), sum.data(), sk.data(), w.data(), gate.data(), N, C);
     else y = sum;
+    if (skip) E.check("residual_forward skip mix, " + tag, download(dskip, st), y, kBf16);
+    if (skip) y = download(dskip, st);
     ResidualTerms<double, double, double> mix;
     mix.x = y.data(), mix.wx = wx.data(), mix.x0 = x0.data(), mix.w0 = w0.data();
     pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), mix, N, C, scale);
-    E.check("residual_forward sum, " + tag, download(dsum, st), sum, kF32);
-    if (skip) E.check("residual_forward skip mix, " + tag, download(dskip, st), y, kF32);
     E.check("residual_forward next norm, " + tag, download(dnorm, st), norm, kBf16);
     E.check("residual_forward next rstd, " + tag, download(drstd, st), rstd, kSum);
 }
@@ -432,21 +458,27 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
                             (pc.par ? ", parallel" : "") + ", C=" + std::to_string(C);
     const size_t n = size_t(N) * C;
     const double scale = 0.7;
-    const Vec xp = randn(rng, n), x0 = randn(rng, n), sk = pc.skip == 2 ? xp : randn(rng, n);
+    const Vec xp = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)),
+              sk = pc.skip == 2 ? xp : held<bf16>(randn(rng, n));
     const Vec wx = randn(rng, C, 0.5), w0 = randn(rng, C, 0.5), w = randn(rng, C, 0.5), gate = randn(rng, C);
     const Vec a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n)), wa = randn(rng, C, 0.5),
               wm = randn(rng, C, 0.5);
-    const Vec dy = randn(rng, n), dnorm = held<bf16>(randn(rng, n)), dskip = randn(rng, n);
-    const Vec base_x0 = randn(rng, n), base_w = randn(rng, C);
+    const Vec dy = held<bf16>(randn(rng, n)), dnorm = held<bf16>(randn(rng, n)), dskip = held<bf16>(randn(rng, n));
+    const Vec base_x0 = held<bf16>(randn(rng, n)), base_w = randn(rng, C);
     std::vector<DeviceArray<float>> f32;
+    std::vector<DeviceArray<bf16>> b16;
     auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
+    auto devb = [&](const Vec& v) { return b16.emplace_back(upload<bf16>(v)).get(); };
     auto da = upload<bf16>(a);
     auto dm = upload<bf16>(m);
     auto ddnorm = upload<bf16>(dnorm);
 
     // The reference: the block's input, its norm's rstd, then the three backward steps.
     Vec xin = xp;
-    if (pc.skip) pg::skip_mix_forward(xin.data(), xp.data(), sk.data(), w.data(), gate.data(), N, C);
+    if (pc.skip) {  // which the forward stores in bf16, and the kernel forms again in bf16
+        pg::skip_mix_forward(xin.data(), xp.data(), sk.data(), w.data(), gate.data(), N, C);
+        xin = held<bf16>(xin);
+    }
     ResidualTerms<double, double, double> r;
     r.x = xin.data(), r.wx = wx.data(), r.x0 = x0.data(), r.w0 = w0.data();
     Vec norm(n), rstd(N);
@@ -478,24 +510,24 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
     // The GPU's one pass; outputs that add start from random values, overwritten ones poisoned.
     ResidualIn t;
     ResidualGrad d;
-    t.wx = dev(wx), t.x0 = dev(x0), t.w0 = dev(w0);
-    auto gdx0 = upload<float>(base_x0);
+    t.wx = dev(wx), t.x0 = devb(x0), t.w0 = dev(w0);
+    auto gdx0 = upload<bf16>(base_x0);
     std::vector<DeviceArray<float>> gdw;
     for (int k = 0; k < 6; ++k) gdw.push_back(upload<float>(base_w));
     d.dx0 = gdx0.get(), d.dwx = gdw[0].get(), d.dw0 = gdw[1].get();
     ResidualPrev p;
-    p.x = dev(xp);
+    p.x = devb(xp);
     if (pc.skip) {
-        p.s = pc.skip == 2 ? p.x : dev(sk), p.w = dev(w), p.gate = dev(gate);
+        p.s = pc.skip == 2 ? p.x : devb(sk), p.w = dev(w), p.gate = dev(gate);
         p.dw = gdw[2].get(), p.dgate = gdw[3].get();
     } else {
         t.x = p.x;
     }
-    auto gds = poisoned<float>(n);
+    auto gds = poisoned<bf16>(n);
     if (pc.skip == 1) p.ds = gds.get();
-    if (pc.dskip) p.dskip = dev(dskip);
-    float* gdy = dev(dy);
-    auto gres = poisoned<float>(n);
+    if (pc.dskip) p.dskip = devb(dskip);
+    bf16* gdy = devb(dy);
+    auto gres = poisoned<bf16>(n);
     p.dres = pc.alias ? gdy : gres.get();
     auto gda = poisoned<bf16>(n);
     auto gdm = poisoned<bf16>(n);
@@ -503,11 +535,11 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
     if (pc.par) p.t.a = da.get(), p.t.wa = dev(wa), p.d.da = gda.get(), p.d.dwa = gdw[4].get();
     residual_backward(nullptr, gdy, nullptr, ddnorm.get(), nullptr, dev(rstd), float(scale), t, d, N, C, st, &p);
 
-    E.check("residual_backward prev dres, " + tag, download(p.dres, n, st), rres, kSum);
-    E.check("residual_backward prev dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kSum);
+    E.check("residual_backward prev dres, " + tag, download(p.dres, n, st), rres, kBf16);
+    E.check("residual_backward prev dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kBf16);
     E.check("residual_backward prev dm, " + tag, download(gdm, st), rdm, kBf16);
     if (pc.par) E.check("residual_backward prev da, " + tag, download(gda, st), rda, kBf16);
-    if (pc.skip == 1) E.check("residual_backward prev ds, " + tag, download(gds, st), rds, kSum);
+    if (pc.skip == 1) E.check("residual_backward prev ds, " + tag, download(gds, st), rds, kBf16);
     const char* names[6] = {"dwx", "dw0", "skip dw", "skip dgate", "dwa", "dwm"};
     for (int k = 0; k < 6; ++k)
         if ((k != 2 && k != 3) || pc.skip)
@@ -812,25 +844,25 @@ TEST_CASE("kernel smear gate: forward and backward") {
         CAPTURE(s.B);
         CAPTURE(s.Tn);
         CAPTURE(C);
-        const Vec x = randn(rng, n), gate = randn(rng, C), g = randn(rng, n);
-        const Vec base_x = randn(rng, n), base_gate = randn(rng, C);
-        auto dx = upload<float>(x);
+        const Vec x = held<bf16>(randn(rng, n)), gate = randn(rng, C), g = held<bf16>(randn(rng, n));
+        const Vec base_x = held<bf16>(randn(rng, n)), base_gate = randn(rng, C);
+        auto dx = upload<bf16>(x);
         auto dgate = upload<float>(gate);
-        auto dout = poisoned<float>(n);
+        auto dout = poisoned<bf16>(n);
         smear_forward(dout.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
         Vec out(n), rdx(n, 0.0), rdgate(C, 0.0);
         pg::smear_forward(out.data(), x.data(), gate.data(), s.B, s.Tn, C);
-        E.check("smear_forward", download(dout, st.s), out, kF32);
-        auto dg = upload<float>(g);
-        auto gdx = upload<float>(base_x);
+        E.check("smear_forward", download(dout, st.s), out, kBf16);
+        auto dg = upload<bf16>(g);
+        auto gdx = upload<bf16>(base_x);
         auto gdgate = upload<float>(base_gate);
         smear_backward(gdx.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s);
         pg::smear_backward(rdx.data(), rdgate.data(), g.data(), x.data(), gate.data(), s.B, s.Tn, C);
-        E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kF32);
+        E.check("smear_backward dinp", minus(download(gdx, st.s), base_x), rdx, kBf16);
         E.check("smear_backward dgate", minus(download(gdgate, st.s), base_gate), rdgate, kSum);
-        auto gdx_set = poisoned<float>(n);  // overwritten (add = false)
+        auto gdx_set = poisoned<bf16>(n);  // overwritten (add = false)
         smear_backward(gdx_set.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s, false);
-        E.check("smear_backward dinp overwriting", download(gdx_set, st.s), rdx, kF32);
+        E.check("smear_backward dinp overwriting", download(gdx_set, st.s), rdx, kBf16);
     }
 }
 
@@ -857,7 +889,7 @@ TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward an
         for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, s.N(), s.C, st.s);
     for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, 5, 1000, st.s);
     ResidualIn t;
-    DeviceArray<float> x(1025), out(1025);
+    DeviceArray<bf16> x(1025), out(1025);
     t.x = x.get();
     CHECK_THROWS_AS(residual_forward(out.get(), nullptr, nullptr, t, 1, 1025, 1.f, st.s), Error);
 }
@@ -928,8 +960,8 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     Stream st;
     const int B = 2, Tn = 2048, N = B * Tn, C = 512, H = 8, Hkv = 4, hd = 64;
     const size_t n = size_t(N) * C, nq = size_t(N) * H * hd, nkv = size_t(N) * Hkv * hd;
-    auto x = upload<float>(randn(rng, n));
-    auto g = upload<float>(randn(rng, n));
+    auto x = upload<bf16>(randn(rng, n));
+    auto g = upload<bf16>(randn(rng, n));
     auto gb = upload<bf16>(randn(rng, n));
     auto w = upload<float>(randn(rng, C));
     auto q = upload<bf16>(randn(rng, nq));
@@ -940,8 +972,8 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto qkv = upload<bf16>(randn(rng, nq + 2 * nkv));
     auto gkv = upload<bf16>(randn(rng, nkv));
     auto mix = upload<float>(randn(rng, 2));
-    DeviceArray<float> dx(n), ds(n), dres(n), dvf(nkv);
-    DeviceArray<bf16> dqkv(nq + 2 * nkv), dm(n);
+    DeviceArray<float> dvf(nkv);
+    DeviceArray<bf16> dx(n), ds(n), dres(n), dqkv(nq + 2 * nkv), dm(n);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {
         // The first-norm pass taken on through a skip: resid_mix-like dwx, dw0, the skip's dw and
