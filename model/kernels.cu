@@ -366,16 +366,10 @@ struct NoCols {
     __device__ Cols cols(int, int) const { return {}; }
 };
 
-// w[(c0 + j) * wstride] for the chunk's columns.
+// A per-column weight over a chunk's columns.
 struct Weights {
     float v[8];
 };
-__device__ __forceinline__ Weights load_weights(const float* w, int c0, int cnt, int wstride) {
-    Weights r;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) r.v[j] = j < cnt ? w[size_t(c0 + j) * wstride] : 0.f;
-    return r;
-}
 
 template <class Op>
 __global__ void __launch_bounds__(kThreads) rows_kernel(const Op op, int N, int C, float* partial) {
@@ -679,12 +673,50 @@ __device__ __forceinline__ void skip_mix(float (&y)[8], const float (&x)[8], con
     for (int j = 0; j < 8; ++j) y[j] = g.g[j] * x[j] + (1.f - g.g[j]) * w.v[j] * s[j];
 }
 
-// The next block's input from a chunk of the sum, in place (ResidualNext).
-__device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx, size_t o, int c0, int cnt) {
+// The skip's per-column values, g = sigmoid(gate), g (1 - g) and w, formed once a block in
+// shared memory rather than once a row: a row's chunk took 16 scalar loads and 8 sigmoids, and
+// the skip's backward pass, which needs them twice, issued ~3,100 instructions a row (ncu).
+// Three tables of K * 256 floats, laid out as GradAcc's pieces so that no two lanes share a bank
+// phase; zeros past C.
+struct SkipCols {
+    static constexpr int kTables = 3;
+    const float4* base;  // this lane's piece 0 of table 0
+    int stride;          // float4s from one table to the next
+    __device__ SkipCols(const float4* tables, int K) : base(tables + threadIdx.x % 32), stride(K * 64) {}
+    // The block's threads fill the tables; the caller syncs before use.
+    __device__ static void fill(float4* tables, const float* gate, const float* w, int C, int K) {
+        float* f = reinterpret_cast<float*>(tables);
+        for (int c = threadIdx.x; c < K * 256; c += blockDim.x) {
+            const int at = ((c / 256 * 2 + c / 4 % 2) * 32 + c / 8 % 32) * 4 + c % 4;
+            const float g = c < C ? sigm(gate[c]) : 0.f;
+            f[at] = g, f[K * 256 + at] = g * (1.f - g), f[2 * K * 256 + at] = c < C ? w[c] : 0.f;
+        }
+    }
+    __device__ static void unpack(float (&v)[8], const float4* p) {
+        const float4 lo = p[0], hi = p[32];
+        v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    }
+    __device__ Gates gates(int k) const {
+        Gates r;
+        unpack(r.g, base + 2 * k * 32);
+        unpack(r.dg, base + stride + 2 * k * 32);
+        return r;
+    }
+    __device__ Weights weights(int k) const {
+        Weights r;
+        unpack(r.v, base + 2 * stride + 2 * k * 32);
+        return r;
+    }
+};
+constexpr size_t skip_cols_smem(int K) { return size_t(SkipCols::kTables) * K * 256 * sizeof(float); }
+
+// The next block's input from chunk k of the sum, in place (ResidualNext).
+__device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx, const SkipCols& sc, int k,
+                                           size_t o, int c0, int cnt) {
     if (nx.s) {
         float v[8];
         ld8(v, nx.s + o, cnt);
-        skip_mix(s, s, v, load_gates(nx.gate, c0, cnt), load_weights(nx.w, c0, cnt, 1));
+        skip_mix(s, s, v, sc.gates(k), sc.weights(k));
         round_bf16(s);
         st8(nx.skip_out + o, s, cnt);
     }
@@ -699,7 +731,13 @@ template <int K, bool NEXT>
 __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* sum, bf16* norm, float* rstd,
                                                                           const ResidualIn t, int N, int C,
                                                                           float scale, const ResidualNext nx) {
+    extern __shared__ float4 skip_smem[];  // NEXT with a skip: its SkipCols
     const int lane = threadIdx.x % 32;
+    if (NEXT && nx.s) {
+        SkipCols::fill(skip_smem, nx.gate, nx.w, C, K);
+        __syncthreads();
+    }
+    const SkipCols sc(skip_smem, K);
     for (int n = blockIdx.x * kResWarps + threadIdx.x / 32; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float s[K][8];
@@ -721,7 +759,7 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
 #pragma unroll
             for (int k = 0; k < K; ++k) {
                 const int c0 = (k * 32 + lane) * 8;
-                next_input(s[k], nx, row + c0, c0, C - c0);
+                next_input(s[k], nx, sc, k, row + c0, c0, C - c0);
             }
         float ss = 0.f;
 #pragma unroll
@@ -789,9 +827,10 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     add8(out + o, d, cnt, add);
 }
 
-// Shared memory of residual_backward_kernel<K> with `slots` accumulators.
-constexpr size_t residual_backward_smem(int K, int slots) {
-    return size_t(slots) * kResWarps * K * 256 * sizeof(float);
+// Shared memory of residual_backward_kernel<K> with `slots` accumulators, and the SkipCols of
+// a pass through a skip after them.
+constexpr size_t residual_backward_smem(int K, int slots, bool skip) {
+    return size_t(slots) * kResWarps * K * 256 * sizeof(float) + (skip ? skip_cols_smem(K) : 0);
 }
 
 // partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient. PREV: the
@@ -811,6 +850,12 @@ __global__ void __launch_bounds__(kResWarps * 32)
     const GradAcc acc{acc_smem + warp * K * 2 * 32 + lane, slot_stride};
     for (int s = 0; s < slots; ++s)
         for (int q = 0; q < 2 * K; ++q) acc.base[s * slot_stride + q * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4* const skip_tables = acc_smem + slots * slot_stride;
+    if (SKIP) {
+        SkipCols::fill(skip_tables, p.gate, p.w, C, K);
+        __syncthreads();
+    }
+    const SkipCols sc(skip_tables, K);
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float g[K][8];
@@ -838,7 +883,7 @@ __global__ void __launch_bounds__(kResWarps * 32)
                     float x[8], s[8], xv[8], wx[8];
                     ld8(x, p.x + row + c0, cnt);
                     ld8(s, p.s + row + c0, cnt);
-                    skip_mix(xv, x, s, load_gates(p.gate, c0, cnt), load_weights(p.w, c0, cnt, 1));
+                    skip_mix(xv, x, s, sc.gates(k), sc.weights(k));
                     round_bf16(xv);
                     ldw(wx, t.wx, c0, cnt, 1);
 #pragma unroll
@@ -864,8 +909,8 @@ __global__ void __launch_bounds__(kResWarps * 32)
             if (SKIP) {
                 ld8(x, p.x + o, cnt);
                 ld8(s, p.s + o, cnt);
-                gt = load_gates(p.gate, c0, cnt);
-                w = load_weights(p.w, c0, cnt, 1);
+                gt = sc.gates(k);
+                w = sc.weights(k);
                 float xv[8];
                 skip_mix(xv, x, s, gt, w);
                 round_bf16(xv);
@@ -1567,14 +1612,17 @@ void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, i
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!norm || rstd);
     PG_CHECK(!next || (norm && (!next->s || (next->w && next->gate && next->skip_out))));
-    auto launch = [&](auto kernel) {
-        const int threads = kResWarps * 32, blocks = one_wave(kernel, threads, 0, (N + kResWarps - 1) / kResWarps);
-        kernel<<<blocks, threads, 0, stream>>>(sum, norm, rstd, t, N, C, scale, next ? *next : ResidualNext{});
+    auto launch = [&](auto kernel, int K) {
+        const int threads = kResWarps * 32;
+        const size_t smem = next && next->s ? skip_cols_smem(K) : 0;
+        const int blocks = one_wave(kernel, threads, smem, (N + kResWarps - 1) / kResWarps);
+        kernel<<<blocks, threads, smem, stream>>>(sum, norm, rstd, t, N, C, scale, next ? *next : ResidualNext{});
         PG_CHECK_LAUNCH();
     };
     with_res_chunks(C, [&](auto k) {
-        if (next) launch(residual_forward_kernel<decltype(k)::value, true>);
-        else launch(residual_forward_kernel<decltype(k)::value, false>);
+        constexpr int K = decltype(k)::value;
+        if (next) launch(residual_forward_kernel<K, true>, K);
+        else launch(residual_forward_kernel<K, false>, K);
     });
 }
 
@@ -1595,14 +1643,15 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
         if (dw[i]) a.slot[i] = slots++;
     auto launch = [&](auto kernel, int K) {
         const int threads = kResWarps * 32;
-        const size_t smem = residual_backward_smem(K, slots);
+        const bool skip = prev && prev->s;
+        const size_t smem = residual_backward_smem(K, slots, skip);
         // The kernel's limit is what its most slots take (within the device's), not this call's:
         // a graph captured with a larger launch of it must still find that launch allowed (with
         // the limit lowered after capture, ncu's replay of such a launch failed).
         int dev = 0, optin = 0;
         PG_CHECK(cudaGetDevice(&dev));
         PG_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        const size_t limit = std::min(residual_backward_smem(K, 8), size_t(optin));
+        const size_t limit = std::min(residual_backward_smem(K, 8, skip), size_t(optin));
         if (smem > limit)
             fail("residual_backward: %d weight gradients of rows of %d take too much shared memory", slots, C);
         PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
