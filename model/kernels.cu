@@ -836,9 +836,12 @@ constexpr size_t residual_backward_smem(int K, int slots, bool skip) {
 // partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient. PREV: the
 // pass goes on to the previous entry (ResidualPrev); SKIP: through a skip (p.s given), t's x
 // term being the skip mix of p.x and p.s. A kernel of its own, so that the passes without it
-// keep their registers down (80, three blocks an SM).
+// keep their registers down. The blocks an SM asked of the compiler are what shared memory
+// allows at K <= 2 (two through a skip, three otherwise): without them the passes without a skip
+// took 85 registers in bf16 (two blocks), and with three the norm-2 pass went from 164 to 139 us
+// (session 17, call 7). At one, the skip pass took over 128 registers and ran 1.5x slower.
 template <int K, bool PREV, bool SKIP>
-__global__ void __launch_bounds__(kResWarps * 32)
+__global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
     residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, int slots, float* partial) {
     static_assert(PREV || !SKIP);
     extern __shared__ float4 acc_smem[];

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 17, call 7: the residual passes with a minimum of blocks an SM in their launch bounds
+# (forward 4, so <= 64 registers; backward without a skip 3, <= 80; through a skip 2, <= 128: call 6 left it at 1), for more rows in flight. Kernel and model tests.
+# The kernels alone and the step: HEAD (pgolf_cols) and the variant (pgolf_lb2), alternately.
+set -u
+D=$OUT; B=.bench
+timeout 240 build/pgolf_tests -tc='kernel*,model cuda*' > $D/tests.log 2>&1
+echo "tests rc=$?" > $D/summary.txt; tail -3 $D/tests.log >> $D/summary.txt
+grep -B2 -A8 "ERROR" $D/tests.log | head -40 >> $D/summary.txt
+for b in pgolf_cols pgolf_lb2; do
+  timeout 120 $B/$b bench model --rows 24 --recur on --kernels > $D/kernels_$b.log 2>&1
+  echo "== $b" >> $D/summary.txt; grep -E "residual" $D/kernels_$b.log >> $D/summary.txt
+done
+for i in 1 2 3 4; do for b in pgolf_cols pgolf_lb2; do
+  echo "== $b run $i" >> $D/ab_bench_model.log
+  timeout 120 $B/$b bench model --rows 24 --recur both >> $D/ab_bench_model.log 2>&1
+done; done
+grep -E "^==|    24" $D/ab_bench_model.log >> $D/summary.txt
+cat $D/summary.txt
