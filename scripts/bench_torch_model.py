@@ -117,13 +117,14 @@ class Block(nn.Module):
         return self.wo(y.reshape(B, T, -1)), v_first
 
     def forward(self, x, x0, v_first, cos, sin):
-        x_in = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        mix, sa, sm = (p.to(x.dtype) for p in (self.resid_mix, self.attn_scale, self.mlp_scale))
+        x_in = mix[0] * x + mix[1] * x0
         h = rms(x_in) * self.s
         a, v_first = self.attn(h, v_first, cos, sin)
         if self.parallel:
-            return x_in + self.attn_scale * a + self.mlp_scale * self.mlp(h), v_first
-        x_mid = x_in + self.attn_scale * a
-        return x_mid + self.mlp_scale * self.mlp(rms(x_mid) * self.s), v_first
+            return x_in + sa * a + sm * self.mlp(h), v_first
+        x_mid = x_in + sa * a
+        return x_mid + sm * self.mlp(rms(x_mid) * self.s), v_first
 
 
 class Model(nn.Module):
@@ -160,21 +161,23 @@ class Model(nn.Module):
 
     def forward(self, idx, tgt):
         B, T = idx.shape
-        x = self.tok_emb(idx)
+        # The residual stream is bf16, as in the records' train_gpt.py (the model cast to bf16,
+        # the fp32 per-channel weights cast to the stream's dtype where they meet it) and in pgolf.
+        x = self.tok_emb(idx).bfloat16()
         prev = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], 1)
         h = ((36313 * idx) ^ (27191 * prev)) % (args.bigram_buckets - 1)
         h = torch.where(prev < 0, args.bigram_buckets - 1, h)
         x = x + self.bigram_scale * self.bigram_proj(self.bigram(h))
         x = rms(x)
-        g = torch.sigmoid(self.smear)
+        g = torch.sigmoid(self.smear).to(x.dtype)
         x = (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
         x0, v_first, skips = x, None, []
         cos, sin = self.cos[:, :T].to(x.dtype), self.sin[:, :T].to(x.dtype)
         for i, l in enumerate(self.sched):
             if i >= self.n_enc and skips:
                 j = i - self.n_enc
-                gg = torch.sigmoid(self.skip_g[j])
-                x = gg * x + (1 - gg) * self.skip_w[j] * skips.pop()
+                gg = torch.sigmoid(self.skip_g[j]).to(x.dtype)
+                x = gg * x + (1 - gg) * self.skip_w[j].to(x.dtype) * skips.pop()
             x, v_first = self.blocks[l](x, x0, v_first, cos, sin)
             if i < self.n_enc:
                 skips.append(x)
