@@ -618,6 +618,14 @@ __global__ void rmsnorm_backward_kernel(In* dinp, const G* dout, const In* inp, 
 
 constexpr int kResWarps = 8, kMaxResChunks = 4;
 
+// Shared-memory tables of per-column values (GradAcc's sums, SkipCols) are laid out by lane:
+// lane l's 16-byte pieces q = 2k, 2k + 1 of its chunk k sit at float4 q * 32 + l, so that no two
+// lanes share a bank phase. Column c (chunk c / 256 of lane (c / 8) % 32, piece (c / 4) % 2,
+// element c % 4) is float number:
+__device__ __forceinline__ int lane_piece_float(int c) {
+    return ((c / 256 * 2 + c / 4 % 2) * 32 + c / 8 % 32) * 4 + c % 4;
+}
+
 // Calls f with std::integral_constant<int, K> for the row's chunks per lane K (1, 2 or 4).
 template <typename F>
 void with_res_chunks(int C, F&& f) {
@@ -673,13 +681,13 @@ __device__ __forceinline__ void skip_mix(float (&y)[8], const float (&x)[8], con
     for (int j = 0; j < 8; ++j) y[j] = g.g[j] * x[j] + (1.f - g.g[j]) * w.v[j] * s[j];
 }
 
-// The skip's per-column values, g = sigmoid(gate), g (1 - g) and w, formed once a block in
-// shared memory rather than once a row: a row's chunk took 16 scalar loads and 8 sigmoids, and
-// the skip's backward pass, which needs them twice, issued ~3,100 instructions a row (ncu).
-// Three tables of K * 256 floats, laid out as GradAcc's pieces so that no two lanes share a bank
-// phase; zeros past C.
+// The skip's per-column values, g = sigmoid(gate) and w, formed once a block in shared memory
+// rather than once a row: a row's chunk took 16 scalar loads and 8 sigmoids, and the skip's
+// backward pass, which needs them twice, issued ~3,100 instructions a row (ncu). Two tables of
+// K * 256 floats (lane_piece_float), zeros past C; the gate's derivative g (1 - g) is formed
+// from g where it is read.
 struct SkipCols {
-    static constexpr int kTables = 3;
+    static constexpr int kTables = 2;
     const float4* base;  // this lane's piece 0 of table 0
     int stride;          // float4s from one table to the next
     __device__ SkipCols(const float4* tables, int K) : base(tables + threadIdx.x % 32), stride(K * 64) {}
@@ -687,9 +695,8 @@ struct SkipCols {
     __device__ static void fill(float4* tables, const float* gate, const float* w, int C, int K) {
         float* f = reinterpret_cast<float*>(tables);
         for (int c = threadIdx.x; c < K * 256; c += blockDim.x) {
-            const int at = ((c / 256 * 2 + c / 4 % 2) * 32 + c / 8 % 32) * 4 + c % 4;
-            const float g = c < C ? sigm(gate[c]) : 0.f;
-            f[at] = g, f[K * 256 + at] = g * (1.f - g), f[2 * K * 256 + at] = c < C ? w[c] : 0.f;
+            const int at = lane_piece_float(c);
+            f[at] = c < C ? sigm(gate[c]) : 0.f, f[K * 256 + at] = c < C ? w[c] : 0.f;
         }
     }
     __device__ static void unpack(float (&v)[8], const float4* p) {
@@ -699,12 +706,13 @@ struct SkipCols {
     __device__ Gates gates(int k) const {
         Gates r;
         unpack(r.g, base + 2 * k * 32);
-        unpack(r.dg, base + stride + 2 * k * 32);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) r.dg[j] = r.g[j] * (1.f - r.g[j]);
         return r;
     }
     __device__ Weights weights(int k) const {
         Weights r;
-        unpack(r.v, base + 2 * stride + 2 * k * 32);
+        unpack(r.v, base + stride + 2 * k * 32);
         return r;
     }
 };
@@ -959,8 +967,7 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
     const float* sums = reinterpret_cast<const float*>(acc_smem);
     for (int s = 0; s < slots; ++s)
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            // Column c: chunk k = c / 256 of lane (c / 8) % 32, piece (c / 4) % 2, element c % 4.
-            const int at = ((c / 256 * 2 + c / 4 % 2) * 32 + c / 8 % 32) * 4 + c % 4;
+            const int at = lane_piece_float(c);
             float v = 0.f;
             for (int w = 0; w < kResWarps; ++w) v += sums[(s * kResWarps + w) * K * 256 + at];
             partial[(size_t(s) * gridDim.x + blockIdx.x) * C + c] = v;

@@ -326,9 +326,10 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     Vec sum_ref(n), norm_ref(n), rstd_ref(N);
     pg::residual_forward(sum_ref.data(), rc.norm ? norm_ref.data() : nullptr, rstd_ref.data(), r, N, C, scale);
     if (rc.sum) {
-        E.check("residual_forward sum, " + tag, download(sum, n, st), sum_ref, kBf16);
+        const Vec got = download(sum, n, st);
+        E.check("residual_forward sum, " + tag, got, sum_ref, kBf16);
         // The kernel normalises the stored (bf16) sum; so does the reference.
-        sum_ref = download(sum, n, st);
+        sum_ref = got;
         if (rc.norm) pg::rmsnorm_forward(norm_ref.data(), rstd_ref.data(), sum_ref.data(), N, C, scale);
     }
     if (rc.norm) {
@@ -427,12 +428,15 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     // The kernel goes on from the stored (bf16) sum and skip mix; so does the reference.
     Vec sum(n), y(n), norm(n), rstd(N);
     pg::residual_forward(sum.data(), static_cast<double*>(nullptr), rstd.data(), r, N, C, 1.0);
-    E.check("residual_forward sum, " + tag, download(dsum, st), sum, kBf16);
-    sum = download(dsum, st);
-    if (skip) pg::skip_mix_forward(y.data(), sum.data(), sk.data(), w.data(), gate.data(), N, C);
-    else y = sum;
-    if (skip) E.check("residual_forward skip mix, " + tag, download(dskip, st), y, kBf16);
-    if (skip) y = download(dskip, st);
+    const Vec got_sum = download(dsum, st);
+    E.check("residual_forward sum, " + tag, got_sum, sum, kBf16);
+    y = got_sum;
+    if (skip) {
+        pg::skip_mix_forward(y.data(), got_sum.data(), sk.data(), w.data(), gate.data(), N, C);
+        const Vec got_skip = download(dskip, st);
+        E.check("residual_forward skip mix, " + tag, got_skip, y, kBf16);
+        y = got_skip;
+    }
     ResidualTerms<double, double, double> mix;
     mix.x = y.data(), mix.wx = wx.data(), mix.x0 = x0.data(), mix.w0 = w0.data();
     pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), mix, N, C, scale);
