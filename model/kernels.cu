@@ -38,22 +38,25 @@ __device__ __forceinline__ void ld8(float (&v)[8], const float* p, int cnt) {
         for (int j = 0; j < 8; ++j) v[j] = j < cnt ? p[j] : 0.f;
     }
 }
+// 8 bf16 as fp32, by shifts of the 32-bit words: converted half by half, the compiler split the
+// 16-byte load that fed them into two of 8 bytes.
 __device__ __forceinline__ void unpack8(float (&v)[8], const uint4& u) {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const float2 f = unpack(w[k]);
-        v[2 * k] = f.x, v[2 * k + 1] = f.y;
-    }
+    for (int k = 0; k < 4; ++k)
+        v[2 * k] = __uint_as_float(w[k] << 16), v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
 }
-__device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) {
-    if (cnt >= 8 && aligned16(p)) {
-        unpack8(v, *reinterpret_cast<const uint4*>(p));
-    } else {
+// p[0..8) as loaded (bf16 pairs), zeros from cnt on.
+__device__ __forceinline__ uint4 raw8(const bf16* p, int cnt) {
+    if (cnt >= 8 && aligned16(p)) return *reinterpret_cast<const uint4*>(p);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+    uint32_t w[4];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = j < cnt ? __bfloat162float(p[j]) : 0.f;
-    }
+    for (int k = 0; k < 4; ++k)
+        w[k] = (2 * k < cnt ? uint32_t(h[2 * k]) : 0u) | (2 * k + 1 < cnt ? uint32_t(h[2 * k + 1]) << 16 : 0u);
+    return make_uint4(w[0], w[1], w[2], w[3]);
 }
+__device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) { unpack8(v, raw8(p, cnt)); }
 
 // p[j] = v[j] for j < cnt.
 __device__ __forceinline__ void st8(float* p, const float (&v)[8], int cnt) {
@@ -651,26 +654,42 @@ __device__ __forceinline__ void ldw(float (&v)[8], const float* w, int c0, int c
     }
 }
 
-// s += w * term over the chunk at offset o of the row (a null term adds nothing).
-template <typename T>
-__device__ __forceinline__ void add_term(float (&s)[8], const T* t, const float* w, size_t o, int c0, int cnt,
-                                         int wstride) {
-    if (!t) return;
-    float v[8], wv[8];
-    ld8(v, t + o, cnt);
-    ldw(wv, w, c0, cnt, wstride);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) s[j] += wv[j] * v[j];
+// The residual passes issue a chunk's loads before they use any of them (raw_at, TermChunk):
+// with each value used as soon as it was loaded, inside ld8's branch, the loads of a chunk were
+// round trips one after another. Step 51.0 -> 50.0 ms (session 18, call 3).
+// p[o..o+8) as loaded, or zeros for a null tensor.
+__device__ __forceinline__ uint4 raw_at(const bf16* p, size_t o, int cnt) {
+    return p ? raw8(p + o, cnt) : make_uint4(0u, 0u, 0u, 0u);
 }
 
-// One chunk of the terms' sum; o is the chunk's offset, c0 its column.
-__device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, size_t o, int c0, int cnt) {
+// One chunk of the terms x, x0, a, m of a ResidualIn as loaded: those of bits 0-3 of want.
+struct TermChunk {
+    uint4 x, x0, a, m;
+    TermChunk() = default;
+    __device__ __forceinline__ TermChunk(const ResidualIn& t, size_t o, int cnt, unsigned want)
+        : x(raw_at(want & 1 ? t.x : nullptr, o, cnt)), x0(raw_at(want & 2 ? t.x0 : nullptr, o, cnt)),
+          a(raw_at(want & 4 ? t.a : nullptr, o, cnt)), m(raw_at(want & 8 ? t.m : nullptr, o, cnt)) {}
+};
+
+// s += w * v over the chunk (a null term adds nothing).
+__device__ __forceinline__ void add_term(float (&s)[8], const void* term, const uint4& v, const float* w, int c0,
+                                         int cnt, int wstride) {
+    if (!term) return;
+    float f[8], wv[8];
+    unpack8(f, v);
+    ldw(wv, w, c0, cnt, wstride);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] += wv[j] * f[j];
+}
+
+// One chunk of the terms' sum.
+__device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, const TermChunk& v, int c0, int cnt) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) s[j] = 0.f;
-    add_term(s, t.x, t.wx, o, c0, cnt, t.wstride);
-    add_term(s, t.x0, t.w0, o, c0, cnt, t.wstride);
-    add_term(s, t.a, t.wa, o, c0, cnt, t.wstride);
-    add_term(s, t.m, t.wm, o, c0, cnt, t.wstride);
+    add_term(s, t.x, v.x, t.wx, c0, cnt, t.wstride);
+    add_term(s, t.x0, v.x0, t.w0, c0, cnt, t.wstride);
+    add_term(s, t.a, v.a, t.wa, c0, cnt, t.wstride);
+    add_term(s, t.m, v.m, t.wm, c0, cnt, t.wstride);
 }
 
 // The U-Net skip mix over a chunk, y = g x + (1 - g) w s; the forward's and, formed again,
@@ -718,21 +737,26 @@ struct SkipCols {
 };
 constexpr size_t skip_cols_smem(int K) { return size_t(SkipCols::kTables) * K * 256 * sizeof(float); }
 
-// The next block's input from chunk k of the sum, in place (ResidualNext).
-__device__ __forceinline__ void next_input(float (&s)[8], const ResidualNext& nx, const SkipCols& sc, int k,
-                                           size_t o, int c0, int cnt) {
+// The next block's input from chunk k of the sum y, in place (ResidualNext); s and x0 are the
+// chunk's skip source and x0 as loaded, the source being y itself when own.
+__device__ __forceinline__ void next_input(float (&y)[8], const ResidualNext& nx, const SkipCols& sc, int k,
+                                           const uint4& s, bool own, const uint4& x0, size_t o, int c0, int cnt) {
     if (nx.s) {
         float v[8];
-        ld8(v, nx.s + o, cnt);
-        skip_mix(s, s, v, sc.gates(k), sc.weights(k));
-        round_bf16(s);
-        st8(nx.skip_out + o, s, cnt);
+        if (own)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = y[j];
+        else
+            unpack8(v, s);
+        skip_mix(y, y, v, sc.gates(k), sc.weights(k));
+        round_bf16(y);
+        st8(nx.skip_out + o, y, cnt);
     }
     float wx[8];
     ldw(wx, nx.wx, c0, cnt, 1);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) s[j] *= wx[j];
-    add_term(s, nx.x0, nx.w0, o, c0, cnt, 1);
+    for (int j = 0; j < 8; ++j) y[j] *= wx[j];
+    add_term(y, nx.x0, x0, nx.w0, c0, cnt, 1);
 }
 
 template <int K, bool NEXT>
@@ -746,29 +770,29 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
         __syncthreads();
     }
     const SkipCols sc(skip_smem, K);
+    // The skip's source may be this pass's own sum (a skip from the block's own output), which
+    // is not read but taken as stored.
+    const bool own = nx.s == sum;
     for (int n = blockIdx.x * kResWarps + threadIdx.x / 32; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float s[K][8];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const int c0 = (k * 32 + lane) * 8;
-            sum_terms(s[k], t, row + c0, c0, C - c0);
-        }
-        // The stored sum may alias t.x: this lane read its chunks above. The norm goes on from
-        // the stored (rounded) values, which the backward reads to form the norm's input again.
-        if (sum)
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
+            const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
+            const size_t o = row + c0;
+            const TermChunk v(t, o, cnt, 15u);
+            const uint4 vs = raw_at(NEXT && !own ? nx.s : nullptr, o, cnt);
+            const uint4 vx0 = raw_at(NEXT ? nx.x0 : nullptr, o, cnt);
+            sum_terms(s[k], t, v, c0, cnt);
+            // The stored sum may alias t.x: this lane read its chunk above. The norm goes on from
+            // the stored (rounded) values, which the backward reads to form the norm's input again.
+            if (sum) {
                 round_bf16(s[k]);
-                st8(sum + row + (k * 32 + lane) * 8, s[k], C - (k * 32 + lane) * 8);
+                st8(sum + o, s[k], cnt);
             }
+            if (NEXT && norm) next_input(s[k], nx, sc, k, vs, own, vx0, o, c0, cnt);
+        }
         if (!norm) continue;
-        if constexpr (NEXT)
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                const int c0 = (k * 32 + lane) * 8;
-                next_input(s[k], nx, sc, k, row + c0, c0, C - c0);
-            }
         float ss = 0.f;
 #pragma unroll
         for (int k = 0; k < K; ++k) ss += dot8(s[k], s[k]);
@@ -816,23 +840,29 @@ struct GradAcc {
     }
 };
 
-// One term's gradients over a chunk: the term's own (out = w g; added to when add) and its
-// weight's (into the slot's accumulator).
+// One term's gradients over a chunk: its weight's, from the term's values v (into the slot's
+// accumulator), and its own, out = w g, plus old (out's values as loaded) when given.
 __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int k, const float (&g)[8],
-                                              const bf16* t, const float* w, bf16* out, bool add, size_t o, int c0,
-                                              int cnt, int wstride) {
-    if (!t || (!out && slot < 0)) return;
+                                              const void* term, const uint4& v, const float* w, bf16* out,
+                                              const uint4* old, size_t o, int c0, int cnt, int wstride) {
+    if (!term) return;
     if (slot >= 0) {
-        float v[8];
-        ld8(v, t + o, cnt);
-        acc.add(slot, k, g, v);
+        float f[8];
+        unpack8(f, v);
+        acc.add(slot, k, g, f);
     }
     if (!out) return;
-    float wv[8], d[8];
+    float wv[8], dv[8];
     ldw(wv, w, c0, cnt, wstride);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) d[j] = wv[j] * g[j];
-    add8(out + o, d, cnt, add);
+    for (int j = 0; j < 8; ++j) dv[j] = wv[j] * g[j];
+    if (old) {
+        float e[8];
+        unpack8(e, *old);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) dv[j] += e[j];
+    }
+    st8(out + o, dv, cnt);
 }
 
 // Shared memory of residual_backward_kernel<K> with `slots` accumulators, and the SkipCols of
@@ -844,12 +874,13 @@ constexpr size_t residual_backward_smem(int K, int slots, bool skip) {
 // partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient. PREV: the
 // pass goes on to the previous entry (ResidualPrev); SKIP: through a skip (p.s given), t's x
 // term being the skip mix of p.x and p.s. A kernel of its own, so that the passes without it
-// keep their registers down. The blocks an SM asked of the compiler are what shared memory
-// allows at K <= 2 (two through a skip, three otherwise): without them the passes without a skip
-// took 85 registers in bf16 (two blocks), and with three the norm-2 pass went from 164 to 139 us
-// (session 17, call 7). At one, the skip pass took over 128 registers and ran 1.5x slower.
+// keep their registers down. The blocks an SM asked of the compiler at K <= 2: three for the
+// passes that stop at the block (80 registers; the norm-2 pass went from 164 to 139 us with
+// three, session 17), two for those on to the previous entry, whose loads in flight take 112-128
+// registers (at 80 they spilled). At one, the skip pass took over 128 registers and ran 1.5x
+// slower (session 17).
 template <int K, bool PREV, bool SKIP>
-__global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
+__global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
     residual_backward_kernel(const ResidualBackwardArgs a, int N, int C, int slots, float* partial) {
     static_assert(PREV || !SKIP);
     extern __shared__ float4 acc_smem[];
@@ -867,59 +898,78 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
         __syncthreads();
     }
     const SkipCols sc(skip_tables, K);
+    // The norm's input: xn, or formed from the terms (after a skip, t.x is its mix). A pass on
+    // to the previous entry, a block's first norm, has no xn and terms x and x0 only.
+    const bf16* const xn = PREV ? nullptr : a.xn;
+    constexpr unsigned tmask = SKIP ? 2u : PREV ? 3u : 15u;
+    // The terms read a second time, for their weights' gradients (bits as TermChunk's want).
+    const unsigned want = (a.slot[0] >= 0) | (a.slot[1] >= 0) << 1 | (a.slot[2] >= 0) << 2 | (a.slot[3] >= 0) << 3;
+    const unsigned pwant = (a.slot[6] >= 0) << 2 | (a.slot[7] >= 0) << 3;
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
-        float g[K][8];
+        float g[K][8], xs[K][8], dot = 0.f;  // the row's gradient; the norm's input
+        uint4 dn[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
-            ld8(g[k], a.dy + row + c0, cnt);
+            const size_t o = row + c0;
+            const uint4 vdy = raw_at(a.dy, o, cnt), vdadd = raw_at(a.dadd, o, cnt), vxn = raw_at(xn, o, cnt);
+            dn[k] = raw_at(a.dnorm, o, cnt);
+            // A first norm's input is its terms, read with the rest; other passes read terms
+            // for their norm only without xn, after the rest, to hold fewer registers.
+            TermChunk v(t, o, cnt, PREV && a.dnorm ? tmask : 0u);
+            const uint4 vx = raw_at(SKIP ? p.x : nullptr, o, cnt), vs = raw_at(SKIP ? p.s : nullptr, o, cnt);
+            unpack8(g[k], vdy);
             if (a.dadd) {
                 float e[8];
-                ld8(e, a.dadd + row + c0, cnt);
+                unpack8(e, vdadd);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) g[k][j] += e[j];
             }
+            if (!a.dnorm) continue;
+            if (!PREV && !xn) v = TermChunk(t, o, cnt, tmask);
+            if (xn) unpack8(xs[k], vxn);
+            else sum_terms(xs[k], t, v, c0, cnt);
+            if (SKIP) {  // the block's input, the skip mix, formed again (in bf16) where needed
+                float x[8], s[8], xv[8], wx[8];
+                unpack8(x, vx);
+                unpack8(s, vs);
+                skip_mix(xv, x, s, sc.gates(k), sc.weights(k));
+                round_bf16(xv);
+                ldw(wx, t.wx, c0, cnt, 1);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) xs[k][j] += wx[j] * xv[j];
+            }
+            float e[8];
+            unpack8(e, dn[k]);
+            dot += dot8(e, xs[k]);
         }
         if (a.dnorm) {
-            float dn[K][8], xs[K][8];
-            float dot = 0.f;
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
-                ld8(dn[k], a.dnorm + row + c0, cnt);
-                if (a.xn) ld8(xs[k], a.xn + row + c0, cnt);
-                else sum_terms(xs[k], t, row + c0, c0, cnt);
-                if (SKIP) {  // the block's input, the skip mix, formed again (in bf16) where needed
-                    float x[8], s[8], xv[8], wx[8];
-                    ld8(x, p.x + row + c0, cnt);
-                    ld8(s, p.s + row + c0, cnt);
-                    skip_mix(xv, x, s, sc.gates(k), sc.weights(k));
-                    round_bf16(xv);
-                    ldw(wx, t.wx, c0, cnt, 1);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) xs[k][j] += wx[j] * xv[j];
-                }
-                dot += dot8(dn[k], xs[k]);
-            }
             const float r = a.rstd[n];
             const float kk = r * r * group_sum(dot, 32) / C, sr = a.scale * r;
 #pragma unroll
-            for (int k = 0; k < K; ++k)
+            for (int k = 0; k < K; ++k) {
+                float e[8];
+                unpack8(e, dn[k]);
 #pragma unroll
-                for (int j = 0; j < 8; ++j) g[k][j] += sr * (dn[k][j] - xs[k][j] * kk);
+                for (int j = 0; j < 8; ++j) g[k][j] += sr * (e[j] - xs[k][j] * kk);
+            }
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
+            const TermChunk v(t, o, cnt, want & tmask), pv(p.t, o, cnt, PREV ? pwant : 0u);
+            const uint4 vx = raw_at(SKIP ? p.x : nullptr, o, cnt), vs = raw_at(SKIP ? p.s : nullptr, o, cnt);
+            const uint4 vdx0 = raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt);
+            const uint4 vdskip = raw_at(PREV ? p.dskip : nullptr, o, cnt);
             if (a.dres) st8(a.dres + o, g[k], cnt);  // may alias dy: read above by this lane
             float x[8], s[8];  // skip: the previous output and the skip's source
             Gates gt;
             Weights w;
             if (SKIP) {
-                ld8(x, p.x + o, cnt);
-                ld8(s, p.s + o, cnt);
+                unpack8(x, vx);
+                unpack8(s, vs);
                 gt = sc.gates(k);
                 w = sc.weights(k);
                 float xv[8];
@@ -927,10 +977,11 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
                 round_bf16(xv);
                 acc.add(a.slot[0], k, g[k], xv);
             }
-            term_backward(acc, a.slot[0], k, g[k], t.x, t.wx, d.dx, false, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[1], k, g[k], t.x0, t.w0, d.dx0, d.add_dx0, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[2], k, g[k], t.a, t.wa, d.da, false, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[3], k, g[k], t.m, t.wm, d.dm, false, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[0], k, g[k], t.x, v.x, t.wx, d.dx, nullptr, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[1], k, g[k], t.x0, v.x0, t.w0, d.dx0, d.add_dx0 ? &vdx0 : nullptr, o, c0, cnt,
+                          t.wstride);
+            term_backward(acc, a.slot[2], k, g[k], t.a, v.a, t.wa, d.da, nullptr, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[3], k, g[k], t.m, v.m, t.wm, d.dm, nullptr, o, c0, cnt, t.wstride);
             if constexpr (PREV) {
                 float gx[8];  // y = wx g, then the previous output's gradient
                 ldw(gx, t.wx, c0, cnt, 1);
@@ -952,13 +1003,13 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : SKIP ? 2 : 3)
                 }
                 if (p.dskip) {
                     float e[8];
-                    ld8(e, p.dskip + o, cnt);
+                    unpack8(e, vdskip);
 #pragma unroll
                     for (int j = 0; j < 8; ++j) gx[j] += e[j];
                 }
                 st8(p.dres + o, gx, cnt);  // may alias dy: read above by this lane
-                term_backward(acc, a.slot[6], k, gx, p.t.a, p.t.wa, p.d.da, false, o, c0, cnt, 1);
-                term_backward(acc, a.slot[7], k, gx, p.t.m, p.t.wm, p.d.dm, false, o, c0, cnt, 1);
+                term_backward(acc, a.slot[6], k, gx, p.t.a, pv.a, p.t.wa, p.d.da, nullptr, o, c0, cnt, 1);
+                term_backward(acc, a.slot[7], k, gx, p.t.m, pv.m, p.t.wm, p.d.dm, nullptr, o, c0, cnt, 1);
             }
         }
     }
@@ -1642,7 +1693,7 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!dnorm || rstd);
     if (prev) {
-        PG_CHECK(prev->x && prev->dres && !d.dx && t.wstride == 1 && prev->t.wstride == 1);
+        PG_CHECK(prev->x && prev->dres && !d.dx && !xn && !t.a && !t.m && t.wstride == 1 && prev->t.wstride == 1);
         PG_CHECK(!prev->s || (prev->w && prev->gate && !t.x));
     }
     ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, prev ? *prev : ResidualPrev{},

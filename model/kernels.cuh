@@ -98,7 +98,8 @@ using ResidualIn = ResidualTerms<bf16, bf16, float>;
 using ResidualGrad = ResidualGrads<bf16, bf16, float>;
 // The next block's input, formed from a block's output sum in the same pass, so that the sum is
 // not read back: when s is given, the U-Net skip mix y = g sum + (1-g) w s, g = sigmoid(gate),
-// into skip_out; else y = sum. norm is then scale * rmsnorm(wx y + w0 x0) (per-channel weights).
+// into skip_out (s may be sum itself); else y = sum. norm is then scale * rmsnorm(wx y + w0 x0)
+// (per-channel weights).
 struct ResidualNext {
     const bf16* s = nullptr;
     const float *w = nullptr, *gate = nullptr;

@@ -390,9 +390,12 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
 
 // A block's output sum that also forms the next block's input (ResidualNext): against the
 // sum, the U-Net skip mix and the next block's mix + norm of the CPU reference, one after another.
-void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, bool skip, int N, int C,
+// skip: 0 none, 1 from another entry's output, 2 from this block's own output (the sum itself,
+// as in the model when a skip's source and destination are neighbours).
+void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int skip, int N, int C,
                          cudaStream_t st) {
-    const std::string tag = std::string(rc.what) + (skip ? ", then skip" : "") + ", C=" + std::to_string(C);
+    const std::string tag = std::string(rc.what) + (skip ? skip == 1 ? ", then skip" : ", then own skip" : "") +
+                            ", C=" + std::to_string(C);
     const size_t n = size_t(N) * C;
     const double scale = 0.7;
     const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n)),
@@ -421,7 +424,7 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     auto dnorm = poisoned<bf16>(n);
     auto drstd = poisoned<float>(N);
     ResidualNext nx;
-    if (skip) nx.s = devb(sk), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
+    if (skip) nx.s = skip == 1 ? devb(sk) : dsum.get(), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
     nx.wx = dev(wx), nx.x0 = devb(x0), nx.w0 = dev(w0);
     residual_forward(dsum.get(), dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
 
@@ -432,7 +435,8 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     E.check("residual_forward sum, " + tag, got_sum, sum, kBf16);
     y = got_sum;
     if (skip) {
-        pg::skip_mix_forward(y.data(), got_sum.data(), sk.data(), w.data(), gate.data(), N, C);
+        pg::skip_mix_forward(y.data(), got_sum.data(), skip == 1 ? sk.data() : got_sum.data(), w.data(), gate.data(),
+                             N, C);
         const Vec got_skip = download(dskip, st);
         E.check("residual_forward skip mix, " + tag, got_skip, y, kBf16);
         y = got_skip;
@@ -884,11 +888,11 @@ TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward an
             CAPTURE(rc.what);
             check_residual(E, rng, rc, s.N(), s.C, st.s);
             if (rc.sum && !rc.norm && rc.wstride)  // a block's output
-                for (bool skip : {false, true}) check_residual_next(E, rng, rc, skip, s.N(), s.C, st.s);
+                for (int skip : {0, 1, 2}) check_residual_next(E, rng, rc, skip, s.N(), s.C, st.s);
         }
     // Rows longer than 512 values take more chunks per lane; longer than 1024 are refused.
     for (const ResidualCase& rc : kResidualCases) check_residual(E, rng, rc, 5, 1000, st.s);
-    check_residual_next(E, rng, kResidualCases[3], true, 5, 1000, st.s);
+    for (int skip : {1, 2}) check_residual_next(E, rng, kResidualCases[3], skip, 5, 1000, st.s);
     for (const RowShape& s : row_shapes())
         for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, s.N(), s.C, st.s);
     for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, 5, 1000, st.s);
