@@ -665,7 +665,6 @@ __device__ __forceinline__ uint4 raw_at(const bf16* p, size_t o, int cnt) {
 // One chunk of the terms x, x0, a, m of a ResidualIn as loaded: those of bits 0-3 of want.
 struct TermChunk {
     uint4 x, x0, a, m;
-    TermChunk() = default;
     __device__ __forceinline__ TermChunk(const ResidualIn& t, size_t o, int cnt, unsigned want)
         : x(raw_at(want & 1 ? t.x : nullptr, o, cnt)), x0(raw_at(want & 2 ? t.x0 : nullptr, o, cnt)),
           a(raw_at(want & 4 ? t.a : nullptr, o, cnt)), m(raw_at(want & 8 ? t.m : nullptr, o, cnt)) {}
