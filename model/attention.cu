@@ -4,10 +4,11 @@
 // Every product is written for a warpgroup (4 warps, 64 rows of the result): on sm_90 it is one
 // wgmma per 16-deep step, operands read by the tensor cores straight from swizzled shared
 // memory (or A from registers); elsewhere (sm_80) the same call runs as ldmatrix + mma.sync per
-// warp. Tiles arrive by cp.async, double-buffered.
+// warp.
 //
 // Forward: one block = 64 query rows of one (batch, query head), one warpgroup. Key/value tiles
-// of 64 rows stream past; scores stay in registers and the softmax is online in fp32 base 2
+// of 64 rows stream past, double-buffered, brought by the TMA unit on sm_90 (by cp.async
+// elsewhere); scores stay in registers and the softmax is online in fp32 base 2
 // (log2(e)/sqrt(D) folded into one scale). The query tiles with the most key tiles are launched
 // first across the whole grid, which keeps the last wave short.
 //
@@ -27,6 +28,7 @@
 #include "common/cuda_check.cuh"
 #include "model/atomics.cuh"
 #include "model/attention.cuh"
+#include "model/tensor_map.cuh"
 #include "model/wgmma.cuh"
 
 namespace pg {
@@ -98,20 +100,34 @@ constexpr int kFwdBr = 64, kFwdBc = 64;  // query rows per block (one warpgroup)
 
 template <int D>
 constexpr int fwd_smem_bytes() {
-    return Tile<kFwdBr, D>::BYTES + 4 * Tile<kFwdBc, D>::BYTES + kSmemSlack;  // Q, K[2], V[2]
+    return Tile<kFwdBr, D>::BYTES + 4 * Tile<kFwdBc, D>::BYTES + 2 * 8 + kSmemSlack;  // Q, K[2], V[2], 2 mbarriers
+}
+
+// ROWS rows from row r0 of head `head` of sequence b ([B][T][heads * D], tensor_map's rank-3 map)
+// into a tile by the TMA unit, one box a column block; rows past T arrive as zeros. One thread
+// issues a tile: with the forward's K/V tiles as cp.async, 8 copies a thread and tile, it ran at
+// 355 TFLOP/s, against 443 with no loads at all and 395 so (B = 24, T = 2048, D = 64; session 20).
+template <int ROWS, int D>
+__device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, int head, int r0, int b, uint32_t bar) {
+    using TT = Tile<ROWS, D>;
+#pragma unroll
+    for (int cb = 0; cb < D / TT::CW; ++cb) tma_load(dst + cb * TT::BLOCK, map, head * D + cb * TT::CW, r0, b, bar);
 }
 
 // Four blocks share an SM where registers allow (D <= 64: 128 registers a thread).
 template <int D>
 __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
-    fwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-               bf16* __restrict__ out, float* __restrict__ lse, int T, int Hq, int Hkv, float scale_log2) {
+    fwd_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+               const __grid_constant__ CUtensorMap map_v, const bf16* __restrict__ q, const bf16* __restrict__ k,
+               const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse, int T, int Hq, int Hkv,
+               float scale_log2) {
     constexpr int Br = kFwdBr, Bc = kFwdBc, NT = 128;
     constexpr int NB = Bc / 8, DB = D / 8, DN = D < 64 ? D : 64;
     using TQ = Tile<Br, D>;
     using TK = Tile<Bc, D>;
     unsigned char* const smem = aligned_smem();
     const uint32_t sQ = smem_addr(smem), sK = sQ + TQ::BYTES, sV = sK + 2 * TK::BYTES;
+    auto full = [&](int buf) { return sV + 2 * TK::BYTES + 8 * buf; };  // K/V buffer buf landed (TMA)
 
     const int bh = blockIdx.x, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hkv);
     const int q0 = (gridDim.y - 1 - blockIdx.y) * Br;  // blockIdx.y = 0, the most key tiles, first
@@ -124,23 +140,46 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
     const int wr = warp * 16;  // this warp's first row in the tile
     const int row0 = q0 + wr;
 
-    load_tile<Br, D, NT>(sQ, qg, qs, q0, T, threadIdx.x);
-    load_tile<Bc, D, NT>(sK, kg, ks, 0, T, threadIdx.x);
-    load_tile<Bc, D, NT>(sV, vg, ks, 0, T, threadIdx.x);
-    cp_async_commit();
+    if constexpr (PG_SM90) {
+        if (threadIdx.x == 0) {
+            mbar_init(full(0), 1);
+            mbar_init(full(1), 1);
+            mbar_init_fence();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            mbar_arrive_expect_tx(full(0), TQ::BYTES + 2 * TK::BYTES);
+            tma_tile<Br, D>(sQ, &map_q, h, q0, b, full(0));
+            tma_tile<Bc, D>(sK, &map_k, hk, 0, b, full(0));
+            tma_tile<Bc, D>(sV, &map_v, hk, 0, b, full(0));
+        }
+    } else {
+        load_tile<Br, D, NT>(sQ, qg, qs, q0, T, threadIdx.x);
+        load_tile<Bc, D, NT>(sK, kg, ks, 0, T, threadIdx.x);
+        load_tile<Bc, D, NT>(sV, vg, ks, 0, T, threadIdx.x);
+        cp_async_commit();
+    }
 
     float o[DB][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
     for (int kt = 0; kt < n_kt; ++kt) {
-        const int buf = kt & 1;
-        cp_async_wait<0>();
-        fence_smem_for_tensor_cores();
+        const int buf = kt & 1, next = buf ^ 1;
+        if constexpr (PG_SM90) mbar_wait(full(buf), (kt >> 1) & 1);
+        else cp_async_wait<0>();
         __syncthreads();  // tile kt visible; every warp is done with tile kt - 1
         if (kt + 1 < n_kt) {
-            load_tile<Bc, D, NT>(sK + (buf ^ 1) * TK::BYTES, kg, ks, (kt + 1) * Bc, T, threadIdx.x);
-            load_tile<Bc, D, NT>(sV + (buf ^ 1) * TK::BYTES, vg, ks, (kt + 1) * Bc, T, threadIdx.x);
-            cp_async_commit();
+            if constexpr (PG_SM90) {
+                if (threadIdx.x == 0) {
+                    mbar_arrive_expect_tx(full(next), 2 * TK::BYTES);
+                    tma_tile<Bc, D>(sK + next * TK::BYTES, &map_k, hk, (kt + 1) * Bc, b, full(next));
+                    tma_tile<Bc, D>(sV + next * TK::BYTES, &map_v, hk, (kt + 1) * Bc, b, full(next));
+                }
+            } else {
+                load_tile<Bc, D, NT>(sK + next * TK::BYTES, kg, ks, (kt + 1) * Bc, T, threadIdx.x);
+                load_tile<Bc, D, NT>(sV + next * TK::BYTES, vg, ks, (kt + 1) * Bc, T, threadIdx.x);
+                cp_async_commit();
+            }
         }
         const int k0 = kt * Bc;
         const uint32_t sKb = sK + buf * TK::BYTES, sVb = sV + buf * TK::BYTES;
@@ -316,8 +355,8 @@ __device__ __forceinline__ void consumers_barrier() {
 // stream past. In lockstep (one block barrier a step, FlashAttention-2 style) the tensor cores
 // waited while every warpgroup rebuilt P and dS at once: 0.97 ms at B = 24, T = 2048, 8/4 heads
 // of 64 on an H100, against 0.78 ms so.
-//   producer  one warpgroup: cp.async of K, V and each step's Q, dO, lse and D_i into a ring
-//             of stages (mbarriers full / empty);
+//   producer  one warpgroup: K, V and each step's Q and dO by the TMA unit (cp.async off
+//             sm_90), lse and D_i by its threads, into a ring of stages (mbarriers full / empty);
 //   consumers S^T = K Q^T and dP^T = V dO^T, P^T and dS^T = P^T (dP^T - D_i) rebuilt from lse
 //             and D_i, dV += P^T dO, dK += dS^T Q; dS^T goes to a slot in shared memory
 //             (mbarriers ds_full / ds_empty). Step `it`'s dQ = dS K over all the block's keys
@@ -334,7 +373,9 @@ __device__ __forceinline__ void consumers_barrier() {
 // it: 25% slower at B = 24, T = 2048, 8 heads of 64), and the work inside a chunk stays balanced.
 template <int D>
 __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
-    bwd_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+    bwd_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+               const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
+               const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int Hq, int Hkv,
                int chunk, float scale_log2, float scale) {
@@ -377,7 +418,9 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
     if (threadIdx.x == 0) {
         // Consumers arrive one a warp, each after its own wait: a warpgroup's product runs on
         // the four warps' tensor cores, and one warp's wait does not cover the others' reads.
-        for (int s = 0; s < S; ++s) mbar_init(full(s), 2 * 128), mbar_init(empty(s), 4 * WG);
+        // A stage is full once its copies have landed and the 128 producer threads stored its
+        // statistics: on sm_90 the copies count as one arrival (the expected bytes).
+        for (int s = 0; s < S; ++s) mbar_init(full(s), PG_SM90 ? 128 + 1 : 2 * 128), mbar_init(empty(s), 4 * WG);
         for (int j = 0; j < NS; ++j) mbar_init(ds_full(j), 4 * WG), mbar_init(ds_empty(j), 4);
         mbar_init_fence();
     }
@@ -385,21 +428,35 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
 
     if (wg == WG) {  // the producer
         wg_reg_dealloc<BwdRegs<D>::producer>();
-        load_tile<Bc, D, 128>(sK, k + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
-        load_tile<Bc, D, 128>(sV, v + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
+        if constexpr (!PG_SM90) {
+            load_tile<Bc, D, 128>(sK, k + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
+            load_tile<Bc, D, 128>(sV, v + (size_t(b) * T * Hkv + hk) * D, ks, k0, T, tid);
+        }
         for (int it = 0; it < n_it; ++it) {
             const int s = it % S, row = qrow0(it) + tid % Br;
             mbar_wait(empty(s), (it / S & 1) ^ 1);
-            const size_t off = (size_t(b) * T * Hq + head(it)) * D;
-            load_tile<Br, D, 128>(sQ + s * TQ::BYTES, q + off, qs, qrow0(it), T, tid);
-            load_tile<Br, D, 128>(sdO + s * TQ::BYTES, dout + off, qs, qrow0(it), T, tid);
-            cp_async_mbar_arrive(full(s));
+            if constexpr (PG_SM90) {
+                if (tid == 0) {  // K and V come with the first stage
+                    mbar_arrive_expect_tx(full(s), 2 * TQ::BYTES + (it == 0 ? 2 * TK::BYTES : 0));
+                    if (it == 0) {
+                        tma_tile<Bc, D>(sK, &map_k, hk, k0, b, full(s));
+                        tma_tile<Bc, D>(sV, &map_v, hk, k0, b, full(s));
+                    }
+                    tma_tile<Br, D>(sQ + s * TQ::BYTES, &map_q, head(it), qrow0(it), b, full(s));
+                    tma_tile<Br, D>(sdO + s * TQ::BYTES, &map_do, head(it), qrow0(it), b, full(s));
+                }
+            } else {
+                const size_t off = (size_t(b) * T * Hq + head(it)) * D;
+                load_tile<Br, D, 128>(sQ + s * TQ::BYTES, q + off, qs, qrow0(it), T, tid);
+                load_tile<Br, D, 128>(sdO + s * TQ::BYTES, dout + off, qs, qrow0(it), T, tid);
+                cp_async_mbar_arrive(full(s));
+            }
             // lse in log2 units (+inf past T, so that P = 0 there), then D_i.
             const size_t at = (size_t(b) * Hq + head(it)) * T + row;
             stats[s * 2 * Br + tid] = tid < Br ? (row < T ? lse[at] * kLog2e : INFINITY) : (row < T ? delta[at] : 0.f);
             mbar_arrive(full(s));
         }
-        cp_async_wait<0>();
+        if constexpr (!PG_SM90) cp_async_wait<0>();
         return;
     }
     wg_reg_alloc<BwdRegs<D>::consumer>();
@@ -420,7 +477,6 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
             const uint32_t sQb = sQ + s * TQ::BYTES, sdOb = sdO + s * TQ::BYTES;
             mbar_wait(full(s), it / S & 1);
             if (wg < nk(it)) {
-                fence_smem_for_tensor_cores();  // the producer's cp.async wrote the stage
                 const float* sl = stats + s * 2 * Br;
                 const float* sd = sl + Br;
                 // S^T = K Q^T and dP^T = V dO^T: 64 keys x Br queries.
@@ -637,7 +693,11 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
     set_smem(fwd_kernel<D>, smem);
     const dim3 grid(B * Hq, (T + kFwdBr - 1) / kFwdBr);
     const float scale_log2 = kLog2e / std::sqrt(float(D));
-    fwd_kernel<D><<<grid, 128, smem, stream>>>(q, k, v, out, lse, T, Hq, Hkv, scale_log2);
+    constexpr int box_cols = D < 64 ? D : 64;
+    const CUtensorMap map_q = tensor_map(q, T, Hq * D, kFwdBr, box_cols, B);
+    const CUtensorMap map_k = tensor_map(k, T, Hkv * D, kFwdBc, box_cols, B);
+    const CUtensorMap map_v = tensor_map(v, T, Hkv * D, kFwdBc, box_cols, B);
+    fwd_kernel<D><<<grid, 128, smem, stream>>>(map_q, map_k, map_v, q, k, v, out, lse, T, Hq, Hkv, scale_log2);
     PG_CHECK_LAUNCH();
 }
 
@@ -663,8 +723,14 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
     const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / group_dq_bytes));
     constexpr int WG = bwd_warpgroups<D>();
     const unsigned blocks = unsigned((T + 64 * WG - 1) / (64 * WG)) * unsigned(B * Hkv);
-    bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(q, k, v, dout, lse, delta, dq_acc, dk, dv, T, Hq, Hkv,
-                                                      chunk, scale * kLog2e, scale);
+    constexpr int box_cols = D < 64 ? D : 64;
+    const CUtensorMap map_q = tensor_map(q, T, Hq * D, kBwdBr, box_cols, B);
+    const CUtensorMap map_do = tensor_map(dout, T, Hq * D, kBwdBr, box_cols, B);
+    const CUtensorMap map_k = tensor_map(k, T, Hkv * D, 64 * WG, box_cols, B);
+    const CUtensorMap map_v = tensor_map(v, T, Hkv * D, 64 * WG, box_cols, B);
+    bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(map_q, map_k, map_v, map_do, q, k, v, dout, lse, delta,
+                                                                 dq_acc, dk, dv, T, Hq, Hkv, chunk, scale * kLog2e,
+                                                                 scale);
     PG_CHECK_LAUNCH();
 
     if (!dq) return;

@@ -27,14 +27,13 @@
 // over it in place. Slots are 64 columns of 128-byte swizzled rows, written conflict-free from
 // the accumulator layout and read as whole rows. The signs go between the consumers' registers
 // and global memory directly, one 16-byte word a thread and tile.
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
 #include "common/cuda_check.cuh"
 #include "model/mlp_gemm.cuh"
+#include "model/tensor_map.cuh"
 #include "model/wgmma.cuh"
 
 namespace pg {
@@ -274,27 +273,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // ---- host side ---------------------------------------------------------------------------------
-
-// A rows x cols bf16 row-major tensor, moved in boxes of box_rows x box_cols, box rows of 64 or
-// 128 bytes swizzled as the tiles are.
-CUtensorMap tensor_map(const bf16* p, int rows, int cols, int box_rows, int box_cols) {
-    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-        void* fn = nullptr;
-        cudaDriverEntryPointQueryResult found{};
-        PG_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
-        PG_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr);
-        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-    }();
-    CUtensorMap map;
-    const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)}, strides[1] = {cuuint64_t(cols) * 2};
-    const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)}, elem_strides[2] = {1, 1};
-    const CUtensorMapSwizzle swizzle = box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-    const CUresult res = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box,
-                                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (res != CUDA_SUCCESS) fail("mlp_gemm: cuTensorMapEncodeTiled failed (%d)", int(res));
-    return map;
-}
 
 void check_args(const char* what, int M, int N, int K, std::initializer_list<const void*> ptrs) {
     if (!mlp_gemm_supports(M, N, K))

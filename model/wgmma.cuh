@@ -359,6 +359,17 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
 #endif
 }
 
+// The same for a 3-D tensor map: box (c0, c1, c2).
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+#if PG_SM90
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+        : "memory");
+#endif
+}
+
 // dst[0..bytes/4) += the fp32 values at shared address src, by the TMA unit (16-byte aligned,
 // bytes a multiple of 16); the copy joins this thread's bulk group.
 __device__ __forceinline__ void bulk_add_f32(float* dst, uint32_t src, uint32_t bytes) {
