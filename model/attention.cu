@@ -114,6 +114,12 @@ __device__ __forceinline__ void tma_tile(uint32_t dst, const CUtensorMap* map, i
     for (int cb = 0; cb < D / TT::CW; ++cb) tma_load(dst + cb * TT::BLOCK, map, head * D + cb * TT::CW, r0, b, bar);
 }
 
+// The map that tma_tile<ROWS, D> reads a [B][T][heads * D] tensor through.
+template <int ROWS, int D>
+CUtensorMap head_map(const bf16* p, int B, int T, int heads) {
+    return tensor_map(p, T, heads * D, ROWS, Tile<ROWS, D>::CW, B);
+}
+
 // Four blocks share an SM where registers allow (D <= 64: 128 registers a thread).
 template <int D>
 __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
@@ -693,10 +699,8 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
     set_smem(fwd_kernel<D>, smem);
     const dim3 grid(B * Hq, (T + kFwdBr - 1) / kFwdBr);
     const float scale_log2 = kLog2e / std::sqrt(float(D));
-    constexpr int box_cols = D < 64 ? D : 64;
-    const CUtensorMap map_q = tensor_map(q, T, Hq * D, kFwdBr, box_cols, B);
-    const CUtensorMap map_k = tensor_map(k, T, Hkv * D, kFwdBc, box_cols, B);
-    const CUtensorMap map_v = tensor_map(v, T, Hkv * D, kFwdBc, box_cols, B);
+    const CUtensorMap map_q = head_map<kFwdBr, D>(q, B, T, Hq);
+    const CUtensorMap map_k = head_map<kFwdBc, D>(k, B, T, Hkv), map_v = head_map<kFwdBc, D>(v, B, T, Hkv);
     fwd_kernel<D><<<grid, 128, smem, stream>>>(map_q, map_k, map_v, q, k, v, out, lse, T, Hq, Hkv, scale_log2);
     PG_CHECK_LAUNCH();
 }
@@ -723,11 +727,9 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
     const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / group_dq_bytes));
     constexpr int WG = bwd_warpgroups<D>();
     const unsigned blocks = unsigned((T + 64 * WG - 1) / (64 * WG)) * unsigned(B * Hkv);
-    constexpr int box_cols = D < 64 ? D : 64;
-    const CUtensorMap map_q = tensor_map(q, T, Hq * D, kBwdBr, box_cols, B);
-    const CUtensorMap map_do = tensor_map(dout, T, Hq * D, kBwdBr, box_cols, B);
-    const CUtensorMap map_k = tensor_map(k, T, Hkv * D, 64 * WG, box_cols, B);
-    const CUtensorMap map_v = tensor_map(v, T, Hkv * D, 64 * WG, box_cols, B);
+    constexpr int Bc = BwdSmem<D>::Bc;
+    const CUtensorMap map_q = head_map<kBwdBr, D>(q, B, T, Hq), map_do = head_map<kBwdBr, D>(dout, B, T, Hq);
+    const CUtensorMap map_k = head_map<Bc, D>(k, B, T, Hkv), map_v = head_map<Bc, D>(v, B, T, Hkv);
     bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(map_q, map_k, map_v, map_do, q, k, v, dout, lse, delta,
                                                                  dq_acc, dk, dv, T, Hq, Hkv, chunk, scale * kLog2e,
                                                                  scale);
