@@ -42,6 +42,9 @@ struct GemmArgs {
     int lda = 0, ldb = 0, ldd = 0;  // row strides in elements; 0: packed
     int batch = 1;
     long long stride_a = 0, stride_b = 0, stride_d = 0;  // between batch entries, in elements; 0: packed
+    // SMs the product should plan for (cuBLASLt's SM count target): fewer than the GPU's leaves
+    // the rest to kernels on another stream. 0: all.
+    int sm_count = 0;
 };
 
 class Gemm {
@@ -56,7 +59,7 @@ public:
 private:
     // Everything that decides the descriptors and the algorithm, pointer alignments included.
     using Key = std::tuple<int, int, int, bool, bool, int, int, int, int, long long, long long, long long, int,
-                           unsigned, unsigned, unsigned, unsigned>;
+                           unsigned, unsigned, unsigned, unsigned, int>;
     struct Plan {
         cublasLtMatmulDesc_t desc = nullptr;
         cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;

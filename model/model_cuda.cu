@@ -44,8 +44,9 @@ void linear_backward_input(Gemm& g, void* dx, OutType type, float beta, const bf
 
 // dw [out, in] = beta * dw + dy^T x, fp32.
 void linear_backward_weight(Gemm& g, float* dw, const bf16* dy, const bf16* x, int rows, int in, int out,
-                            cudaStream_t s, float beta = 1.f) {
+                            cudaStream_t s, float beta = 1.f, int sm_count = 0) {
     GemmArgs a;
+    a.sm_count = sm_count;
     a.M = out, a.N = in, a.K = rows;
     a.a = dy, a.trans_a = true, a.b = x;
     a.d = dw, a.out_type = OutType::F32, a.beta = beta;
@@ -121,11 +122,12 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     want(dhead_, V * D);
     for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (bf16*& p : dskip_) want(p, N * D);
-    want(dm_, N * D), want(da_, N * D), want(dh_, N * D), want(df_, N * F);
+    for (int b = 0; b < 2; ++b) want(dm_[b], N * D), want(da_[b], N * D), want(df_[b], N * F), want(dqkv_[b], N * QKV);
+    want(dh_, N * D);
     want(dact_, fused_mlp_ ? 0 : N * hidden);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
-    want(dqkv_, N * QKV), want(dwqkv_, QKV * D), want(dbig_e_, N * bd);
+    want(dwqkv_, QKV * D), want(dbig_e_, N * bd);
 
     size_t total = 0;
     for (const auto& w : wants) total += w.first;
@@ -144,11 +146,24 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     PG_CHECK(cudaMallocHost(&host_tokens_, 2 * N * sizeof(int32_t)));
     PG_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
     PG_CHECK(cudaStreamCreateWithFlags(&capture_, cudaStreamNonBlocking));
+    PG_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&fork_, &join_, &side_done_[0], &side_done_[1]})
+        PG_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    // The side products plan for all SMs but 32, which the chain's kernels then find free. On an
+    // H100 (132 SMs) the step took 0.4 ms less at 100; planned for all 132, no less than on one
+    // stream (docs/benchmarks/logs/2026-11-24_session21/call5_side_ab).
+    int dev = 0, sms = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    side_sms_ = std::max(1, sms - 32);
 }
 
 CudaModel::~CudaModel() {
     for (Graphs* g : {&fwd_graphs_, &bwd_graphs_})
         for (auto& kv : g->exec) cudaGraphExecDestroy(kv.second);
+    for (cudaEvent_t e : {fork_, join_, side_done_[0], side_done_[1]})
+        if (e) cudaEventDestroy(e);
+    if (side_) cudaStreamDestroy(side_);
     if (capture_) cudaStreamDestroy(capture_);
     if (staged_) cudaEventDestroy(staged_);
     if (host_tokens_) cudaFreeHost(host_tokens_);
@@ -428,7 +443,9 @@ void CudaModel::backward_body() {
     // Blocks in reverse, dx holding the residual's gradient throughout. The decoder entry that
     // pops encoder entry i runs first, and its skip backward writes dskip_[i], the gradient of
     // i's output through that skip.
+    side_pending_[0] = side_pending_[1] = false;
     for (int i = int(schedule_.size()) - 1; i >= 0; --i) block_backward(i);
+    join_side();
     // x0 feeds the first block and every resid_mix.
     accumulate(dx, dx0_, ND, st);
 
@@ -444,10 +461,11 @@ void CudaModel::backward_body() {
         ResidualIn t;
         t.a = big_p_, t.wa = P(ix_.bigram_scale), t.wstride = 0;
         ResidualGrad d;
-        d.da = dm_, d.dwa = G(ix_.bigram_scale);
+        bf16* dp = dm_[0];
+        d.da = dp, d.dwa = G(ix_.bigram_scale);
         residual_backward(nullptr, demb, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
-        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dm_, W(ix_.bigram_proj), N, bd, D, st);
-        linear_backward_weight(gemm_, G(ix_.bigram_proj), dm_, big_e_, N, bd, D, st);
+        linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dp, W(ix_.bigram_proj), N, bd, D, st);
+        linear_backward_weight(gemm_, G(ix_.bigram_proj), dp, big_e_, N, bd, D, st);
         embedding_backward(G(ix_.bigram_emb), buckets_, dbig_e_, N, bd, st);
     }
     embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
@@ -473,6 +491,8 @@ void CudaModel::block_backward(int i) {
     const bool par = parallel(E.layer), last = i + 1 == int(entries_.size());
     const cudaStream_t st = st_;
     bf16* const dx = dx_;
+    const int b = i & 1;
+    bf16 *const dm = dm_[b], *const da = da_[b], *const df = df_[b], *const dqkv = dqkv_[b];
 
     // The branches' gradients from the output's (branch_terms). An encoder entry's output also
     // fed a skip: its gradient is added first. Before every entry but the last, the next
@@ -488,26 +508,29 @@ void CudaModel::block_backward(int i) {
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
     // otherwise it is u's gradient, which goes back through the second norm into dx.
     if (fused_mlp_) {
-        mlp_down_backward(df_, dm_, W(L.proj), A.act, A.f_signs, N, hidden, D, cfg_.leaky_slope, st);
+        mlp_down_backward(df, dm, W(L.proj), A.act, A.f_signs, N, hidden, D, cfg_.leaky_slope, st);
     } else {
-        linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm_, W(L.proj), N, hidden, D, st);
-        if (cfg_.swiglu) swiglu_backward(df_, dact_, A.f, N, hidden, st);
-        else leaky_relu2_backward(df_, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
+        linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm, W(L.proj), N, hidden, D, st);
+        if (cfg_.swiglu) swiglu_backward(df, dact_, A.f, N, hidden, st);
+        else leaky_relu2_backward(df, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     }
-    linear_backward_weight(gemm_, G(L.proj), dm_, A.act, N, hidden, D, st);
-    linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df_, W(L.fc), N, D, F, st);
-    linear_backward_weight(gemm_, G(L.fc), df_, par ? A.h : A.u, N, D, F, st);
+    // The weight gradients on side_ (to_side), each once its output gradient is formed.
+    to_side();
+    linear_backward_weight(gemm_side_, G(L.proj), dm, A.act, N, hidden, D, side_, 1.f, side_sms_);
+    linear_backward_weight(gemm_side_, G(L.fc), df, par ? A.h : A.u, N, D, F, side_, 1.f, side_sms_);
+    linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df, W(L.fc), N, D, F, st);
     if (!par) {  // dx = d x_mid = dx + s rmsnorm_backward(du); then attn_scale's and a's gradients
         ResidualIn t;
         ResidualGrad d;
-        t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
+        t.a = A.a, t.wa = P(L.attn_scale), d.da = da, d.dwa = G(L.attn_scale);
         residual_backward(dx, dx, nullptr, dh_, A.x_mid, A.rstd2, s, t, d, N, D, st);
     }
 
     // Attention.
     const bool x = xsa(E.layer);
-    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da_, W(L.wo), N, QD, D, st);
-    linear_backward_weight(gemm_, G(L.wo), da_, x ? A.y_xsa : A.y, N, QD, D, st);
+    if (!par) to_side();  // da is formed (parallel: it was before the block)
+    linear_backward_weight(gemm_side_, G(L.wo), da, x ? A.y_xsa : A.y, N, QD, D, side_, 1.f, side_sms_);
+    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da, W(L.wo), N, QD, D, st);
     const bf16* dy = dyo_;
     if (x) {
         xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st, false);
@@ -515,7 +538,7 @@ void CudaModel::block_backward(int i) {
     }
     flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
     QkvGrad d;
-    d.dqkv = dqkv_, d.dq_gain = G(L.q_gain), d.dk = dk_, d.dv = dv_att_;
+    d.dqkv = dqkv, d.dq_gain = G(L.q_gain), d.dk = dk_, d.dv = dv_att_;
     d.dq = flash_attention_dq_accumulator(attn_ws_), d.dq_scale = 1.f / std::sqrt(float(hd));
     d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
     if (cfg_.value_residual) {
@@ -523,13 +546,15 @@ void CudaModel::block_backward(int i) {
         else if (!last) d.dv_add2 = dv_first_;  // the first block's v is v_first itself
     }
     qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
-    linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv_, Wqkv(E.layer), N, D, QKV, st);
     // One product for the three weights' gradients, then each added into its own bank: three
     // products of a few rows each split K over the SMs at ~390 TFLOP/s.
-    linear_backward_weight(gemm_, dwqkv_, dqkv_, A.h, N, D, QKV, st, 0.f);
-    accumulate(G(L.wq), dwqkv_, size_t(QD) * D, st);
-    accumulate(G(L.wk), dwqkv_ + size_t(QD) * D, size_t(KVD) * D, st);
-    accumulate(G(L.wv), dwqkv_ + size_t(QD + KVD) * D, size_t(KVD) * D, st);
+    to_side();
+    linear_backward_weight(gemm_side_, dwqkv_, dqkv, A.h, N, D, QKV, side_, 0.f, side_sms_);
+    accumulate(G(L.wq), dwqkv_, size_t(QD) * D, side_);
+    accumulate(G(L.wk), dwqkv_ + size_t(QD) * D, size_t(KVD) * D, side_);
+    accumulate(G(L.wv), dwqkv_ + size_t(QD + KVD) * D, size_t(KVD) * D, side_);
+    side_done(b);
+    linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv, Wqkv(E.layer), N, D, QKV, st);
 
     // Through the first norm (x_in formed again from x and x0) and resid_mix; the first block's
     // input gradient goes to dx, every other's on through the previous entry's first pass.
@@ -559,6 +584,7 @@ void CudaModel::block_backward(int i) {
     }
     if (own_skip) prev.dskip = dskip_[p];
     branch_terms(p, prev.t, prev.d);
+    wait_side(p & 1);  // entry i + 1's weight gradients read the buffers p's gradients go to
     residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st, &prev);
 }
 
@@ -567,8 +593,27 @@ void CudaModel::block_backward(int i) {
 void CudaModel::branch_terms(int i, ResidualIn& t, ResidualGrad& d) const {
     const Slot& A = slots_[i];
     const ParamIndex::Block& L = ix_.blocks[entries_[i].layer];
-    t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_, d.dwm = G(L.mlp_scale);
-    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_, d.dwa = G(L.attn_scale);
+    t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_[i & 1], d.dwm = G(L.mlp_scale);
+    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_[i & 1], d.dwa = G(L.attn_scale);
+}
+
+void CudaModel::to_side() {
+    PG_CHECK(cudaEventRecord(fork_, st_));
+    PG_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
+}
+
+void CudaModel::side_done(int b) {
+    PG_CHECK(cudaEventRecord(side_done_[b], side_));
+    side_pending_[b] = true;
+}
+
+void CudaModel::wait_side(int b) {
+    if (side_pending_[b]) PG_CHECK(cudaStreamWaitEvent(st_, side_done_[b], 0));
+}
+
+void CudaModel::join_side() {
+    PG_CHECK(cudaEventRecord(join_, side_));
+    PG_CHECK(cudaStreamWaitEvent(st_, join_, 0));
 }
 
 }  // namespace pg

@@ -5,8 +5,10 @@
 //
 // Every activation the backward needs is kept per schedule entry, as RefModel keeps them;
 // all buffers are allocated once, for max_rows sequences of cfg.seq_len, so a step allocates
-// nothing and enqueues everything on one stream (forward and backward never wait for the
-// host; loss() and per_token_loss() do). The tied head runs in row chunks: bf16 logits of a
+// nothing and enqueues everything on the model's stream (forward and backward never wait for
+// the host; loss() and per_token_loss() do). The backward's weight gradients, which nothing in
+// the backward reads, run on a second stream forked from it and joined back before backward()'s
+// last kernels, so that they overlap the chain of input gradients. The tied head runs in row chunks: bf16 logits of a
 // chunk -> fused softcap + cross-entropy (loss and log-sum-exp, and in a forward for backward
 // the bf16 dlogits written in place) -> dX and dE products, so the fp32 logits [N, vocab] never
 // exist and are computed once. A forward for backward thus runs the head's backward too, at
@@ -136,6 +138,14 @@ private:
     void block_forward(int i);
     void block_backward(int i);
     void branch_terms(int i, ResidualIn& t, ResidualGrad& d) const;
+    // The weight gradients run on side_, beside the backward's chain, which does not read them.
+    // to_side(): side_ starts its next work after what st_ has enqueued so far. Entry i's side
+    // work reads the gradient buffers of parity i & 1; side_done(i & 1) marks its end, and
+    // wait_side(b) holds st_ until the last side work on buffers b is done, before it rewrites them.
+    void to_side();
+    void side_done(int b);
+    void wait_side(int b);
+    void join_side();
     // Rows [r0, r0 + rows) of the tied head: losses; with grads, also their gradients at unit
     // loss scale into dxf_ and dhead_.
     void head_chunk(int r0, int rows, bool grads);
@@ -146,9 +156,13 @@ private:
     cudaStream_t stream_;
     cudaStream_t st_;                  // where the bodies enqueue: stream_, or capture_ while capturing
     cudaStream_t capture_ = nullptr;  // graphs are captured here (a capture cannot use the legacy stream)
+    cudaStream_t side_ = nullptr;     // the backward's weight gradients
+    cudaEvent_t fork_ = nullptr, join_ = nullptr, side_done_[2] = {};
+    bool side_pending_[2] = {};  // side_done_[b] recorded in this backward
+    int side_sms_ = 0;           // the side products' SM count target (GemmArgs::sm_count)
     bool graphs_on_ = true;
     Graphs fwd_graphs_, bwd_graphs_;
-    Gemm gemm_;
+    Gemm gemm_, gemm_side_;  // each stream its own cuBLASLt workspace
     ParamIndex ix_;  // where each named parameter sits in layout_
     int head_rows_ = 0;  // rows of one head chunk
     InputObserver observer_;
@@ -186,7 +200,10 @@ private:
     // and the tied embedding's [vocab, D].
     float *dxf_, *dhead_;
     std::vector<bf16*> dskip_;  // per encoder entry: the gradient of its output through its skip
-    bf16 *dm_, *da_, *dh_, *dact_, *df_, *dyo_, *dy_, *dk_, *dv_att_, *dqkv_, *dbig_e_;
+    // dm_, da_, df_ and dqkv_ by parity of the entry: the side stream's weight gradients of entry
+    // i read them while the chain goes on to entry i - 1.
+    bf16 *dm_[2], *da_[2], *df_[2], *dqkv_[2];
+    bf16 *dh_, *dact_, *dyo_, *dy_, *dk_, *dv_att_, *dbig_e_;
 };
 
 }  // namespace pg

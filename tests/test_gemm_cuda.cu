@@ -65,7 +65,7 @@ enum class Mode { Plain, AccumulateIntoD, SeparateC };
 // sum of the magnitudes of every term (|alpha| sum_k |a b| + |beta c|): the scale that one
 // rounding of the output is relative to, also when the terms cancel.
 double gemm_error(Gemm& gemm, std::mt19937_64& rng, int M, int N, int K, bool ta, bool tb, OutType out, Mode mode,
-                  int batch, bool* all_finite) {
+                  int batch, bool* all_finite, int sm_count = 0) {
     const size_t na = size_t(M) * K, nb = size_t(K) * N, nd = size_t(M) * N;
     const std::vector<float> a = bf16_values(rng, na * batch), b = bf16_values(rng, nb * batch);
     // D's old contents: the accumulated gradient (AccumulateIntoD), or C (SeparateC, bf16-exact
@@ -79,6 +79,7 @@ double gemm_error(Gemm& gemm, std::mt19937_64& rng, int M, int N, int K, bool ta
     g.trans_b = tb;
     g.out_type = out;
     g.batch = batch;
+    g.sm_count = sm_count;
     if (mode == Mode::AccumulateIntoD) g.beta = 1.f;
     if (mode == Mode::SeparateC) {
         g.alpha = 2.0315f;
@@ -169,11 +170,14 @@ TEST_CASE("gemm cuda: large aligned shapes and a reused plan") {
     Gemm gemm;
     bool all_finite = true;
     // Record-like shapes (tokens x 512 x 2048); each shape runs twice, the second on a cached plan.
+    // The weight gradient also as the model's side stream runs it, planned for fewer SMs.
     for (int rep = 0; rep < 2; ++rep) {
         CHECK(gemm_error(gemm, rng, 256, 2048, 512, false, true, OutType::BF16, Mode::Plain, 1, &all_finite) < 4e-3);
         CHECK(gemm_error(gemm, rng, 256, 512, 2048, false, false, OutType::BF16, Mode::Plain, 1, &all_finite) < 4e-3);
         CHECK(gemm_error(gemm, rng, 512, 2048, 256, true, false, OutType::F32, Mode::AccumulateIntoD, 1,
                          &all_finite) < 1e-5);
+        CHECK(gemm_error(gemm, rng, 512, 2048, 4096, true, false, OutType::F32, Mode::AccumulateIntoD, 1, &all_finite,
+                         60) < 1e-5);
         CHECK(gemm_error(gemm, rng, 512, 512, 512, false, true, OutType::BF16, Mode::SeparateC, 4, &all_finite) <
               4e-3);
     }

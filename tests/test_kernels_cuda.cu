@@ -9,6 +9,11 @@
 //   kF32    fp32 outputs of elementwise arithmetic: fp32 rounding, 1e-5;
 //   kSum    fp32 outputs that sum over a row, a head or over rows (statistics, parameter
 //           gradients, the loss): 1e-4, for the fp32 summation order;
+//   kSumRounded  such sums over a bf16 tensor that the kernel forms again (a skip mix's output,
+//           rounded from fp32 sums with its approximate sigmoid, the oracle's from double): 1e-3.
+//           A few elements round the other way (a 2^-8 step); on a fraction f of the terms the
+//           sum moves by about sqrt(f) 2^-8 relative: 2e-4 at f = 0.25%, as a skip's dwx showed
+//           once against kSum (docs/benchmarks/logs/2026-11-24_session21/call4_tma_store/tests.log);
 //   kBf16   bf16 outputs: one rounding to 8 bits of mantissa (about 2e-3), 1e-2.
 #include <doctest/doctest.h>
 
@@ -31,7 +36,7 @@ using namespace pg;
 
 namespace {
 
-constexpr double kExact = 0, kF32 = 1e-5, kSum = 1e-4, kBf16 = 1e-2;
+constexpr double kExact = 0, kF32 = 1e-5, kSum = 1e-4, kSumRounded = 1e-3, kBf16 = 1e-2;
 
 using Vec = std::vector<double>;
 
@@ -555,7 +560,7 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
         if ((k != 2 && k != 3) || pc.skip)
             if (k != 4 || pc.par)
                 E.check(std::string("residual_backward prev ") + names[k] + ", " + tag,
-                        minus(download(gdw[k], st), base_w), rdw[k], kSum);
+                        minus(download(gdw[k], st), base_w), rdw[k], k == 0 && pc.skip ? kSumRounded : kSum);
 }
 
 }  // namespace
