@@ -151,11 +151,11 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
         PG_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     // The side products plan for all SMs but 32, which the chain's kernels then find free. On an
     // H100 (132 SMs) the step took 0.4 ms less at 100; planned for all 132, no less than on one
-    // stream (docs/benchmarks/logs/2026-11-24_session21/call5_side_ab).
+    // stream (docs/benchmarks/logs/2026-11-24_session21/call5_side_ab). Small GPUs keep them all.
     int dev = 0, sms = 0;
     PG_CHECK(cudaGetDevice(&dev));
     PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    side_sms_ = std::max(1, sms - 32);
+    side_sms_ = sms > 64 ? sms - 32 : 0;
 }
 
 CudaModel::~CudaModel() {
@@ -461,7 +461,7 @@ void CudaModel::backward_body() {
         ResidualIn t;
         t.a = big_p_, t.wa = P(ix_.bigram_scale), t.wstride = 0;
         ResidualGrad d;
-        bf16* dp = dm_[0];
+        bf16* dp = dm_[0];  // free: the side stream has joined
         d.da = dp, d.dwa = G(ix_.bigram_scale);
         residual_backward(nullptr, demb, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
         linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dp, W(ix_.bigram_proj), N, bd, D, st);

@@ -8,7 +8,8 @@
 // nothing and enqueues everything on the model's stream (forward and backward never wait for
 // the host; loss() and per_token_loss() do). The backward's weight gradients, which nothing in
 // the backward reads, run on a second stream forked from it and joined back before backward()'s
-// last kernels, so that they overlap the chain of input gradients. The tied head runs in row chunks: bf16 logits of a
+// last kernels, so that they overlap the chain of input gradients.
+// The tied head runs in row chunks: bf16 logits of a
 // chunk -> fused softcap + cross-entropy (loss and log-sum-exp, and in a forward for backward
 // the bf16 dlogits written in place) -> dX and dE products, so the fp32 logits [N, vocab] never
 // exist and are computed once. A forward for backward thus runs the head's backward too, at
