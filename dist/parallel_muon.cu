@@ -22,12 +22,11 @@ size_t check_layout(const ParamLayout& L) {
 
 }  // namespace
 
-ParallelMuon::ParallelMuon(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream,
-                           Comm& comm)
+ParallelMuon::ParallelMuon(const ParamLayout& layout, const TrainConfig& cfg, cudaStream_t stream, Comm& comm)
     : layout_(layout),
       comm_(comm),
       stream_(stream),
-      opt_(layout, cfg, gemm, stream),
+      opt_(layout, cfg, stream),
       slices_(muon_partition(layout, comm.rank(), comm.world())),
       muon_end_(check_layout(layout)),
       reduced_(layout.banks.size() + 1, false) {
@@ -109,6 +108,7 @@ void ParallelMuon::update(float* params, bf16* params_bf16, float lr_scale, int 
         opt_.muon_update_bank_slice(s.bank, s.first, s.count, params, params_bf16, g, lr_scale, step);
     }
     opt_.adam_update(params, params_bf16, arena_.get() + (adam_at_ - muon_end_), lr_scale);
+    opt_.join_muon();
     gather_weights(params, params_bf16);
 }
 

@@ -40,8 +40,9 @@ namespace pg {
 class ParallelMuon {
 public:
     // layout must be make_layout's order: banks back to back from offset 0, then every AdamW
-    // parameter. `stream` carries every kernel and collective.
-    ParallelMuon(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream, Comm& comm);
+    // parameter. `stream` carries every collective; the Muon updates run on the optimizer's bank
+    // streams (CudaOptimizer) and join it before the weights are gathered.
+    ParallelMuon(const ParamLayout& layout, const TrainConfig& cfg, cudaStream_t stream, Comm& comm);
 
     // One step: params (fp32 master) and params_bf16 are [layout.total] and equal on every rank;
     // grads is this rank's gradient, read only.

@@ -95,7 +95,7 @@ void bench_steps(const ModelBenchArgs& a, const ModelConfig& m, const TrainConfi
         for (bool recur : recurs) {
             CudaModel gpu(m, rows, stream);
             gpu.use_graphs(!a.eager);
-            CudaOptimizer gopt(gpu.layout(), t, gpu.gemm(), stream);
+            CudaOptimizer gopt(gpu.layout(), t, stream);
             gpu.upload_params(init.params);
             std::mt19937_64 g(rows * 2 + recur);
             const std::vector<int32_t> in = random_tokens(size_t(rows) * T, m.vocab_size, g);

@@ -57,7 +57,7 @@ public:
     const ModelConfig& config() const { return cfg_; }
     const ParamLayout& layout() const { return layout_; }
     cudaStream_t stream() const { return stream_; }
-    Gemm& gemm() { return gemm_; }  // for the optimizer: one cuBLASLt handle and workspace
+    Gemm& gemm() { return gemm_; }  // one cuBLASLt handle and workspace on stream(), for GPTQ calibration
     // Rows of one chunk of the head's logits (its GEMMs and softcap_ce run chunk by chunk), for a
     // forward of `tokens` rows at vocabulary V.
     static int head_chunk_rows(int tokens, int V);

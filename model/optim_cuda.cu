@@ -249,22 +249,6 @@ const bf16* NewtonSchulzCuda::run(Gemm& gemm, const float* U, int count, int row
 
 namespace {
 
-// The largest per-call sizes Newton-Schulz needs for this layout: {numel, gram, count}.
-struct NsSizes {
-    size_t numel = 0, gram = 0;
-    int count = 0;
-};
-NsSizes ns_sizes(const ParamLayout& L) {
-    NsSizes s;
-    for (const Bank& b : L.banks) {
-        const size_t m = size_t(std::min(b.rows, b.cols));
-        s.numel = std::max(s.numel, size_t(b.count) * b.rows * b.cols);
-        s.gram = std::max(s.gram, size_t(b.count) * m * m);
-        s.count = std::max(s.count, b.count);
-    }
-    return s;
-}
-
 size_t muon_numel(const ParamLayout& L) {
     size_t n = 0;
     for (const Bank& b : L.banks) n += size_t(b.count) * b.rows * b.cols;
@@ -280,14 +264,21 @@ void sum_squares_cuda(const float* x, size_t n, double* partial, double* sumsq, 
     PG_CHECK_LAUNCH();
 }
 
-CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream)
+CudaOptimizer::Lane::Lane(size_t numel, size_t gram, int count) : u(numel), ns(numel, gram, count) {
+    PG_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    PG_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+}
+
+CudaOptimizer::Lane::~Lane() {
+    if (done) cudaEventDestroy(done);
+    if (stream) cudaStreamDestroy(stream);
+}
+
+CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, cudaStream_t stream)
     : layout_(layout),
       cfg_(cfg),
-      gemm_(gemm),
       stream_(stream),
       muon_m_(muon_numel(layout)),
-      muon_u_(ns_sizes(layout).numel),
-      ns_(ns_sizes(layout).numel, ns_sizes(layout).gram, ns_sizes(layout).count),
       sumsq_(1),
       partial_(kSumSquaresBlocks),
       clip_(2) {
@@ -297,6 +288,11 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
         bank_state_.push_back(muon_n);
         muon_n += size_t(b.count) * b.rows * b.cols;
     }
+    for (const Bank& b : layout_.banks) {
+        const size_t m = size_t(std::min(b.rows, b.cols));
+        lanes_.emplace_back(new Lane(size_t(b.count) * b.rows * b.cols, size_t(b.count) * m * m, b.count));
+    }
+    PG_CHECK(cudaEventCreateWithFlags(&clipped_, cudaEventDisableTiming));
     std::vector<AdamBlock> blocks;
     for (const ParamSpec& p : layout_.params) {
         if (p.kind == ParamKind::Matrix) continue;
@@ -314,12 +310,17 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
     PG_CHECK(cudaMemsetAsync(adam_v_.get(), 0, adam_n * sizeof(float), stream_));
 }
 
+CudaOptimizer::~CudaOptimizer() {
+    if (clipped_) cudaEventDestroy(clipped_);
+}
+
 void CudaOptimizer::step(float* params, bf16* params_bf16, const float* grads, float lr_scale, int step) {
     grad_sumsq(grads, layout_.total, false);
     finish_clip();
     for (int b = 0; b < int(layout_.banks.size()); ++b)
         muon_update_bank_slice(b, 0, layout_.banks[b].count, params, params_bf16, grads, lr_scale, step);
     adam_update(params, params_bf16, grads, lr_scale);
+    join_muon();
 }
 
 void CudaOptimizer::grad_sumsq(const float* x, size_t n, bool accumulate) {
@@ -329,6 +330,15 @@ void CudaOptimizer::grad_sumsq(const float* x, size_t n, bool accumulate) {
 void CudaOptimizer::finish_clip() {
     clip_kernel<<<1, 1, 0, stream_>>>(sumsq_.get(), cfg_.grad_clip, clip_.get());
     PG_CHECK_LAUNCH();
+    PG_CHECK(cudaEventRecord(clipped_, stream_));
+}
+
+void CudaOptimizer::join_muon() {
+    for (auto& lane : lanes_)
+        if (lane->pending) {
+            PG_CHECK(cudaStreamWaitEvent(stream_, lane->done, 0));
+            lane->pending = false;
+        }
 }
 
 float CudaOptimizer::grad_norm() const {
@@ -346,18 +356,22 @@ void CudaOptimizer::muon_update_bank_slice(int bank, int first, int count, float
     if (count == 0) return;
     const size_t numel = size_t(B.rows) * B.cols, begin = B.offset + size_t(first) * numel;
     float* mom = muon_m_.get() + bank_state_[bank] + size_t(first) * numel;
-    muon_prep_kernel<<<unsigned(count * B.rows), 128, 0, stream_>>>(
-        grads + begin, mom, muon_u_.get(), B.cols, clip_.get(), muon_momentum_at(step, cfg_), cfg_.muon_row_norm);
+    Lane& L = *lanes_[bank];
+    const cudaStream_t st = L.stream;
+    PG_CHECK(cudaStreamWaitEvent(st, clipped_, 0));
+    muon_prep_kernel<<<unsigned(count * B.rows), 128, 0, st>>>(grads + begin, mom, L.u.get(), B.cols, clip_.get(),
+                                                              muon_momentum_at(step, cfg_), cfg_.muon_row_norm);
     PG_CHECK_LAUNCH();
-    const bf16* O = ns_.run(gemm_, muon_u_.get(), count, B.rows, B.cols, cfg_.ns_steps, stream_);
+    const bf16* O = L.ns.run(L.gemm, L.u.get(), count, B.rows, B.cols, cfg_.ns_steps, st);
 
     const float lr = cfg_.matrix_lr * lr_scale;
     const float decay = 1.f - lr * cfg_.muon_wd;
     const float step_size = lr * std::sqrt(std::max(1.f, float(B.rows) / float(B.cols)));
     const size_t n = count * numel;
-    muon_apply_kernel<<<grid_for(n), kThreads, 0, stream_>>>(params + begin, params_bf16 + begin, O, n, decay,
-                                                            step_size);
+    muon_apply_kernel<<<grid_for(n), kThreads, 0, st>>>(params + begin, params_bf16 + begin, O, n, decay, step_size);
     PG_CHECK_LAUNCH();
+    PG_CHECK(cudaEventRecord(L.done, st));
+    L.pending = true;
 }
 
 void CudaOptimizer::adam_update(float* params, bf16* params_bf16, const float* grads, float lr_scale) {

@@ -5,14 +5,18 @@
 // for a whole bank (or bank slice). Where the CPU code transposes a tall matrix, this works
 // on it in place instead: A = X^T X and X <- a X + X (b A + c A^2), the same product.
 //
-// Everything is enqueued on one stream and nothing waits for the host, except grad_norm().
-// The clip factor stays on the GPU between the norm and the updates.
+// Everything is enqueued on the optimizer's stream and nothing waits for the host, except
+// grad_norm(). The clip factor stays on the GPU between the norm and the updates. Each bank's
+// Muon update runs on a stream of its own, forked after the clip and joined by join_muon():
+// a bank's Newton-Schulz products are small (one wave or less of the GPU's SMs), so the banks'
+// products fill each other's idle SMs.
 //
 // Parallel Muon: each rank, after a reduce-scatter of its bank slices' gradients, calls
 // grad_sumsq() over the gradients it holds reduced, all-reduces sumsq_device(), calls
-// finish_clip(), then muon_update_bank_slice() for the slices of muon_partition() and
-// adam_update(), and all-gathers the updated fp32 weights (then refresh_bf16()).
+// finish_clip(), then muon_update_bank_slice() for the slices of muon_partition(),
+// adam_update() and join_muon(), and all-gathers the updated fp32 weights (then refresh_bf16()).
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "common/config.h"
@@ -45,7 +49,10 @@ private:
 
 class CudaOptimizer {
 public:
-    CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, Gemm& gemm, cudaStream_t stream);
+    CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, cudaStream_t stream);
+    ~CudaOptimizer();
+    CudaOptimizer(const CudaOptimizer&) = delete;
+    CudaOptimizer& operator=(const CudaOptimizer&) = delete;
 
     // One full update of every parameter, as Optimizer::step: params (fp32 master) and
     // params_bf16 are [layout.total] device buffers, grads (fp32) is read, never written.
@@ -55,10 +62,13 @@ public:
     // sumsq (device double) = [sumsq +] sum of squares of x[0, n), in a fixed order.
     void grad_sumsq(const float* x, size_t n, bool accumulate);
     double* sumsq_device() { return sumsq_.get(); }
-    // norm = sqrt(sumsq) and the clip factor, on the GPU.
+    // norm = sqrt(sumsq) and the clip factor, on the GPU; the banks' streams start after it.
     void finish_clip();
+    // On the bank's own stream, after finish_clip(); slices of one bank run one after another.
     void muon_update_bank_slice(int bank, int first, int count, float* params, bf16* params_bf16,
                                 const float* grads, float lr_scale, int step);
+    // The optimizer's stream waits for the Muon updates enqueued since finish_clip().
+    void join_muon();
     void adam_update(float* params, bf16* params_bf16, const float* grads, float lr_scale);
     // params_bf16[offset, offset + n) = bf16(params[...]).
     void refresh_bf16(const float* params, bf16* params_bf16, size_t offset, size_t n);
@@ -80,13 +90,25 @@ public:
     };
 
 private:
+    // What one bank's update needs of its own to run beside the others.
+    struct Lane {
+        Lane(size_t numel, size_t gram, int count);
+        ~Lane();
+        cudaStream_t stream = nullptr;
+        cudaEvent_t done = nullptr;
+        bool pending = false;  // done recorded since the last join_muon()
+        Gemm gemm;
+        DeviceArray<float> u;  // the Nesterov update (NS input)
+        NewtonSchulzCuda ns;
+    };
+
     ParamLayout layout_;
     TrainConfig cfg_;
-    Gemm& gemm_;
     cudaStream_t stream_;
+    cudaEvent_t clipped_ = nullptr;
     std::vector<size_t> bank_state_;  // offset of each bank's momentum in muon_m_
-    DeviceArray<float> muon_m_, muon_u_;  // momentum; one bank's Nesterov update (NS input)
-    NewtonSchulzCuda ns_;
+    DeviceArray<float> muon_m_;       // momentum
+    std::vector<std::unique_ptr<Lane>> lanes_;  // one per bank
     DeviceArray<AdamBlock> adam_blocks_;
     int n_adam_blocks_ = 0;
     DeviceArray<float> adam_m_, adam_v_;

@@ -83,9 +83,8 @@ TEST_CASE("dist cuda: one-rank Parallel Muon steps equal CudaOptimizer::step bit
     cudaStream_t stream;
     PG_CHECK(cudaStreamCreate(&stream));
     Comm comm(new_id(), 0, 1, 0, 60);
-    Gemm gemm;
-    CudaOptimizer whole(L, t, gemm, stream);
-    ParallelMuon pm(L, t, gemm, stream, comm);
+    CudaOptimizer whole(L, t, stream);
+    ParallelMuon pm(L, t, stream, comm);
     REQUIRE(pm.slices().size() == L.banks.size());  // one rank: every bank whole
 
     std::mt19937_64 rng(seed);
@@ -121,8 +120,7 @@ TEST_CASE("dist cuda: host helpers and the momentum gather on one rank") {
     cudaStream_t stream;
     PG_CHECK(cudaStreamCreate(&stream));
     Comm comm(new_id(), 0, 1, 0, 60);
-    Gemm gemm;
-    ParallelMuon pm(L, clipped_config(), gemm, stream, comm);
+    ParallelMuon pm(L, clipped_config(), stream, comm);
 
     BpbAccumulator acc;
     acc.add(123.25, 4567, 89);
@@ -235,9 +233,8 @@ TEST_CASE("dist cuda: rank worker" * doctest::skip()) {
     // Two Parallel Muon steps on each rank's own gradients against CudaOptimizer::step on the mean.
     const ParamLayout L = make_layout(test::odd_model());
     const TrainConfig t = clipped_config();
-    Gemm gemm;
-    CudaOptimizer whole(L, t, gemm, stream);
-    ParallelMuon pm(L, t, gemm, stream, comm);
+    CudaOptimizer whole(L, t, stream);
+    ParallelMuon pm(L, t, stream, comm);
     std::mt19937_64 rng(seed);
     const std::vector<float> p0 = gaussian(rng, L.total, 0.1f);
     DeviceArray<float> pa(p0), pb(p0), ga(L.total), gb(L.total);

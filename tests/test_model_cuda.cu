@@ -291,7 +291,7 @@ TEST_CASE("model cuda: one training step with the GPU optimizer matches RefModel
     PG_CHECK(cudaStreamCreate(&stream));
     {
         CudaModel gpu(c, B, stream);
-        CudaOptimizer gopt(gpu.layout(), t, gpu.gemm(), stream);
+        CudaOptimizer gopt(gpu.layout(), t, stream);
         gpu.upload_params(before);
         gpu.zero_grad();
         gpu.forward(in.data(), tg.data(), B, Tn, true, true);
@@ -347,7 +347,7 @@ TEST_CASE("model cuda: 300 training steps on the sample data follow the CPU refe
     ref.init(t.seed);
     Optimizer opt(ref.layout(), t);
     CudaModel gpu(m, rows);
-    CudaOptimizer gopt(gpu.layout(), t, gpu.gemm(), gpu.stream());
+    CudaOptimizer gopt(gpu.layout(), t, gpu.stream());
     gpu.upload_params(ref.params);
     TokenStream stream("data/sample", t.train_pattern, m.vocab_size);
 

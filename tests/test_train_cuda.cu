@@ -69,8 +69,7 @@ TEST_CASE("train cuda: optimizer and average state have the CPU layout and round
 
     cudaStream_t stream;
     PG_CHECK(cudaStreamCreate(&stream));
-    Gemm gemm;
-    CudaOptimizer gpu(L, t, gemm, stream);
+    CudaOptimizer gpu(L, t, stream);
     CudaWeightAverage gpu_avg(L.total, t, stream);
     Optimizer cpu(L, t);
     WeightAverage cpu_avg(L.total, t);
@@ -105,7 +104,7 @@ TEST_CASE("train cuda: optimizer and average state have the CPU layout and round
     // GPU -> bytes -> CPU optimizer -> bytes -> a fresh GPU optimizer: the same bytes.
     Optimizer cpu2(L, t);
     load_state(cpu2.state(), save_state(gs), "gpu state");
-    CudaOptimizer gpu2(L, t, gemm, stream);
+    CudaOptimizer gpu2(L, t, stream);
     OptimizerState s2 = gpu2.state();
     load_state(s2, save_state(cpu2.state()), "cpu state");
     gpu2.set_state(s2);

@@ -45,9 +45,9 @@ public:
           avg_(model_.layout().total, cfg.train, stream_.s),
           qat_(model_.layout(), cfg.quant) {
         if (comm)
-            pmuon_ = std::make_unique<ParallelMuon>(model_.layout(), cfg.train, model_.gemm(), stream_.s, *comm);
+            pmuon_ = std::make_unique<ParallelMuon>(model_.layout(), cfg.train, stream_.s, *comm);
         else
-            opt_ = std::make_unique<CudaOptimizer>(model_.layout(), cfg.train, model_.gemm(), stream_.s);
+            opt_ = std::make_unique<CudaOptimizer>(model_.layout(), cfg.train, stream_.s);
     }
 
     const ParamLayout& layout() const override { return model_.layout(); }
