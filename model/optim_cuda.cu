@@ -287,8 +287,6 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
     for (const Bank& b : layout_.banks) {
         bank_state_.push_back(muon_n);
         muon_n += size_t(b.count) * b.rows * b.cols;
-    }
-    for (const Bank& b : layout_.banks) {
         const size_t m = size_t(std::min(b.rows, b.cols));
         lanes_.emplace_back(new Lane(size_t(b.count) * b.rows * b.cols, size_t(b.count) * m * m, b.count));
     }
@@ -333,12 +331,10 @@ void CudaOptimizer::finish_clip() {
     PG_CHECK(cudaEventRecord(clipped_, stream_));
 }
 
+// A lane that took no update since the last join holds an event already waited for (or never
+// recorded): waiting on it again costs nothing.
 void CudaOptimizer::join_muon() {
-    for (auto& lane : lanes_)
-        if (lane->pending) {
-            PG_CHECK(cudaStreamWaitEvent(stream_, lane->done, 0));
-            lane->pending = false;
-        }
+    for (auto& lane : lanes_) PG_CHECK(cudaStreamWaitEvent(stream_, lane->done, 0));
 }
 
 float CudaOptimizer::grad_norm() const {
@@ -371,7 +367,6 @@ void CudaOptimizer::muon_update_bank_slice(int bank, int first, int count, float
     muon_apply_kernel<<<grid_for(n), kThreads, 0, st>>>(params + begin, params_bf16 + begin, O, n, decay, step_size);
     PG_CHECK_LAUNCH();
     PG_CHECK(cudaEventRecord(L.done, st));
-    L.pending = true;
 }
 
 void CudaOptimizer::adam_update(float* params, bf16* params_bf16, const float* grads, float lr_scale) {

@@ -95,8 +95,7 @@ private:
         Lane(size_t numel, size_t gram, int count);
         ~Lane();
         cudaStream_t stream = nullptr;
-        cudaEvent_t done = nullptr;
-        bool pending = false;  // done recorded since the last join_muon()
+        cudaEvent_t done = nullptr;  // recorded after the lane's last update
         Gemm gemm;
         DeviceArray<float> u;  // the Nesterov update (NS input)
         NewtonSchulzCuda ns;
