@@ -310,7 +310,8 @@ struct BwdSmem {
     static constexpr int bytes = bars + n_bars * 8 + kSmemSlack;
 };
 
-// D_i = rowsum(dO * O) for every query row, and the dq accumulator zeroed. D / 8 threads a row.
+// D_i = rowsum(dO * O) for every query row, and the dq accumulator zeroed unless dq_acc is null.
+// D / 8 threads a row.
 template <int D>
 __global__ void bwd_prep_kernel(const bf16* __restrict__ out, const bf16* __restrict__ dout,
                                 float* __restrict__ delta, float* __restrict__ dq_acc, int rows, int T, int Hq) {
@@ -330,8 +331,10 @@ __global__ void bwd_prep_kernel(const bf16* __restrict__ out, const bf16* __rest
             const float2 x = __bfloat1622float2(a2[i]), y = __bfloat1622float2(d2[i]);
             s += x.x * y.x + x.y * y.y;
         }
-        float4* z = reinterpret_cast<float4*>(dq_acc + r * D + c * 8);
-        z[0] = z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (dq_acc) {
+            float4* z = reinterpret_cast<float4*>(dq_acc + r * D + c * 8);
+            z[0] = z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
     }
 #pragma unroll
     for (int off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
@@ -383,8 +386,8 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
                const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
                const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-               float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int T, int Hq, int Hkv,
-               int chunk, float scale_log2, float scale) {
+               float* __restrict__ dq_acc, float* __restrict__ zero_next, bf16* __restrict__ dk,
+               bf16* __restrict__ dv, int T, int Hq, int Hkv, int chunk, float scale_log2, float scale) {
     using L = BwdSmem<D>;
     constexpr int WG = L::WG, Bc = L::Bc, Br = L::Br, S = L::S, NS = L::NS, DN = L::DN, PS = L::PS;
     static_assert(WG >= 1 && WG <= 3, "wg_barrier names three warpgroups");
@@ -463,6 +466,14 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
             mbar_arrive(full(s));
         }
         if constexpr (!PG_SM90) cp_async_wait<0>();
+        // The next call's accumulator (AttnBwdPlan::zero_other): this block's share, by streaming
+        // stores, so that the zeros do not push the dQ rows being added into out of L2.
+        if (zero_next) {
+            const size_t n4 = size_t(n_groups / Hkv) * T * Hq * D / 4, per = (n4 + gridDim.x - 1) / gridDim.x;
+            float4* const z = reinterpret_cast<float4*>(zero_next);
+            for (size_t i = blockIdx.x * per + tid, end = min(n4, (blockIdx.x + 1) * per); i < end; i += 128)
+                __stcs(z + i, make_float4(0.f, 0.f, 0.f, 0.f));
+        }
         return;
     }
     wg_reg_alloc<BwdRegs<D>::consumer>();
@@ -705,20 +716,31 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
     PG_CHECK_LAUNCH();
 }
 
+// Part i of a backward workspace: the dq accumulators of slots 0 and 1, then D_i (i = 2).
+float* workspace_part(void* workspace, int i, int B, int T, int Hq, int D) {
+    return static_cast<float*>(workspace) + size_t(i) * B * T * Hq * D;
+}
+
 template <int D>
 void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                      const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
-                     int Hkv, cudaStream_t stream) {
+                     int Hkv, AttnBwdPlan plan, cudaStream_t stream) {
     const int rows = B * T * Hq;
-    float* dq_acc = static_cast<float*>(workspace);
-    float* delta = dq_acc + size_t(rows) * D;
+    float* dq_acc = flash_attention_dq_accumulator(workspace, plan.slot, B, T, Hq, D);
+    float* zero_next =
+        plan.zero_other ? flash_attention_dq_accumulator(workspace, 1 - plan.slot, B, T, Hq, D) : nullptr;
+    float* delta = flash_attention_delta(workspace, B, T, Hq, D);
     const float scale = 1.f / std::sqrt(float(D));
 
-    const int prep_threads = 256;
-    const size_t prep_total = size_t(rows) * (D / 8);
-    bwd_prep_kernel<D><<<unsigned((prep_total + prep_threads - 1) / prep_threads), prep_threads, 0, stream>>>(
-        out, dout, delta, dq_acc, rows, T, Hq);
-    PG_CHECK_LAUNCH();
+    if (plan.have_delta && !plan.zeroed) {
+        PG_CHECK(cudaMemsetAsync(dq_acc, 0, size_t(rows) * D * sizeof(float), stream));
+    } else if (!plan.have_delta) {
+        const int prep_threads = 256;
+        const size_t prep_total = size_t(rows) * (D / 8);
+        bwd_prep_kernel<D><<<unsigned((prep_total + prep_threads - 1) / prep_threads), prep_threads, 0, stream>>>(
+            out, dout, delta, plan.zeroed ? nullptr : dq_acc, rows, T, Hq);
+        PG_CHECK_LAUNCH();
+    }
 
     constexpr int smem = BwdSmem<D>::bytes;
     set_smem(bwd_kernel<D>, smem);
@@ -731,8 +753,8 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
     const CUtensorMap map_q = head_map<kBwdBr, D>(q, B, T, Hq), map_do = head_map<kBwdBr, D>(dout, B, T, Hq);
     const CUtensorMap map_k = head_map<Bc, D>(k, B, T, Hkv), map_v = head_map<Bc, D>(v, B, T, Hkv);
     bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(map_q, map_k, map_v, map_do, q, k, v, dout, lse, delta,
-                                                                 dq_acc, dk, dv, T, Hq, Hkv, chunk, scale * kLog2e,
-                                                                 scale);
+                                                                 dq_acc, zero_next, dk, dv, T, Hq, Hkv, chunk,
+                                                                 scale * kLog2e, scale);
     PG_CHECK_LAUNCH();
 
     if (!dq) return;
@@ -753,20 +775,28 @@ void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* 
 }
 
 size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D) {
-    return size_t(B) * T * Hq * (size_t(D) + 1) * sizeof(float);
+    return size_t(B) * T * Hq * (2 * size_t(D) + 1) * sizeof(float);
 }
 
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                               const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
-                              int Hkv, int D, cudaStream_t stream) {
+                              int Hkv, int D, cudaStream_t stream, AttnBwdPlan plan) {
     check_shape("flash_attention_backward", B, T, Hq, Hkv, D);
     check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dk, dv, workspace});
     if (dq) check_aligned("flash_attention_backward", {dq});
     with_head_dim(D, [&](auto hd) {
-        launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, stream);
+        launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, plan,
+                                             stream);
     });
 }
 
-const float* flash_attention_dq_accumulator(const void* workspace) { return static_cast<const float*>(workspace); }
+float* flash_attention_dq_accumulator(void* workspace, int slot, int B, int T, int Hq, int D) {
+    if (slot != 0 && slot != 1) fail("flash_attention_dq_accumulator: dq slot %d (0 or 1)", slot);
+    return workspace_part(workspace, slot, B, T, Hq, D);
+}
+
+float* flash_attention_delta(void* workspace, int B, int T, int Hq, int D) {
+    return workspace_part(workspace, 2, B, T, Hq, D);
+}
 
 }  // namespace pg

@@ -24,24 +24,40 @@ bool flash_attention_supports_head_dim(int D);
 void flash_attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse,
                              int B, int T, int Hq, int Hkv, int D, cudaStream_t stream);
 
-// Bytes of the backward's scratch: an fp32 dq accumulator [B, T, Hq, D] (the key blocks add
-// their dq shares into it) followed by D_i = rowsum(dout * out), [B, Hq, T] fp32.
+// Bytes of the backward's scratch: two fp32 dq accumulators [B, T, Hq, D] (slots 0 and 1: the
+// key blocks add their dq shares into one of them) followed by D_i = rowsum(dout * out),
+// [B, Hq, T] fp32.
 size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D);
 
+// How a backward uses its workspace, so that a chain of calls (a model's layers) spends no pass
+// of its own on it. A call adds dq into the accumulator of `slot`, which must hold zeros first:
+// the call zeroes it in the pass that forms D_i, unless `zeroed` says the previous call on this
+// workspace (same shape) left it so. With `zero_other`, the call zeroes the other slot's while
+// its products run (the producer threads of each key block, idle once their last stage is
+// issued). With `have_delta`, D_i is already in the workspace (flash_attention_delta), formed
+// by the caller's own pass over dout and out; with both, the call is the products alone.
+struct AttnBwdPlan {
+    int slot = 0;
+    bool zeroed = false, zero_other = false, have_delta = false;
+};
+
 // Overwrites dq, dk, dv. With dq null, q's gradient stays in the workspace instead, fp32 and
-// unscaled: flash_attention_dq_accumulator(workspace) times 1/sqrt(D), same layout as dq. That
+// unscaled: flash_attention_dq_accumulator(...) times 1/sqrt(D), same layout as dq. That
 // saves a pass over it for a caller whose next kernel reads it anyway. The GQA sum over the
 // query heads of a group happens inside the kernel (one block owns a key tile of one KV head),
 // so dk and dv need no atomics; dq is summed over key tiles with fp32 atomics in the
 // workspace, so dq may differ between runs in the last bits.
 // `workspace` holds at least flash_attention_backward_workspace_bytes(B, T, Hq, D) bytes, any
-// contents; it may be reused once the stream has passed this call.
+// contents but what `plan` promises; it may be reused once the stream has passed this call.
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                               const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, int B, int T, int Hq, int Hkv, int D,
-                              cudaStream_t stream);
+                              cudaStream_t stream, AttnBwdPlan plan = {});
 
-// The fp32 accumulator of q's gradient in a backward workspace (see above).
-const float* flash_attention_dq_accumulator(const void* workspace);
+// The fp32 accumulator of q's gradient of `slot` in a backward workspace of that shape.
+float* flash_attention_dq_accumulator(void* workspace, int slot, int B, int T, int Hq, int D);
+// Where D_i = rowsum(dout * out) of each query row sits in a backward workspace of that shape:
+// [B, Hq, T] fp32, over the query heads' D values of each row.
+float* flash_attention_delta(void* workspace, int B, int T, int Hq, int D);
 
 }  // namespace pg

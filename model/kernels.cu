@@ -1357,8 +1357,8 @@ __global__ void xsa_forward_kernel(bf16* out, const bf16* y, const bf16* v, int 
     }
 }
 
-__global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H,
-                                    int Hkv, int hd, int tpv, int rpb, bool add) {
+__global__ void xsa_backward_kernel(bf16* dy, float* dv, float* delta, const bf16* dout, const bf16* y, const bf16* v,
+                                    int N, int T, int H, int Hkv, int hd, int tpv, int rpb, bool add) {
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, hk = vec % Hkv, group = H / Hkv;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
         const int n = n0 + vec / Hkv;
@@ -1384,6 +1384,11 @@ __global__ void xsa_backward_kernel(bf16* dy, float* dv, const bf16* dout, const
                 vg[j] -= ng * vn[j];
             }
             st8(dy + o, vg, cnt);
+            if (delta) {  // of dy as stored
+                round_bf16(vg);
+                const float dd = group_sum(dot8(vg, vy), tpv);
+                if (c0 == 0 && cnt > 0) delta[(size_t(n / T) * H + h) * T + n % T] = dd;
+            }
         }
         const float nd = floored ? 0.f : group_sum(dot8(vn, dvn), tpv);
 #pragma unroll
@@ -1633,12 +1638,13 @@ void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv,
 }
 
 void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd,
-                  cudaStream_t stream, bool add) {
+                  cudaStream_t stream, bool add, float* delta, int T) {
     if (N <= 0) return;
     PG_CHECK(Hkv > 0 && H % Hkv == 0);
+    PG_CHECK(!delta || (T > 0 && N % T == 0));
     const HeadLaunch L = head_launch(N, Hkv, hd);
     xsa_backward_kernel<<<one_wave(xsa_backward_kernel, L.threads, 0, L.work), L.threads, 0, stream>>>(
-        dy, dv, dout, y, v, N, H, Hkv, hd, L.tpv, L.rpb, add);
+        dy, dv, delta, dout, y, v, N, T, H, Hkv, hd, L.tpv, L.rpb, add);
     PG_CHECK_LAUNCH();
 }
 

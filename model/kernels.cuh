@@ -69,9 +69,11 @@ void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cuda
 
 // ---- XSA: out[n,h] = y[n,h] - (y[n,h].vn) vn, vn = v[n,h/group]/||v|| (ops_ref.h xsa_forward) ----
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream);
-// dy (bf16) overwritten; dv (fp32) += (= without add).
+// dy (bf16) overwritten; dv (fp32) += (= without add). With delta, also the attention
+// backward's D_i = rowsum(dy * y) of each row and head, into delta [N / T, H, T] (rows of T
+// tokens; model/attention.cuh flash_attention_delta), which saves that backward a pass over both.
 void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv,
-                  int hd, cudaStream_t stream, bool add = true);
+                  int hd, cudaStream_t stream, bool add = true, float* delta = nullptr, int T = 0);
 
 // ---- MLP activations (bf16 in and out; dinp overwritten) ----
 void leaky_relu2_forward(bf16* out, const bf16* inp, size_t n, float slope, cudaStream_t stream);

@@ -532,14 +532,17 @@ void CudaModel::block_backward(int i) {
     linear_backward_weight(gemm_side_, G(L.wo), da, x ? A.y_xsa : A.y, N, QD, D, side_, 1.f, side_sms_);
     linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da, W(L.wo), N, QD, D, st);
     const bf16* dy = dyo_;
-    if (x) {
-        xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st, false);
+    if (x) {  // which also forms the attention backward's D_i
+        xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st, false,
+                     flash_attention_delta(attn_ws_, B_, Tn_, H, hd), Tn_);
         dy = dy_;
     }
-    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st);
+    // dq accumulates in slot i & 1, which entry i + 1's backward left zeroed (AttnBwdPlan).
+    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st,
+                             AttnBwdPlan{b, !last, i > 0, x});
     QkvGrad d;
     d.dqkv = dqkv, d.dq_gain = G(L.q_gain), d.dk = dk_, d.dv = dv_att_;
-    d.dq = flash_attention_dq_accumulator(attn_ws_), d.dq_scale = 1.f / std::sqrt(float(hd));
+    d.dq = flash_attention_dq_accumulator(attn_ws_, b, B_, Tn_, H, hd), d.dq_scale = 1.f / std::sqrt(float(hd));
     d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
     if (cfg_.value_residual) {
         if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix), d.add_dv_first = !last;

@@ -111,16 +111,32 @@ void check_against_reference(const Shape& s, uint32_t seed) {
     const double e_dk = rel_err(to_float(dk.get()), dk_ref);
     const double e_dv = rel_err(to_float(dv.get()), dv_ref);
 
-    // Again with dq null: q's gradient is the workspace's fp32 accumulator times 1/sqrt(D).
+    // Again with dq null, as a model's chain of calls runs: q's gradient stays in the workspace,
+    // the fp32 accumulator of the call's slot times 1/sqrt(D). The first call zeroes its own
+    // slot (the workspace poisoned) and leaves slot 0 zeroed; the second trusts that and zeroes
+    // slot 1; the last two take D_i as the workspace holds it, once on a slot left zeroed and
+    // once on one left dirty.
     ws.poison(), dk.poison(), dv.poison();
-    flash_attention_backward(dq_in.p, dk_in.p, dv_in.p, out.p, lse.p, ddo.p, nullptr, dk.p, dv.p, ws.p,
-                             s.B, s.T, s.Hq, s.Hkv, D, 0);
-    std::vector<float> acc(nq);
-    PG_CHECK(cudaMemcpy(acc.data(), flash_attention_dq_accumulator(ws.p), nq * sizeof(float), cudaMemcpyDeviceToHost));
-    for (float& x : acc) x /= std::sqrt(float(D));
-    const double e_acc = rel_err(acc, dq_ref);
-    CHECK(e_acc < 1e-2);
-    CHECK(rel_err(to_float(dk.get()), dk_ref) == e_dk);  // the same kernel: the same bits
+    auto slot = [&](int i) {
+        std::vector<float> h(nq);
+        PG_CHECK(cudaMemcpy(h.data(), flash_attention_dq_accumulator(ws.p, i, s.B, s.T, s.Hq, D), nq * sizeof(float),
+                            cudaMemcpyDeviceToHost));
+        return h;
+    };
+    const std::vector<float> zeros(nq, 0.f);
+    for (const AttnBwdPlan plan : {AttnBwdPlan{1, false, true, false}, AttnBwdPlan{0, true, true, false},
+                                   AttnBwdPlan{1, true, false, true}, AttnBwdPlan{0, false, true, true}}) {
+        CAPTURE(plan.slot);
+        CAPTURE(plan.zeroed);
+        CAPTURE(plan.have_delta);
+        flash_attention_backward(dq_in.p, dk_in.p, dv_in.p, out.p, lse.p, ddo.p, nullptr, dk.p, dv.p, ws.p, s.B, s.T,
+                                 s.Hq, s.Hkv, D, 0, plan);
+        std::vector<float> acc = slot(plan.slot);
+        for (float& x : acc) x /= std::sqrt(float(D));
+        CHECK(rel_err(acc, dq_ref) < 1e-2);
+        if (plan.zero_other) CHECK(slot(1 - plan.slot) == zeros);
+        CHECK(rel_err(to_float(dk.get()), dk_ref) == e_dk);  // the same kernel: the same bits
+    }
     MESSAGE("B=" << s.B << " T=" << s.T << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " D=" << D << " q_scale="
                  << s.q_scale << ": rel err out " << e_out << " lse " << e_lse << " dq " << e_dq
                  << " dk " << e_dk << " dv " << e_dv);

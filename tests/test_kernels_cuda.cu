@@ -797,9 +797,23 @@ TEST_CASE("kernel xsa: forward and backward, grouped and not") {
             pg::xsa_backward(ry.data(), rv.data(), g.data(), y.data(), v.data(), N, H, Hkv, hd);
             E.check("xsa_backward dy", download(gdy, st.s), ry, kBf16);
             E.check("xsa_backward dv", minus(download(gdv, st.s), base_v), rv, kSum);
-            auto gdv_set = poisoned<float>(nv);  // overwritten (add = false)
-            xsa_backward(gdy.get(), gdv_set.get(), dg.get(), dy_in.get(), dv_in.get(), N, H, Hkv, hd, st.s, false);
+            // Overwriting dv (add = false), and with the attention backward's D_i of dy as stored
+            // and y, in rows of T tokens: delta[(b H + h) T + t] for token n = b T + t.
+            auto gdv_set = poisoned<float>(nv);
+            const int T = N % 4 == 0 ? N / 4 : N % 3 == 0 ? N / 3 : N;
+            auto delta = poisoned<float>(size_t(N) * H);
+            xsa_backward(gdy.get(), gdv_set.get(), dg.get(), dy_in.get(), dv_in.get(), N, H, Hkv, hd, st.s, false,
+                         delta.get(), T);
             E.check("xsa_backward dv overwriting", download(gdv_set, st.s), rv, kSum);
+            const Vec dy_out = download(gdy, st.s);
+            Vec rd(size_t(N) * H, 0.0);
+            for (int n = 0; n < N; ++n)
+                for (int h = 0; h < H; ++h)
+                    for (int d = 0; d < hd; ++d) {
+                        const size_t o = (size_t(n) * H + h) * hd + d;
+                        rd[(size_t(n / T) * H + h) * T + n % T] += dy_out[o] * y[o];
+                    }
+            E.check("xsa_backward delta", download(delta, st.s), rd, kSum);
         }
 }
 
