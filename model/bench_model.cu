@@ -178,7 +178,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     auto q = random_array<bf16>(size_t(N) * QD, g), k = random_array<bf16>(size_t(N) * KVD, g);
     auto v = random_array<bf16>(size_t(N) * KVD, g), vf = random_array<bf16>(size_t(N) * KVD, g);
     auto dq = random_array<float>(size_t(N) * QD, g);
-    auto dvf = random_array<float>(size_t(N) * KVD, g), dvx = random_array<float>(size_t(N) * KVD, g);
+    auto dvf = random_array<bf16>(size_t(N) * KVD, g), dvx = random_array<bf16>(size_t(N) * KVD, g);
     auto gain = random_array<float>(H + 2, g), dgain = random_array<float>(H + 2, g);
     auto f1 = random_array<bf16>(size_t(N) * hidden, g), f2 = random_array<bf16>(size_t(N) * hidden, g);
     auto f3 = random_array<bf16>(size_t(N) * hidden, g);
@@ -275,10 +275,10 @@ void bench_kernels(const ModelConfig& m, int rows) {
     const double nq = double(N) * QKV, nkv = double(N) * KVD;
     row("qkv_prep_forward: qkv, v_first -> q, k, v", nq * 2 * h + nkv * h, [&] { qkv_prep_forward(qp, s, st); });
     row("qkv_prep_backward: dq (fp32) dk dv, qkv, v_first, dv_first, dv_xsa",
-        nq * 3 * h + double(N) * QD * (f - h) + nkv * (h + 3 * f), [&] { qkv_prep_backward(qd, qp, s, st); });
+        nq * 3 * h + double(N) * QD * (f - h) + nkv * 4 * h, [&] { qkv_prep_backward(qd, qp, s, st); });
     const double ny = double(N) * QD;
     row("xsa_forward", ny * 2 * h + nkv * h, [&] { xsa_forward(q.get(), q.get(), v.get(), N, H, Hkv, hd, st); });
-    row("xsa_backward", ny * 3 * h + nkv * (h + 2 * f),
+    row("xsa_backward", ny * 3 * h + nkv * 3 * h,
         [&] { xsa_backward(q.get(), dvx.get(), q.get(), q.get(), v.get(), N, H, Hkv, hd, st); });
     const double nh = double(N) * hidden;
     row("leaky_relu2_forward", nh * 2 * h,

@@ -296,13 +296,28 @@ void launch_flat(const Op& op, size_t n, cudaStream_t stream) {
     PG_CHECK_LAUNCH();
 }
 
+// The factor of convert's and accumulate's element i (kernels.cuh): v[i / row], v[0] (row 0),
+// or none. A chunk of 8 never straddles two rows (row % 8 == 0).
+struct Factor {
+    const float* v;
+    size_t row;
+    __device__ void apply(float (&x)[8], size_t i) const {
+        if (!v) return;
+        const float k = v[row ? i / row : 0];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) x[j] *= k;
+    }
+};
+
 template <typename Src, typename Dst>
 struct ConvertOp {
     Dst* dst;
     const Src* src;
+    Factor k;
     __device__ void operator()(size_t i, int cnt) const {
         float v[8];
         ld8(v, src + i, cnt);
+        k.apply(v, i);
         st8(dst + i, v, cnt);
     }
 };
@@ -311,15 +326,11 @@ template <typename Src, typename Dst>
 struct AccumulateOp {
     Dst* dst;
     const Src* src;
-    const float* scale;
+    Factor k;
     __device__ void operator()(size_t i, int cnt) const {
         float v[8];
         ld8(v, src + i, cnt);
-        if (scale) {
-            const float k = *scale;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] *= k;
-        }
+        k.apply(v, i);
         add8(dst + i, v, cnt);
     }
 };
@@ -1284,7 +1295,7 @@ __global__ void __launch_bounds__(kThreads, 4)
             for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input
         } else {
             ahead.take(vd, it, 1, d.dv + a.o, cnt);
-            for (const float* from : {d.dv_add, d.dv_add2}) {
+            for (const bf16* from : {d.dv_add, d.dv_add2}) {
                 if (!from) continue;
                 float e[8];
                 ld8(e, from + a.o, cnt);
@@ -1357,7 +1368,7 @@ __global__ void xsa_forward_kernel(bf16* out, const bf16* y, const bf16* v, int 
     }
 }
 
-__global__ void xsa_backward_kernel(bf16* dy, float* dv, float* delta, const bf16* dout, const bf16* y, const bf16* v,
+__global__ void xsa_backward_kernel(bf16* dy, bf16* dv, float* delta, const bf16* dout, const bf16* y, const bf16* v,
                                     int N, int T, int H, int Hkv, int hd, int tpv, int rpb, bool add) {
     const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, hk = vec % Hkv, group = H / Hkv;
     for (int n0 = blockIdx.x * rpb; n0 < N; n0 += gridDim.x * rpb) {
@@ -1538,14 +1549,19 @@ __global__ void bigram_hash_kernel(int32_t* buckets, const int32_t* idx, int B, 
 
 // ---- the interface ----
 
-template <typename Src, typename Dst>
-void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream) {
-    launch_flat(ConvertOp<Src, Dst>{dst, src}, n, stream);
+static Factor factor(const float* scale, size_t row, size_t n) {
+    if (scale && row && (row % 8 || n % row)) fail("convert/accumulate: rows of %zu do not tile %zu values by 8s", row, n);
+    return Factor{scale, row};
 }
 
 template <typename Src, typename Dst>
-void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale) {
-    launch_flat(AccumulateOp<Src, Dst>{dst, src, scale}, n, stream);
+void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale, size_t row) {
+    launch_flat(ConvertOp<Src, Dst>{dst, src, factor(scale, row, n)}, n, stream);
+}
+
+template <typename Src, typename Dst>
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale, size_t row) {
+    launch_flat(AccumulateOp<Src, Dst>{dst, src, factor(scale, row, n)}, n, stream);
 }
 
 template <typename Out>
@@ -1637,7 +1653,7 @@ void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv,
     PG_CHECK_LAUNCH();
 }
 
-void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd,
+void xsa_backward(bf16* dy, bf16* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd,
                   cudaStream_t stream, bool add, float* delta, int T) {
     if (N <= 0) return;
     PG_CHECK(Hkv > 0 && H % Hkv == 0);
@@ -1752,13 +1768,13 @@ void softcap_ce_forward(float* losses, float* lse, const bf16* logits, const int
 
 // ---- instantiations: the types kernels.cuh names ----
 
-template void convert<float, float>(float*, const float*, size_t, cudaStream_t);
-template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t);
-template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t);
-template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t);
-template void accumulate<float, float>(float*, const float*, size_t, cudaStream_t, const float*);
-template void accumulate<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*);
-template void accumulate<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*);
+template void convert<float, float>(float*, const float*, size_t, cudaStream_t, const float*, size_t);
+template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t, const float*, size_t);
+template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*, size_t);
+template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*, size_t);
+template void accumulate<float, float>(float*, const float*, size_t, cudaStream_t, const float*, size_t);
+template void accumulate<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*, size_t);
+template void accumulate<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*, size_t);
 
 template void embedding_forward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
 template void embedding_forward<bf16>(bf16*, const int32_t*, const float*, int, int, cudaStream_t);

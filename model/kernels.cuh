@@ -32,12 +32,14 @@ namespace pg {
 using bf16 = __nv_bfloat16;
 
 // ---- conversions ----
-// dst[i] = src[i] (any of float/bf16 to any); accumulate: dst[i] += k src[i], summed in fp32, with
-// k = *scale (device memory) or 1 without one; dst is fp32, or bf16 for a bf16 src.
+// dst[i] = k src[i] (any of float/bf16 to any); accumulate: dst[i] += k src[i], summed in fp32,
+// dst fp32, or bf16 for a bf16 src. k from device memory: scale[i / row] with row > 0 (one factor
+// per row of a row-major matrix, row % 8 == 0 and dividing n), *scale with row 0, 1 without scale.
 template <typename Src, typename Dst>
-void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream);
+void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr, size_t row = 0);
 template <typename Src, typename Dst>
-void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr);
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr,
+                size_t row = 0);
 
 // ---- embeddings ----
 // out[n] = table[idx[n]], table fp32 [rows, C]; Out is float or bf16.
@@ -69,10 +71,10 @@ void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cuda
 
 // ---- XSA: out[n,h] = y[n,h] - (y[n,h].vn) vn, vn = v[n,h/group]/||v|| (ops_ref.h xsa_forward) ----
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream);
-// dy (bf16) overwritten; dv (fp32) += (= without add). With delta, also the attention
+// dy overwritten; dv += (= without add). With delta, also the attention
 // backward's D_i = rowsum(dy * y) of each row and head, into delta [N / T, H, T] (rows of T
 // tokens; model/attention.cuh flash_attention_delta), which saves that backward a pass over both.
-void xsa_backward(bf16* dy, float* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv,
+void xsa_backward(bf16* dy, bf16* dv, const bf16* dout, const bf16* y, const bf16* v, int N, int H, int Hkv,
                   int hd, cudaStream_t stream, bool add = true, float* delta = nullptr, int T = 0);
 
 // ---- MLP activations (bf16 in and out; dinp overwritten) ----

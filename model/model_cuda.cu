@@ -80,6 +80,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
             const ParamSpec& p = layout_.params[ix_.blocks[l].*w], &p0 = layout_.params[ix_.blocks[0].*w];
             PG_CHECK(p.offset == p0.offset + size_t(l) * p0.numel());
         }
+    wo_scaled_ = DeviceArray<bf16>(size_t(cfg_.n_layers) * cfg_.model_dim * cfg_.n_heads * cfg_.head_dim);
+    proj_scaled_ = DeviceArray<bf16>(size_t(cfg_.n_layers) * cfg_.model_dim * cfg_.hidden_dim());
 
     // Every buffer sized by max_rows comes from one allocation: first the requests, then the
     // pointers into it.
@@ -120,14 +122,15 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     for (bf16** p : {&dx_, &dblock_, &dx0_}) want(*p, N * D);
     want(dxf_, N * D);
     want(dhead_, V * D);
-    for (float** p : {&dv_first_, &dv_}) want(*p, N * KVD);
+    for (bf16** p : {&dv_first_, &dv_}) want(*p, N * KVD);
     for (bf16*& p : dskip_) want(p, N * D);
-    for (int b = 0; b < 2; ++b) want(dm_[b], N * D), want(da_[b], N * D), want(df_[b], N * F), want(dqkv_[b], N * QKV);
+    for (int b = 0; b < 2; ++b)
+        want(dout_[b], N * D), want(dmid_[b], N * D), want(df_[b], N * F), want(dqkv_[b], N * QKV);
     want(dh_, N * D);
     want(dact_, fused_mlp_ ? 0 : N * hidden);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
     for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
-    want(dwqkv_, QKV * D), want(dbig_e_, N * bd);
+    want(dw_, std::max({QKV * D, D * hidden, D * QD})), want(dbig_e_, N * bd);
 
     size_t total = 0;
     for (const auto& w : wants) total += w.first;
@@ -293,6 +296,18 @@ void CudaModel::forward_body() {
     const int N = N_, D = cfg_.model_dim;
     const cudaStream_t st = st_;
 
+    // The backward's wo and proj with the branch scales folded in, beside the forward, from the
+    // bf16 weights the forward reads (which QAT may have fake-quantized).
+    if (for_backward_) {
+        to_side();
+        const size_t QD = size_t(cfg_.n_heads) * cfg_.head_dim, hidden = cfg_.hidden_dim();
+        for (int l = 0; l < cfg_.n_layers; ++l) {
+            const ParamIndex::Block& L = ix_.blocks[l];
+            convert(wo_scaled(l), W(L.wo), D * QD, side_, P(L.attn_scale), QD);
+            convert(proj_scaled(l), W(L.proj), D * hidden, side_, P(L.mlp_scale), hidden);
+        }
+    }
+
     // The fused q|k|v weights of every layer, from this step's bf16 weights.
     const size_t row_bytes = size_t(cfg_.model_dim) * sizeof(bf16);
     int at = 0;
@@ -321,6 +336,7 @@ void CudaModel::forward_body() {
     for (int i = 0; i < int(schedule_.size()); ++i) block_forward(i);
     observe(ix_.tok_emb, xf_, D);
     for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), for_backward_);
+    if (for_backward_) join_side();
 }
 
 void CudaModel::block_forward(int i) {
@@ -440,9 +456,9 @@ void CudaModel::backward_body() {
     bf16* const dx = dx_;
     rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_, false);
 
-    // Blocks in reverse, dx holding the residual's gradient throughout. The decoder entry that
-    // pops encoder entry i runs first, and its skip backward writes dskip_[i], the gradient of
-    // i's output through that skip.
+    // Blocks in reverse, from dx (the last output's gradient) to dx again (the first block's
+    // input's). The decoder entry that pops encoder entry i runs first, and its skip backward
+    // writes dskip_[i], the gradient of i's output through that skip.
     side_pending_[0] = side_pending_[1] = false;
     for (int i = int(schedule_.size()) - 1; i >= 0; --i) block_backward(i);
     join_side();
@@ -461,7 +477,7 @@ void CudaModel::backward_body() {
         ResidualIn t;
         t.a = big_p_, t.wa = P(ix_.bigram_scale), t.wstride = 0;
         ResidualGrad d;
-        bf16* dp = dm_[0];  // free: the side stream has joined
+        bf16* dp = dout_[0];  // free: the side stream has joined
         d.da = dp, d.dwa = G(ix_.bigram_scale);
         residual_backward(nullptr, demb, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
         linear_backward_input(gemm_, dbig_e_, OutType::BF16, 0.f, dp, W(ix_.bigram_proj), N, bd, D, st);
@@ -471,13 +487,17 @@ void CudaModel::backward_body() {
     embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
 }
 
-// dx: the gradient of the block's output, replaced by that of the previous entry's output (the
-// first block: of its input). Adds the gradient of x0 into dx0_ and of the first block's values
-// into dv_first_. The block's last pass also runs the U-Net skip's backward and the previous
-// entry's first pass (ResidualPrev), which is why a block's first pass runs here only for the
-// last entry.
-// GEMM operands (dm, da, dact, df, dy, dk, dv, dqkv) are bf16, like the residual stream's
-// gradients, and so is dh, the input gradient of the matrices that read h. In a parallel block
+// dx on entry to the last block: the gradient of its output. Each block's output gradient is
+// in dout_ (by parity), formed by the block after it (the last block's, by its first pass), and
+// a sequential block's x_mid gradient goes to dmid_. The products of the branches read those
+// as they are, since the branch scales are in wo_scaled_ / proj_scaled_ and in the weight
+// gradients' add; no pass writes a scaled copy. Adds the gradient of x0 into dx0_ and of the
+// first block's values into dv_first_; the first block's input gradient goes to dx. The block's
+// last pass also runs the U-Net skip's backward and the previous entry's first pass
+// (ResidualPrev), which is why a block's first pass runs here only for the last entry.
+// GEMM operands (dout, dmid, df, dy, dk, dv, dqkv) are bf16, like the residual stream's
+// gradients, and so are dh, the input gradient of the matrices that read h, and v's gradient
+// sums (dv_first_ over the blocks, as the residual's over them; XSA's dv_). In a parallel block
 // the second product adds into dh, which is one more rounding. dq is fp32: qkv_prep's backward
 // reads the attention's fp32 accumulator (saving a pass that rounds it).
 void CudaModel::block_backward(int i) {
@@ -490,47 +510,50 @@ void CudaModel::block_backward(int i) {
     const float s = ln_scale(E.layer);
     const bool par = parallel(E.layer), last = i + 1 == int(entries_.size());
     const cudaStream_t st = st_;
-    bf16* const dx = dx_;
     const int b = i & 1;
-    bf16 *const dm = dm_[b], *const da = da_[b], *const df = df_[b], *const dqkv = dqkv_[b];
+    bf16 *const dout = dout_[b], *const dmid = dmid_[b], *const df = df_[b], *const dqkv = dqkv_[b];
 
-    // The branches' gradients from the output's (branch_terms). An encoder entry's output also
-    // fed a skip: its gradient is added first. Before every entry but the last, the next
+    // The branch scales' gradients, and the output's gradient into dout. An encoder entry's
+    // output also fed a skip: its gradient is added. Before every entry but the last, the next
     // block's last pass has done this.
     if (last) {
-        const bf16* dskip = i < n_enc_ ? dskip_[i] : nullptr;
         ResidualIn t;
         ResidualGrad d;
         branch_terms(i, t, d);
-        residual_backward(dskip ? dx : nullptr, dx, dskip, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
+        residual_backward(dout, dx_, i < n_enc_ ? dskip_[i] : nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D,
+                          st);
     }
 
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
-    // otherwise it is u's gradient, which goes back through the second norm into dx.
+    // otherwise it is u's gradient, which goes back through the second norm into dmid.
     if (fused_mlp_) {
-        mlp_down_backward(df, dm, W(L.proj), A.act, A.f_signs, N, hidden, D, cfg_.leaky_slope, st);
+        mlp_down_backward(df, dout, proj_scaled(E.layer), A.act, A.f_signs, N, hidden, D, cfg_.leaky_slope, st);
     } else {
-        linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dm, W(L.proj), N, hidden, D, st);
+        linear_backward_input(gemm_, dact_, OutType::BF16, 0.f, dout, proj_scaled(E.layer), N, hidden, D, st);
         if (cfg_.swiglu) swiglu_backward(df, dact_, A.f, N, hidden, st);
         else leaky_relu2_backward(df, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     }
-    // The weight gradients on side_ (to_side), each once its output gradient is formed.
+    // The weight gradients on side_ (to_side), each once its output gradient is formed; the
+    // branch scale of proj's and wo's multiplies their rows as they are added.
     to_side();
-    linear_backward_weight(gemm_side_, G(L.proj), dm, A.act, N, hidden, D, side_, 1.f, side_sms_);
+    linear_backward_weight(gemm_side_, dw_, dout, A.act, N, hidden, D, side_, 0.f, side_sms_);
+    accumulate(G(L.proj), dw_, size_t(D) * hidden, side_, P(L.mlp_scale), hidden);
     linear_backward_weight(gemm_side_, G(L.fc), df, par ? A.h : A.u, N, D, F, side_, 1.f, side_sms_);
     linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df, W(L.fc), N, D, F, st);
-    if (!par) {  // dx = d x_mid = dx + s rmsnorm_backward(du); then attn_scale's and a's gradients
+    if (!par) {  // d x_mid = dout + s rmsnorm_backward(du); and attn_scale's gradient
         ResidualIn t;
         ResidualGrad d;
-        t.a = A.a, t.wa = P(L.attn_scale), d.da = da, d.dwa = G(L.attn_scale);
-        residual_backward(dx, dx, nullptr, dh_, A.x_mid, A.rstd2, s, t, d, N, D, st);
+        t.a = A.a, t.wa = P(L.attn_scale), d.dwa = G(L.attn_scale);
+        residual_backward(dmid, dout, nullptr, dh_, A.x_mid, A.rstd2, s, t, d, N, D, st);
     }
+    const bf16* const dres = par ? dout : dmid;  // the gradient of the sum the attention adds into
 
     // Attention.
     const bool x = xsa(E.layer);
-    if (!par) to_side();  // da is formed (parallel: it was before the block)
-    linear_backward_weight(gemm_side_, G(L.wo), da, x ? A.y_xsa : A.y, N, QD, D, side_, 1.f, side_sms_);
-    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, da, W(L.wo), N, QD, D, st);
+    if (!par) to_side();  // dmid is formed (parallel: dout was, before the block)
+    linear_backward_weight(gemm_side_, dw_, dres, x ? A.y_xsa : A.y, N, QD, D, side_, 0.f, side_sms_);
+    accumulate(G(L.wo), dw_, size_t(D) * QD, side_, P(L.attn_scale), QD);
+    linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, dres, wo_scaled(E.layer), N, QD, D, st);
     const bf16* dy = dyo_;
     if (x) {  // which also forms the attention backward's D_i
         xsa_backward(dy_, dv_, dyo_, A.y, A.v, N, H, Hkv, hd, st, false,
@@ -552,29 +575,29 @@ void CudaModel::block_backward(int i) {
     // One product for the three weights' gradients, then each added into its own bank: three
     // products of a few rows each split K over the SMs at ~390 TFLOP/s.
     to_side();
-    linear_backward_weight(gemm_side_, dwqkv_, dqkv, A.h, N, D, QKV, side_, 0.f, side_sms_);
-    accumulate(G(L.wq), dwqkv_, size_t(QD) * D, side_);
-    accumulate(G(L.wk), dwqkv_ + size_t(QD) * D, size_t(KVD) * D, side_);
-    accumulate(G(L.wv), dwqkv_ + size_t(QD + KVD) * D, size_t(KVD) * D, side_);
+    linear_backward_weight(gemm_side_, dw_, dqkv, A.h, N, D, QKV, side_, 0.f, side_sms_);
+    accumulate(G(L.wq), dw_, size_t(QD) * D, side_);
+    accumulate(G(L.wk), dw_ + size_t(QD) * D, size_t(KVD) * D, side_);
+    accumulate(G(L.wv), dw_ + size_t(QD + KVD) * D, size_t(KVD) * D, side_);
     side_done(b);
     linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv, Wqkv(E.layer), N, D, QKV, st);
 
     // Through the first norm (x_in formed again from x and x0) and resid_mix; the first block's
-    // input gradient goes to dx, every other's on through the previous entry's first pass.
+    // input gradient goes to dx_, every other's on through the previous entry's first pass.
     ResidualIn t;
     ResidualGrad g;
     t.wx = P(L.resid_mix), t.x0 = x0_, t.w0 = P(L.resid_mix) + D;
     g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D, g.add_dx0 = !last;
     if (i == 0) {
-        t.x = E.x, g.dx = dx;
-        residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
+        t.x = E.x, g.dx = dx_;
+        residual_backward(nullptr, dres, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
         return;
     }
     // Entry i - 1 = p: its output fed this block (through the skip mix, which the pass forms
     // again) and maybe a skip of its own, whose gradient is in dskip_[p] unless it is this one.
     const int p = i - 1;
     ResidualPrev prev;
-    prev.x = slots_[p].x_out, prev.dres = dx;
+    prev.x = slots_[p].x_out, prev.dres = dout_[p & 1];
     bool own_skip = p < n_enc_;
     if (E.skip >= 0) {
         prev.s = slots_[E.skip_src].x_out;
@@ -588,16 +611,17 @@ void CudaModel::block_backward(int i) {
     if (own_skip) prev.dskip = dskip_[p];
     branch_terms(p, prev.t, prev.d);
     wait_side(p & 1);  // entry i + 1's weight gradients read the buffers p's gradients go to
-    residual_backward(nullptr, dx, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st, &prev);
+    residual_backward(nullptr, dres, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st, &prev);
 }
 
 // Entry i's branch outputs, which its output's gradient reaches first: the MLP's, and with
-// parallel residuals the attention's; and their gradients.
+// parallel residuals the attention's; their scales' gradients (the branches' own are the
+// output's gradient itself, read through the scaled weights).
 void CudaModel::branch_terms(int i, ResidualIn& t, ResidualGrad& d) const {
     const Slot& A = slots_[i];
     const ParamIndex::Block& L = ix_.blocks[entries_[i].layer];
-    t.m = A.m, t.wm = P(L.mlp_scale), d.dm = dm_[i & 1], d.dwm = G(L.mlp_scale);
-    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.da = da_[i & 1], d.dwa = G(L.attn_scale);
+    t.m = A.m, t.wm = P(L.mlp_scale), d.dwm = G(L.mlp_scale);
+    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.dwa = G(L.attn_scale);
 }
 
 void CudaModel::to_side() {

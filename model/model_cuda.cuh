@@ -122,6 +122,10 @@ private:
     const bf16* W(int i) const { return params_bf16_.get() + layout_.params[i].offset; }
     float* G(int i) const { return grads_.get() + layout_.params[i].offset; }
     const bf16* Wqkv(int l) const { return wqkv_.get() + size_t(l) * qkv_width() * cfg_.model_dim; }
+    bf16* wo_scaled(int l) const {
+        return wo_scaled_.get() + size_t(l) * cfg_.model_dim * cfg_.n_heads * cfg_.head_dim;
+    }
+    bf16* proj_scaled(int l) const { return proj_scaled_.get() + size_t(l) * cfg_.model_dim * cfg_.hidden_dim(); }
     int qkv_width() const { return (cfg_.n_heads + 2 * cfg_.n_kv_heads) * cfg_.head_dim; }
     float ln_scale(int l) const { return cfg_.ln_scale ? 1.f / std::sqrt(float(l + 1)) : 1.f; }
     bool parallel(int l) const { return l >= cfg_.parallel_from; }
@@ -171,6 +175,10 @@ private:
     DeviceArray<float> params_, grads_;
     DeviceArray<bf16> params_bf16_;
     DeviceArray<bf16> wqkv_;            // per layer [wq; wk; wv], gathered from params_bf16_ by each forward
+    // Per layer diag(attn_scale) wo and diag(mlp_scale) proj from the fp32 master, made beside
+    // each forward for backward: the input gradients of those products are then the products of
+    // the unscaled residual gradients with these, and no pass writes the scaled ones.
+    DeviceArray<bf16> wo_scaled_, proj_scaled_;
     DeviceArray<unsigned char> arena_;  // every buffer below, 256-byte aligned
 
     // Token staging: pinned, so the copy up needs no stream sync; `staged_` marks when the
@@ -195,15 +203,19 @@ private:
 
     // Backward scratch, named after the gradients they hold.
     bf16 *dx_, *dblock_, *dx0_;  // the residual stream's
-    float *dv_first_, *dv_;
-    float* dwqkv_;  // [q|k|v width, D]: one block's wq, wk, wv gradients
+    bf16 *dv_first_, *dv_;  // v's gradient: summed over the blocks for the first's, and XSA's share
+    // One block's weight gradients on the side stream before they are added into the banks: its
+    // wq|wk|wv [q|k|v width, D], then its proj and wo products before their branch scale.
+    float* dw_;
     // The head's gradients at unit loss scale, from the forward: the final norm's output [N, D]
     // and the tied embedding's [vocab, D].
     float *dxf_, *dhead_;
     std::vector<bf16*> dskip_;  // per encoder entry: the gradient of its output through its skip
-    // dm_, da_, df_ and dqkv_ by parity of the entry: the side stream's weight gradients of entry
-    // i read them while the chain goes on to entry i - 1.
-    bf16 *dm_[2], *da_[2], *df_[2], *dqkv_[2];
+    // By parity of the entry: the gradients of entry i's output (dout_) and of its x_mid (dmid_),
+    // which its branches' products read as they are (the branch scales are in wo_scaled_ and
+    // proj_scaled_, and in the side stream's add of the weight gradients), and df_, dqkv_. The
+    // side stream's weight gradients of entry i read them while the chain goes on to entry i - 1.
+    bf16 *dout_[2], *dmid_[2], *df_[2], *dqkv_[2];
     bf16 *dh_, *dact_, *dyo_, *dy_, *dk_, *dv_att_, *dbig_e_;
 };
 

@@ -706,13 +706,14 @@ struct QkvForward {
 template <typename F, typename A>
 struct QkvBackward {
     A* dqkv = nullptr;                                          // overwritten
-    F *dq_gain = nullptr, *dv_mix = nullptr, *dv_first = nullptr;  // += (dv_first = when !add_dv_first)
+    F *dq_gain = nullptr, *dv_mix = nullptr;  // +=
+    A* dv_first = nullptr;                     // += (= when !add_dv_first)
     // The attention's input gradients: q's is dq_scale * dq, in fp32 (the GPU takes the
     // attention backward's unscaled accumulator as it is, with no pass to round it).
     const F* dq = nullptr;
     F dq_scale = 1;
     const A *dk = nullptr, *dv = nullptr;
-    const F *dv_add = nullptr, *dv_add2 = nullptr;              // more gradient of v (fp32), or null
+    const A *dv_add = nullptr, *dv_add2 = nullptr;  // more gradient of v, or null
     bool add_dv_first = true;
 };
 

@@ -202,6 +202,30 @@ void check_convert(Errors& E, std::mt19937_64& rng, size_t n, size_t off, cudaSt
     }
 }
 
+// One factor a row of a [rows, cols] matrix: the branch scales folded into the backward's
+// weight copies (convert) and into the weight gradients (accumulate).
+template <typename Src, typename Dst>
+void check_row_scaled(Errors& E, std::mt19937_64& rng, size_t rows, size_t cols, cudaStream_t st) {
+    const size_t n = rows * cols;
+    const std::string tag = std::string(name(Src())) + "->" + name(Dst()) + " rows " + std::to_string(rows);
+    const Vec src = held<Src>(randn(rng, n)), k = held<float>(randn(rng, rows));
+    auto dsrc = upload<Src>(src);
+    auto dk = upload<float>(k);
+    auto ddst = poisoned<Dst>(n);
+    convert<Src, Dst>(ddst.get(), dsrc.get(), n, st, dk.get(), cols);
+    Vec ref(n);
+    for (size_t i = 0; i < n; ++i) ref[i] = double(float(k[i / cols]) * float(src[i]));
+    E.check("convert row-scaled " + tag, download(ddst.get(), n, st), held<Dst>(ref), kExact);
+    if constexpr (std::is_same_v<Dst, float> || std::is_same_v<Src, bf16>) {
+        const Vec base = held<Dst>(randn(rng, n));
+        auto dacc = upload<Dst>(base);
+        accumulate(dacc.get(), dsrc.get(), n, st, dk.get(), cols);
+        for (size_t i = 0; i < n; ++i) ref[i] = double(float(base[i]) + float(k[i / cols]) * float(src[i]));
+        E.check("accumulate row-scaled " + tag, download(dacc.get(), n, st), held<Dst>(ref),
+                std::is_same_v<Dst, float> ? kF32 : kBf16);
+    }
+}
+
 template <typename Out, typename G>
 void check_embedding(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t st) {
     const int rows = 50;  // few rows: repeated ids collide in the scatter-add
@@ -565,7 +589,7 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
 
 }  // namespace
 
-TEST_CASE("kernel convert and accumulate: every type pair, aligned and not") {
+TEST_CASE("kernel convert and accumulate: every type pair, aligned and not, one factor or one a row") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -581,6 +605,12 @@ TEST_CASE("kernel convert and accumulate: every type pair, aligned and not") {
             check_convert<bf16, float>(E, rng, n, off, st.s);
             check_convert<bf16, bf16>(E, rng, n, off, st.s);
         }
+    for (auto [rows, cols] : {std::pair<size_t, size_t>{1, 8}, {3, 8}, {130, 336}, {512, 2048}}) {
+        check_row_scaled<float, float>(E, rng, rows, cols, st.s);
+        check_row_scaled<float, bf16>(E, rng, rows, cols, st.s);
+        check_row_scaled<bf16, float>(E, rng, rows, cols, st.s);
+        check_row_scaled<bf16, bf16>(E, rng, rows, cols, st.s);
+    }
 }
 
 TEST_CASE("kernel embedding and bigram hash: gather, scatter-add, buckets") {
@@ -703,25 +733,26 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                             E.check("qkv_prep_forward k rstd", download(dkr, st.s), kr, kSum);
                         }
 
-                        // Backward, with both extra fp32 gradients of v (XSA's, and v_first's in
-                        // the first block) present or not, and the forward's rstd rounded to fp32.
+                        // Backward, with both extra gradients of v (XSA's, and v_first's in the
+                        // first block) present or not, and the forward's rstd rounded to fp32.
                         const bool adds = vmix != with_gain;
                         const Vec gq = held<float>(randn(rng, nq)), gk = held<bf16>(randn(rng, nkv)),
-                                  gv = held<bf16>(randn(rng, nkv)), add1 = randn(rng, nkv), add2 = randn(rng, nkv);
+                                  gv = held<bf16>(randn(rng, nkv)), add1 = held<bf16>(randn(rng, nkv)),
+                                  add2 = held<bf16>(randn(rng, nkv));
                         const Vec base_gain = held<float>(randn(rng, s.H)), base_mix = held<float>(randn(rng, 2)),
-                                  base_vf = held<float>(randn(rng, nkv));
+                                  base_vf = held<bf16>(randn(rng, nkv));
                         Vec qr32 = held<float>(qr), kr32 = held<float>(kr);
                         auto dgq = upload<float>(gq);
                         auto dgk = upload<bf16>(gk);
                         auto dgv = upload<bf16>(gv);
-                        auto dadd1 = upload<float>(add1);
-                        auto dadd2 = upload<float>(add2);
+                        auto dadd1 = upload<bf16>(add1);
+                        auto dadd2 = upload<bf16>(add2);
                         auto dqr32 = upload<float>(qr32);
                         auto dkr32 = upload<float>(kr32);
                         auto out = poisoned<bf16>(nqkv);
                         auto ggain = upload<float>(base_gain);
                         auto gmix = upload<float>(base_mix);
-                        auto gvf = upload<float>(base_vf);
+                        auto gvf = upload<bf16>(base_vf);
                         p.q_rstd = dqr32.get(), p.k_rstd = dkr32.get();
                         QkvGrad d;
                         d.dqkv = out.get(), d.dq_gain = ggain.get(), d.dv_mix = gmix.get(), d.dv_first = gvf.get();
@@ -743,16 +774,16 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                             CHECK(download(ggain, st.s) == base_gain);
                         if (vmix) {
                             E.check("qkv_prep_backward dv_mix", minus(download(gmix, st.s), base_mix), rmix, kSum);
-                            E.check("qkv_prep_backward dv_first", minus(download(gvf, st.s), base_vf), rvf, kF32);
+                            E.check("qkv_prep_backward dv_first", download(gvf, st.s), plus(base_vf, rvf), kBf16);
                             // dv_first overwritten (add_dv_first false): on the GPU over poison,
                             // in the oracle over random values.
-                            auto gvf_set = poisoned<float>(nkv);
+                            auto gvf_set = poisoned<bf16>(nkv);
                             Vec rvf_set = base_vf;
                             d.dv_first = gvf_set.get(), d.add_dv_first = false;
                             rd.dv_first = rvf_set.data(), rd.add_dv_first = false;
                             qkv_prep_backward(d, p, s, st.s);
                             pg::qkv_prep_backward(rd, r, s);
-                            E.check("qkv_prep_backward dv_first overwriting", download(gvf_set, st.s), rvf_set, kF32);
+                            E.check("qkv_prep_backward dv_first overwriting", download(gvf_set, st.s), rvf_set, kBf16);
                         } else {
                             CHECK(download(gmix, st.s) == base_mix);
                             CHECK(download(gvf, st.s) == base_vf);
@@ -788,23 +819,23 @@ TEST_CASE("kernel xsa: forward and backward, grouped and not") {
             pg::xsa_forward(out.data(), y.data(), v.data(), N, H, Hkv, hd);
             E.check("xsa_forward", download(dout, st.s), out, kBf16);
 
-            const Vec g = held<bf16>(randn(rng, ny)), base_v = randn(rng, nv);
+            const Vec g = held<bf16>(randn(rng, ny)), base_v = held<bf16>(randn(rng, nv));
             auto dg = upload<bf16>(g);
             auto gdy = poisoned<bf16>(ny);
-            auto gdv = upload<float>(base_v);
+            auto gdv = upload<bf16>(base_v);
             xsa_backward(gdy.get(), gdv.get(), dg.get(), dy_in.get(), dv_in.get(), N, H, Hkv, hd, st.s);
             Vec ry(ny, 0.0), rv(nv, 0.0);
             pg::xsa_backward(ry.data(), rv.data(), g.data(), y.data(), v.data(), N, H, Hkv, hd);
             E.check("xsa_backward dy", download(gdy, st.s), ry, kBf16);
-            E.check("xsa_backward dv", minus(download(gdv, st.s), base_v), rv, kSum);
+            E.check("xsa_backward dv", download(gdv, st.s), plus(base_v, rv), kBf16);
             // Overwriting dv (add = false), and with the attention backward's D_i of dy as stored
             // and y, in rows of T tokens: delta[(b H + h) T + t] for token n = b T + t.
-            auto gdv_set = poisoned<float>(nv);
+            auto gdv_set = poisoned<bf16>(nv);
             const int T = N % 4 == 0 ? N / 4 : N % 3 == 0 ? N / 3 : N;
             auto delta = poisoned<float>(size_t(N) * H);
             xsa_backward(gdy.get(), gdv_set.get(), dg.get(), dy_in.get(), dv_in.get(), N, H, Hkv, hd, st.s, false,
                          delta.get(), T);
-            E.check("xsa_backward dv overwriting", download(gdv_set, st.s), rv, kSum);
+            E.check("xsa_backward dv overwriting", download(gdv_set, st.s), rv, kBf16);
             const Vec dy_out = download(gdy, st.s);
             Vec rd(size_t(N) * H, 0.0);
             for (int n = 0; n < N; ++n)
@@ -1001,7 +1032,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto qkv = upload<bf16>(randn(rng, nq + 2 * nkv));
     auto gkv = upload<bf16>(randn(rng, nkv));
     auto mix = upload<float>(randn(rng, 2));
-    DeviceArray<float> dvf(nkv);
+    DeviceArray<bf16> dvf(nkv);
     DeviceArray<bf16> dx(n), ds(n), dres(n), dqkv(nq + 2 * nkv), dm(n);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {

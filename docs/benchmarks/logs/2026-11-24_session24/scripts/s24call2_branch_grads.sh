@@ -1,0 +1,12 @@
+#!/bin/bash
+# Session 24 call 2: the branch products read the residual gradients themselves (scales folded
+# into the weights); tests, then the step alternating with HEAD's binary.
+set -u
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
+build/pgolf_tests -tc='*convert*,*odel*,*train*' 2>&1 | tail -4 | tee $OUT/tests.log
+for r in 1 2 3; do
+  for b in base new; do
+    .bench/pgolf_$b bench model --rows 24 --recur both > $OUT/bench_${b}_$r.log 2>&1
+    echo "$b round $r: $(grep -E '^ +24 +(on|off)' $OUT/bench_${b}_$r.log | awk '{printf "%s %s ms  ", $2, $6}')"
+  done
+done | tee $OUT/ab.txt
