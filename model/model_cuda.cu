@@ -414,7 +414,7 @@ void CudaModel::head_chunk(int r0, int rows, bool grads) {
     softcap_ce_forward(losses_ + r0, lse_ + r0, logits_, targets_ + r0, rows, V, cfg_.logit_softcap, st_,
                        grads ? logits_ : nullptr);
     if (!grads) return;
-    linear_backward_input(gemm_, dxf_ + size_t(r0) * D, OutType::F32, 0.f, logits_, W(ix_.tok_emb), rows, D, V, st_);
+    linear_backward_input(gemm_, dxf_ + size_t(r0) * D, OutType::BF16, 0.f, logits_, W(ix_.tok_emb), rows, D, V, st_);
     linear_backward_weight(gemm_, dhead_, logits_, x, rows, D, V, st_, r0 > 0 ? 1.f : 0.f);
 }
 
@@ -453,14 +453,17 @@ void CudaModel::backward_body() {
     // writer is known are overwritten by it, not zeroed first: dx here, dx0_ and dv_first_ by
     // the last entry, dv_ by each XSA block, dblock_ and demb below.
     accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
-    bf16* const dx = dx_;
-    rmsnorm_backward(dx, dxf_, slots_[schedule_.size() - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_, false);
+    // The last entry's output gradient, where that entry reads it (block_backward).
+    const int S = int(schedule_.size());
+    PG_CHECK(S - 1 >= n_enc_);  // an encoder entry's output would also feed a skip
+    rmsnorm_backward(dout_[(S - 1) & 1], dxf_, slots_[S - 1].x_out, rstd_f_, N, D, 1.f, st, loss_scale_, false);
 
-    // Blocks in reverse, from dx (the last output's gradient) to dx again (the first block's
-    // input's). The decoder entry that pops encoder entry i runs first, and its skip backward
-    // writes dskip_[i], the gradient of i's output through that skip.
+    // Blocks in reverse, down to the first block's input gradient in dx. The decoder entry that
+    // pops encoder entry i runs first, and its skip backward writes dskip_[i], the gradient of
+    // i's output through that skip.
+    bf16* const dx = dx_;
     side_pending_[0] = side_pending_[1] = false;
-    for (int i = int(schedule_.size()) - 1; i >= 0; --i) block_backward(i);
+    for (int i = S - 1; i >= 0; --i) block_backward(i);
     join_side();
     // x0 feeds the first block and every resid_mix.
     accumulate(dx, dx0_, ND, st);
@@ -487,9 +490,8 @@ void CudaModel::backward_body() {
     embedding_backward(G(ix_.tok_emb), inputs_, demb, N, D, st);
 }
 
-// dx on entry to the last block: the gradient of its output. Each block's output gradient is
-// in dout_ (by parity), formed by the block after it (the last block's, by its first pass), and
-// a sequential block's x_mid gradient goes to dmid_. The products of the branches read those
+// Each block's output gradient is in dout_ (by parity), formed by the block after it (the last
+// block's by the head's norm), and a sequential block's x_mid gradient goes to dmid_. The products of the branches read those
 // as they are, since the branch scales are in wo_scaled_ / proj_scaled_ and in the weight
 // gradients' add; no pass writes a scaled copy. Adds the gradient of x0 into dx0_ and of the
 // first block's values into dv_first_; the first block's input gradient goes to dx. The block's
@@ -513,15 +515,14 @@ void CudaModel::block_backward(int i) {
     const int b = i & 1;
     bf16 *const dout = dout_[b], *const dmid = dmid_[b], *const df = df_[b], *const dqkv = dqkv_[b];
 
-    // The branch scales' gradients, and the output's gradient into dout. An encoder entry's
-    // output also fed a skip: its gradient is added. Before every entry but the last, the next
-    // block's last pass has done this.
+    // The branch scales' gradients. Before every entry but the last, the next block's last pass
+    // has formed them (and dout, with what a skip from the output added; the last entry is a
+    // decoder's, whose output feeds no skip).
     if (last) {
         ResidualIn t;
         ResidualGrad d;
         branch_terms(i, t, d);
-        residual_backward(dout, dx_, i < n_enc_ ? dskip_[i] : nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D,
-                          st);
+        residual_backward(nullptr, dout, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
     }
 
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);

@@ -208,8 +208,9 @@ private:
     // wq|wk|wv [q|k|v width, D], then its proj and wo products before their branch scale.
     float* dw_;
     // The head's gradients at unit loss scale, from the forward: the final norm's output [N, D]
-    // and the tied embedding's [vocab, D].
-    float *dxf_, *dhead_;
+    // (bf16, as every product's input gradient) and the tied embedding's [vocab, D].
+    bf16* dxf_;
+    float* dhead_;
     std::vector<bf16*> dskip_;  // per encoder entry: the gradient of its output through its skip
     // By parity of the entry: the gradients of entry i's output (dout_) and of its x_mid (dmid_),
     // which its branches' products read as they are (the branch scales are in wo_scaled_ and
