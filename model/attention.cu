@@ -120,13 +120,17 @@ CUtensorMap head_map(const bf16* p, int B, int T, int heads) {
     return tensor_map(p, T, heads * D, ROWS, Tile<ROWS, D>::CW, B);
 }
 
-// Four blocks share an SM where registers allow (D <= 64: 128 registers a thread).
+// Four blocks share an SM where registers allow (D <= 64: 128 registers a thread). The grid
+// runs in chunks of `chunk` (batch, head) pairs, as the backward's does; inside a chunk the
+// query tiles go heaviest (most key tiles) first: the last tile of each pair of the chunk, then
+// the one before, and so on. The K/V rows that a chunk's blocks read then stay in L2 (ordered
+// heaviest first over the whole grid, every pair's K/V was in use at once).
 template <int D>
 __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
     fwd_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                const __grid_constant__ CUtensorMap map_v, const bf16* __restrict__ q, const bf16* __restrict__ k,
                const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse, int T, int Hq, int Hkv,
-               float scale_log2) {
+               int chunk, float scale_log2) {
     constexpr int Br = kFwdBr, Bc = kFwdBc, NT = 128;
     constexpr int NB = Bc / 8, DB = D / 8, DN = D < 64 ? D : 64;
     using TQ = Tile<Br, D>;
@@ -135,8 +139,11 @@ __global__ void __launch_bounds__(128, D <= 64 ? 4 : 1)
     const uint32_t sQ = smem_addr(smem), sK = sQ + TQ::BYTES, sV = sK + 2 * TK::BYTES;
     auto full = [&](int buf) { return sV + 2 * TK::BYTES + 8 * buf; };  // K/V buffer buf landed (TMA)
 
-    const int bh = blockIdx.x, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hkv);
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * Br;  // blockIdx.y = 0, the most key tiles, first
+    const int n_qt = (T + Br - 1) / Br, pairs = gridDim.x / n_qt;
+    const int c = blockIdx.x / (chunk * n_qt), r = blockIdx.x % (chunk * n_qt);
+    const int in_chunk = min(chunk, pairs - c * chunk);
+    const int bh = c * chunk + r % in_chunk, b = bh / Hq, h = bh % Hq, hk = h / (Hq / Hkv);
+    const int q0 = (n_qt - 1 - r / in_chunk) * Br;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const size_t qs = size_t(Hq) * D, ks = size_t(Hkv) * D;
     const bf16* qg = q + (size_t(b) * T * Hq + h) * D;
@@ -708,11 +715,15 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
                     int Hkv, cudaStream_t stream) {
     constexpr int smem = fwd_smem_bytes<D>();
     set_smem(fwd_kernel<D>, smem);
-    const dim3 grid(B * Hq, (T + kFwdBr - 1) / kFwdBr);
+    const unsigned blocks = unsigned(B * Hq) * unsigned((T + kFwdBr - 1) / kFwdBr);
+    // Chunks of (batch, head) pairs whose K/V take a third of L2 (at least one pair).
+    const size_t pair_kv_bytes = size_t(2) * T * D * sizeof(bf16) / (Hq / Hkv);
+    const int chunk = int(std::max<size_t>(1, l2_bytes() / 3 / pair_kv_bytes));
     const float scale_log2 = kLog2e / std::sqrt(float(D));
     const CUtensorMap map_q = head_map<kFwdBr, D>(q, B, T, Hq);
     const CUtensorMap map_k = head_map<kFwdBc, D>(k, B, T, Hkv), map_v = head_map<kFwdBc, D>(v, B, T, Hkv);
-    fwd_kernel<D><<<grid, 128, smem, stream>>>(map_q, map_k, map_v, q, k, v, out, lse, T, Hq, Hkv, scale_log2);
+    fwd_kernel<D><<<blocks, 128, smem, stream>>>(map_q, map_k, map_v, q, k, v, out, lse, T, Hq, Hkv, chunk,
+                                                 scale_log2);
     PG_CHECK_LAUNCH();
 }
 
