@@ -450,8 +450,8 @@ void CudaModel::backward_body() {
     const cudaStream_t st = st_;
 
     // The head's gradients, which the forward formed at unit scale. Gradients whose first
-    // writer is known are overwritten by it, not zeroed first: dx here, dx0_ and dv_first_ by
-    // the last entry, dv_ by each XSA block, dblock_ and demb below.
+    // writer is known are overwritten by it, not zeroed first: the last entry's output gradient
+    // here, dx0_ and dv_first_ by the last entry, dv_ by each XSA block, dblock_ and demb below.
     accumulate(G(ix_.tok_emb), dhead_, size_t(cfg_.vocab_size) * D, st, loss_scale_);
     // The last entry's output gradient, where that entry reads it (block_backward).
     const int S = int(schedule_.size());

@@ -175,7 +175,7 @@ private:
     DeviceArray<float> params_, grads_;
     DeviceArray<bf16> params_bf16_;
     DeviceArray<bf16> wqkv_;            // per layer [wq; wk; wv], gathered from params_bf16_ by each forward
-    // Per layer diag(attn_scale) wo and diag(mlp_scale) proj from the fp32 master, made beside
+    // Per layer diag(attn_scale) wo and diag(mlp_scale) proj from the bf16 weights, made beside
     // each forward for backward: the input gradients of those products are then the products of
     // the unscaled residual gradients with these, and no pass writes the scaled ones.
     DeviceArray<bf16> wo_scaled_, proj_scaled_;
@@ -205,7 +205,7 @@ private:
     bf16 *dx_, *dblock_, *dx0_;  // the residual stream's
     bf16 *dv_first_, *dv_;  // v's gradient: summed over the blocks for the first's, and XSA's share
     // One block's weight gradients on the side stream before they are added into the banks: its
-    // wq|wk|wv [q|k|v width, D], then its proj and wo products before their branch scale.
+    // proj and wo products before their branch scale, then its wq|wk|wv [q|k|v width, D].
     float* dw_;
     // The head's gradients at unit loss scale, from the forward: the final norm's output [N, D]
     // (bf16, as every product's input gradient) and the tied embedding's [vocab, D].
