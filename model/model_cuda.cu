@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "model/attention.cuh"
+#include "model/graph_memsets.cuh"
 #include "model/mlp_gemm.cuh"
 
 namespace pg {
@@ -221,6 +222,7 @@ void CudaModel::run(Graphs& graphs, const GraphKey& key, const std::function<voi
         }
         st_ = stream_;
         PG_CHECK(cudaStreamEndCapture(capture_, &graph));
+        memsets_as_kernels(graph);
         cudaGraphExec_t exec;
         PG_CHECK(cudaGraphInstantiate(&exec, graph, 0));
         PG_CHECK(cudaGraphDestroy(graph));
