@@ -233,21 +233,10 @@ void bench_kernels(const ModelConfig& m, int rows) {
     tp.m = mb.get(), tp.wm = w2.get();
     row("residual_forward: x, x0, a, m -> x_out (parallel block)", nC * h * 5,
         [&] { residual_forward(out.get(), nullptr, nullptr, tp, N, C, 1.f, st); });
-    {
-        ResidualIn tb;
-        ResidualGrad d;
-        tb.m = mb.get(), tb.wm = w.get(), d.dm = ob.get(), d.dwm = dw.get();
-        row("residual_backward: dy + dskip, m -> dy, dm, dw", nC * h * 5,
-            [&] { residual_backward(dy.get(), dy.get(), dn.get(), nullptr, nullptr, nullptr, 1.f, tb, d, N, C, st); });
-    }
-    {
-        ResidualIn tb;
-        ResidualGrad d;
-        tb.a = a.get(), tb.wa = w.get(), d.da = ob.get(), d.dwa = dw.get();
-        row("residual_backward: dy, du, x_mid, a -> dy, da, dw (norm 2)", nC * h * 6, [&] {
-            residual_backward(dy.get(), dy.get(), nullptr, dnb.get(), x.get(), rstd.get(), 0.5f, tb, d, N, C, st);
-        });
-    }
+    row("residual_backward: dy, du, x_mid -> dy (norm 2)", nC * h * 4, [&] {
+        residual_backward(dy.get(), dy.get(), nullptr, dnb.get(), x.get(), rstd.get(), 0.5f, ResidualIn{},
+                          ResidualGrad{}, N, C, st);
+    });
     {
         ResidualGrad d;
         d.dx = out.get(), d.dx0 = out2.get(), d.dwx = dw.get(), d.dw0 = dw.get() + C;
@@ -263,12 +252,11 @@ void bench_kernels(const ModelConfig& m, int rows) {
         ResidualPrev p;
         p.x = x.get(), p.s = out.get(), p.w = w.get(), p.gate = w2.get(), p.ds = dn.get(), p.dw = dw.get() + 2 * C;
         p.dgate = dw.get() + 3 * C, p.dres = dy.get();
-        p.t.m = mb.get(), p.t.wm = w.get(), p.d.dm = ob.get(), p.d.dwm = dw.get() + 4 * C;
-        row("residual_backward: norm 1, skip, previous m -> dx, dx0, ds, dm, dw", nC * h * 11, [&] {
+        row("residual_backward: norm 1, skip -> dx, dx0, ds, dw", nC * h * 9, [&] {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
         });
         tp.x = x.get(), p.s = nullptr, p.dw = p.dgate = nullptr;
-        row("residual_backward: norm 1, previous m -> dx, dx0, dm, dw", nC * h * 9, [&] {
+        row("residual_backward: norm 1 -> dx, dx0, dw", nC * h * 7, [&] {
             residual_backward(nullptr, dy.get(), nullptr, dnb.get(), nullptr, rstd.get(), 0.5f, tp, d, N, C, st, &p);
         });
     }

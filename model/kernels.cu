@@ -335,6 +335,26 @@ struct AccumulateOp {
     }
 };
 
+// scaled_rows_backward: one block a row, thread i the chunks of 8 columns at (k * 128 + i) * 8.
+constexpr int kRowThreads = 128;
+__global__ void __launch_bounds__(kRowThreads) scaled_rows_backward_kernel(float* dW, float* ds, const float* g,
+                                                                             const bf16* W, const float* s, int cols) {
+    const size_t o = size_t(blockIdx.x) * cols;
+    const float k = s[blockIdx.x];
+    float dot = 0.f;
+    for (int c = threadIdx.x * 8; c < cols; c += kRowThreads * 8) {
+        float gv[8], wv[8];
+        ld8(gv, g + o + c, cols - c);
+        ld8(wv, W + o + c, cols - c);
+        dot += dot8(gv, wv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) gv[j] *= k;
+        add8(dW + o + c, gv, cols - c);
+    }
+    dot = block_sum(dot);
+    if (threadIdx.x == 0) ds[blockIdx.x] += dot;
+}
+
 struct LeakyRelu2Forward {
     bf16* out;
     const bf16* inp;
@@ -818,6 +838,8 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
     }
 }
 
+constexpr int kResSlots = 6;  // the weight gradients a residual backward pass can sum
+
 struct ResidualBackwardArgs {
     bf16* dres;
     const bf16 *dy, *dadd, *dnorm, *xn;
@@ -826,9 +848,8 @@ struct ResidualBackwardArgs {
     ResidualIn t;
     ResidualGrad d;
     ResidualPrev p;
-    // Accumulator of each weight gradient, or -1 for none: t's x, x0, a, m; p's skip w and gate;
-    // p.t's a and m.
-    int slot[8];
+    // Accumulator of each weight gradient, or -1 for none: t's x, x0, a, m; p's skip w and gate.
+    int slot[kResSlots];
 };
 
 // The weight-gradient sums of a residual backward pass, in shared memory rather than
@@ -914,7 +935,6 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
     constexpr unsigned tmask = SKIP ? 2u : PREV ? 3u : 15u;
     // The terms read a second time, for their weights' gradients (bits as TermChunk's want).
     const unsigned want = (a.slot[0] >= 0) | (a.slot[1] >= 0) << 1 | (a.slot[2] >= 0) << 2 | (a.slot[3] >= 0) << 3;
-    const unsigned pwant = (a.slot[6] >= 0) << 2 | (a.slot[7] >= 0) << 3;
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float g[K][8], xs[K][8], dot = 0.f;  // the row's gradient; the norm's input
@@ -969,7 +989,7 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
-            const TermChunk v(t, o, cnt, want & tmask), pv(p.t, o, cnt, PREV ? pwant : 0u);
+            const TermChunk v(t, o, cnt, want & tmask);
             const uint4 vx = raw_at(SKIP ? p.x : nullptr, o, cnt), vs = raw_at(SKIP ? p.s : nullptr, o, cnt);
             const uint4 vdx0 = raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt);
             const uint4 vdskip = raw_at(PREV ? p.dskip : nullptr, o, cnt);
@@ -1018,8 +1038,6 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
                     for (int j = 0; j < 8; ++j) gx[j] += e[j];
                 }
                 st8(p.dres + o, gx, cnt);  // may alias dy: read above by this lane
-                term_backward(acc, a.slot[6], k, gx, p.t.a, pv.a, p.t.wa, p.d.da, nullptr, o, c0, cnt, 1);
-                term_backward(acc, a.slot[7], k, gx, p.t.m, pv.m, p.t.wm, p.d.dm, nullptr, o, c0, cnt, 1);
             }
         }
     }
@@ -1550,7 +1568,7 @@ __global__ void bigram_hash_kernel(int32_t* buckets, const int32_t* idx, int B, 
 // ---- the interface ----
 
 static Factor factor(const float* scale, size_t row, size_t n) {
-    if (scale && row && (row % 8 || n % row)) fail("convert/accumulate: rows of %zu do not tile %zu values by 8s", row, n);
+    if (scale && row && (row % 8 || n % row)) fail("convert: rows of %zu do not tile %zu values by 8s", row, n);
     return Factor{scale, row};
 }
 
@@ -1560,8 +1578,15 @@ void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const floa
 }
 
 template <typename Src, typename Dst>
-void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale, size_t row) {
-    launch_flat(AccumulateOp<Src, Dst>{dst, src, factor(scale, row, n)}, n, stream);
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale) {
+    launch_flat(AccumulateOp<Src, Dst>{dst, src, Factor{scale, 0}}, n, stream);
+}
+
+void scaled_rows_backward(float* dW, float* ds, const float* g, const bf16* W, const float* s, int rows, int cols,
+                          cudaStream_t stream) {
+    if (rows <= 0 || cols <= 0) return;
+    scaled_rows_backward_kernel<<<rows, kRowThreads, 0, stream>>>(dW, ds, g, W, s, cols);
+    PG_CHECK_LAUNCH();
 }
 
 template <typename Out>
@@ -1714,14 +1739,14 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!dnorm || rstd);
     if (prev) {
-        PG_CHECK(prev->x && prev->dres && !d.dx && !xn && !t.a && !t.m && t.wstride == 1 && prev->t.wstride == 1);
+        PG_CHECK(prev->x && prev->dres && !d.dx && !xn && !t.a && !t.m && t.wstride == 1);
         PG_CHECK(!prev->s || (prev->w && prev->gate && !t.x));
     }
     ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, prev ? *prev : ResidualPrev{},
-                           {-1, -1, -1, -1, -1, -1, -1, -1}};
-    float* const dw[8] = {d.dwx, d.dw0, d.dwa, d.dwm, a.p.dw, a.p.dgate, a.p.d.dwa, a.p.d.dwm};
+                           {-1, -1, -1, -1, -1, -1}};
+    float* const dw[kResSlots] = {d.dwx, d.dw0, d.dwa, d.dwm, a.p.dw, a.p.dgate};
     int slots = 0;
-    for (int i = 0; i < 8; ++i)
+    for (int i = 0; i < kResSlots; ++i)
         if (dw[i]) a.slot[i] = slots++;
     auto launch = [&](auto kernel, int K) {
         const int threads = kResWarps * 32;
@@ -1733,7 +1758,7 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
         int dev = 0, optin = 0;
         PG_CHECK(cudaGetDevice(&dev));
         PG_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        const size_t limit = std::min(residual_backward_smem(K, 8, skip), size_t(optin));
+        const size_t limit = std::min(residual_backward_smem(K, kResSlots, skip), size_t(optin));
         if (smem > limit)
             fail("residual_backward: %d weight gradients of rows of %d take too much shared memory", slots, C);
         PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
@@ -1742,7 +1767,7 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
         kernel<<<blocks, threads, smem, stream>>>(a, N, C, slots, partial);
         PG_CHECK_LAUNCH();
         PartialSums f;
-        for (int i = 0; i < 8; ++i)
+        for (int i = 0; i < kResSlots; ++i)
             if (dw[i]) f.add(dw[i], partial + size_t(a.slot[i]) * blocks * C, C);
         finish_partials(f, blocks, C, t.wstride, stream);
     };
@@ -1772,9 +1797,9 @@ template void convert<float, float>(float*, const float*, size_t, cudaStream_t, 
 template void convert<float, bf16>(bf16*, const float*, size_t, cudaStream_t, const float*, size_t);
 template void convert<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*, size_t);
 template void convert<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*, size_t);
-template void accumulate<float, float>(float*, const float*, size_t, cudaStream_t, const float*, size_t);
-template void accumulate<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*, size_t);
-template void accumulate<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*, size_t);
+template void accumulate<float, float>(float*, const float*, size_t, cudaStream_t, const float*);
+template void accumulate<bf16, float>(float*, const bf16*, size_t, cudaStream_t, const float*);
+template void accumulate<bf16, bf16>(bf16*, const bf16*, size_t, cudaStream_t, const float*);
 
 template void embedding_forward<float>(float*, const int32_t*, const float*, int, int, cudaStream_t);
 template void embedding_forward<bf16>(bf16*, const int32_t*, const float*, int, int, cudaStream_t);

@@ -33,13 +33,19 @@ using bf16 = __nv_bfloat16;
 
 // ---- conversions ----
 // dst[i] = k src[i] (any of float/bf16 to any); accumulate: dst[i] += k src[i], summed in fp32,
-// dst fp32, or bf16 for a bf16 src. k from device memory: scale[i / row] with row > 0 (one factor
-// per row of a row-major matrix, row % 8 == 0 and dividing n), *scale with row 0, 1 without scale.
+// dst fp32, or bf16 for a bf16 src. k from device memory: *scale, 1 without scale; convert also
+// takes scale[i / row] with row > 0 (one factor per row of a row-major matrix, row % 8 == 0 and
+// dividing n).
 template <typename Src, typename Dst>
 void convert(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr, size_t row = 0);
 template <typename Src, typename Dst>
-void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr,
-                size_t row = 0);
+void accumulate(Dst* dst, const Src* src, size_t n, cudaStream_t stream, const float* scale = nullptr);
+// A branch scale s folded into the rows of its matrix W [rows, cols] (the product reads
+// diag(s) W; ops_ref.h scaled_rows_backward): from g, the fp32 gradient of diag(s) W,
+// dW += diag(s) g and ds[r] += W[r, :] . g[r, :], W as the forward read it (bf16), each dot
+// summed in a fixed order. The scale's gradient so needs no pass over the branch's output.
+void scaled_rows_backward(float* dW, float* ds, const float* g, const bf16* W, const float* s, int rows, int cols,
+                          cudaStream_t stream);
 
 // ---- embeddings ----
 // out[n] = table[idx[n]], table fp32 [rows, C]; Out is float or bf16.
@@ -124,7 +130,7 @@ void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, i
 //   from x and s): gx = g y, ds = (1-g) w y, dw and dgate added to; with ds null, s is x itself
 //   and its share adds into gx;
 //   gx += dskip (x's gradient through its own skip);
-//   dres = gx, and the previous block's branch terms t (a, m) get their gradients d from gx.
+//   dres = gx.
 // Weights are per channel (wstride 1) throughout.
 struct ResidualPrev {
     const bf16 *x = nullptr, *s = nullptr;
@@ -133,8 +139,6 @@ struct ResidualPrev {
     float *dw = nullptr, *dgate = nullptr;
     const bf16* dskip = nullptr;
     bf16* dres = nullptr;  // may alias dy
-    ResidualIn t;
-    ResidualGrad d;
 };
 void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16* dnorm, const bf16* xn,
                        const float* rstd, float scale, const ResidualIn& t, const ResidualGrad& d, int N, int C,

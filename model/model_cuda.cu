@@ -493,12 +493,14 @@ void CudaModel::backward_body() {
 }
 
 // Each block's output gradient is in dout_ (by parity), formed by the block after it (the last
-// block's by the head's norm), and a sequential block's x_mid gradient goes to dmid_. The products of the branches read those
-// as they are, since the branch scales are in wo_scaled_ / proj_scaled_ and in the weight
-// gradients' add; no pass writes a scaled copy. Adds the gradient of x0 into dx0_ and of the
-// first block's values into dv_first_; the first block's input gradient goes to dx. The block's
-// last pass also runs the U-Net skip's backward and the previous entry's first pass
-// (ResidualPrev), which is why a block's first pass runs here only for the last entry.
+// block's by the head's norm), and a sequential block's x_mid gradient goes to dmid_. The
+// products of the branches read those as they are, since the branch scales are in wo_scaled_ /
+// proj_scaled_ and in the weight gradients' add; no pass writes a scaled copy. The scales'
+// own gradients come from proj's and wo's weight gradients (scaled_rows_backward), so no pass
+// reads the branches' outputs a and m. Adds the gradient of x0 into dx0_ and of the first
+// block's values into dv_first_; the first block's input gradient goes to dx. The block's last
+// pass also runs the U-Net skip's backward and takes the gradient on to the previous entry's
+// output (ResidualPrev).
 // GEMM operands (dout, dmid, df, dy, dk, dv, dqkv) are bf16, like the residual stream's
 // gradients, and so are dh, the input gradient of the matrices that read h, and v's gradient
 // sums (dv_first_ over the blocks, as the residual's over them; XSA's dv_). In a parallel block
@@ -517,16 +519,6 @@ void CudaModel::block_backward(int i) {
     const int b = i & 1;
     bf16 *const dout = dout_[b], *const dmid = dmid_[b], *const df = df_[b], *const dqkv = dqkv_[b];
 
-    // The branch scales' gradients. Before every entry but the last, the next block's last pass
-    // has formed them (and dout, with what a skip from the output added; the last entry is a
-    // decoder's, whose output feeds no skip).
-    if (last) {
-        ResidualIn t;
-        ResidualGrad d;
-        branch_terms(i, t, d);
-        residual_backward(nullptr, dout, nullptr, nullptr, nullptr, nullptr, 1.f, t, d, N, D, st);
-    }
-
     // MLP. dh collects the MLP's input gradient when the MLP read h (parallel residuals);
     // otherwise it is u's gradient, which goes back through the second norm into dmid.
     if (fused_mlp_) {
@@ -536,26 +528,23 @@ void CudaModel::block_backward(int i) {
         if (cfg_.swiglu) swiglu_backward(df, dact_, A.f, N, hidden, st);
         else leaky_relu2_backward(df, dact_, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     }
-    // The weight gradients on side_ (to_side), each once its output gradient is formed; the
-    // branch scale of proj's and wo's multiplies their rows as they are added.
+    // The weight gradients on side_ (to_side), each once its output gradient is formed. proj's
+    // and wo's are formed before their branch scale, which multiplies their rows as they are
+    // added, and give that scale's gradient on the way.
     to_side();
     linear_backward_weight(gemm_side_, dw_, dout, A.act, N, hidden, D, side_, 0.f, side_sms_);
-    accumulate(G(L.proj), dw_, size_t(D) * hidden, side_, P(L.mlp_scale), hidden);
+    scaled_rows_backward(G(L.proj), G(L.mlp_scale), dw_, W(L.proj), P(L.mlp_scale), D, hidden, side_);
     linear_backward_weight(gemm_side_, G(L.fc), df, par ? A.h : A.u, N, D, F, side_, 1.f, side_sms_);
     linear_backward_input(gemm_, dh_, OutType::BF16, 0.f, df, W(L.fc), N, D, F, st);
-    if (!par) {  // d x_mid = dout + s rmsnorm_backward(du); and attn_scale's gradient
-        ResidualIn t;
-        ResidualGrad d;
-        t.a = A.a, t.wa = P(L.attn_scale), d.dwa = G(L.attn_scale);
-        residual_backward(dmid, dout, nullptr, dh_, A.x_mid, A.rstd2, s, t, d, N, D, st);
-    }
+    if (!par)  // d x_mid = dout + s rmsnorm_backward(du)
+        residual_backward(dmid, dout, nullptr, dh_, A.x_mid, A.rstd2, s, ResidualIn{}, ResidualGrad{}, N, D, st);
     const bf16* const dres = par ? dout : dmid;  // the gradient of the sum the attention adds into
 
     // Attention.
     const bool x = xsa(E.layer);
     if (!par) to_side();  // dmid is formed (parallel: dout was, before the block)
     linear_backward_weight(gemm_side_, dw_, dres, x ? A.y_xsa : A.y, N, QD, D, side_, 0.f, side_sms_);
-    accumulate(G(L.wo), dw_, size_t(D) * QD, side_, P(L.attn_scale), QD);
+    scaled_rows_backward(G(L.wo), G(L.attn_scale), dw_, W(L.wo), P(L.attn_scale), D, QD, side_);
     linear_backward_input(gemm_, dyo_, OutType::BF16, 0.f, dres, wo_scaled(E.layer), N, QD, D, st);
     const bf16* dy = dyo_;
     if (x) {  // which also forms the attention backward's D_i
@@ -612,19 +601,8 @@ void CudaModel::block_backward(int i) {
         t.x = E.x;
     }
     if (own_skip) prev.dskip = dskip_[p];
-    branch_terms(p, prev.t, prev.d);
     wait_side(p & 1);  // entry i + 1's weight gradients read the buffers p's gradients go to
     residual_backward(nullptr, dres, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st, &prev);
-}
-
-// Entry i's branch outputs, which its output's gradient reaches first: the MLP's, and with
-// parallel residuals the attention's; their scales' gradients (the branches' own are the
-// output's gradient itself, read through the scaled weights).
-void CudaModel::branch_terms(int i, ResidualIn& t, ResidualGrad& d) const {
-    const Slot& A = slots_[i];
-    const ParamIndex::Block& L = ix_.blocks[entries_[i].layer];
-    t.m = A.m, t.wm = P(L.mlp_scale), d.dwm = G(L.mlp_scale);
-    if (parallel(entries_[i].layer)) t.a = A.a, t.wa = P(L.attn_scale), d.dwa = G(L.attn_scale);
 }
 
 void CudaModel::to_side() {

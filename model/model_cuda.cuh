@@ -142,7 +142,6 @@ private:
     void backward_body();
     void block_forward(int i);
     void block_backward(int i);
-    void branch_terms(int i, ResidualIn& t, ResidualGrad& d) const;
     // The weight gradients run on side_, beside the backward's chain, which does not read them.
     // to_side(): side_ starts its next work after what st_ has enqueued so far. Entry i's side
     // work reads the gradient buffers of parity i & 1; side_done(i & 1) marks its end, and

@@ -121,6 +121,21 @@ void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, in
     gemm_acc<T>(out_dim, in, N, dout, 1, out_dim, inp, in, 1, dw, in);
 }
 
+// A per-row scale s folded into a matrix W [rows, cols] (a product reads diag(s) W): from g, the
+// gradient of diag(s) W, W's gradient dW += diag(s) g and the scale's ds[r] += W[r, :] . g[r, :].
+template <typename T>
+void scaled_rows_backward(T* dW, T* ds, const T* g, const T* W, const T* s, int rows, int cols) {
+    for (int r = 0; r < rows; ++r) {
+        const size_t o = size_t(r) * cols;
+        T dot = 0;
+        for (int c = 0; c < cols; ++c) {
+            dW[o + c] += s[r] * g[o + c];
+            dot += W[o + c] * g[o + c];
+        }
+        ds[r] += dot;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Embedding lookup: out[n] = table[idx[n]].
 

@@ -203,7 +203,7 @@ void check_convert(Errors& E, std::mt19937_64& rng, size_t n, size_t off, cudaSt
 }
 
 // One factor a row of a [rows, cols] matrix: the branch scales folded into the backward's
-// weight copies (convert) and into the weight gradients (accumulate).
+// weight copies.
 template <typename Src, typename Dst>
 void check_row_scaled(Errors& E, std::mt19937_64& rng, size_t rows, size_t cols, cudaStream_t st) {
     const size_t n = rows * cols;
@@ -216,14 +216,21 @@ void check_row_scaled(Errors& E, std::mt19937_64& rng, size_t rows, size_t cols,
     Vec ref(n);
     for (size_t i = 0; i < n; ++i) ref[i] = double(float(k[i / cols]) * float(src[i]));
     E.check("convert row-scaled " + tag, download(ddst.get(), n, st), held<Dst>(ref), kExact);
-    if constexpr (std::is_same_v<Dst, float> || std::is_same_v<Src, bf16>) {
-        const Vec base = held<Dst>(randn(rng, n));
-        auto dacc = upload<Dst>(base);
-        accumulate(dacc.get(), dsrc.get(), n, st, dk.get(), cols);
-        for (size_t i = 0; i < n; ++i) ref[i] = double(float(base[i]) + float(k[i / cols]) * float(src[i]));
-        E.check("accumulate row-scaled " + tag, download(dacc.get(), n, st), held<Dst>(ref),
-                std::is_same_v<Dst, float> ? kF32 : kBf16);
-    }
+}
+
+// The gradients of a branch's matrix and scale from the gradient of the scaled matrix, added
+// to what the buffers held.
+void check_scaled_rows_backward(Errors& E, std::mt19937_64& rng, int rows, int cols, cudaStream_t st) {
+    const size_t n = size_t(rows) * cols;
+    const std::string tag = std::to_string(rows) + " x " + std::to_string(cols);
+    const Vec g = held<float>(randn(rng, n)), w = held<bf16>(randn(rng, n)), s = held<float>(randn(rng, rows));
+    Vec dw = held<float>(randn(rng, n)), ds = held<float>(randn(rng, rows));
+    auto dg = upload<float>(g), ddw = upload<float>(dw), dds = upload<float>(ds), ds_in = upload<float>(s);
+    auto dwt = upload<bf16>(w);
+    scaled_rows_backward(ddw.get(), dds.get(), dg.get(), dwt.get(), ds_in.get(), rows, cols, st);
+    scaled_rows_backward(dw.data(), ds.data(), g.data(), w.data(), s.data(), rows, cols);
+    E.check("scaled_rows_backward dW " + tag, download(ddw, st), dw, kF32);
+    E.check("scaled_rows_backward ds " + tag, download(dds, st), ds, kSum);
 }
 
 template <typename Out, typename G>
@@ -480,36 +487,31 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
 }
 
 // A block's first backward pass taken on to the previous entry (ResidualPrev): against the CPU
-// reference's first-norm backward, skip mix backward and the previous block's branch backward,
-// one after another. skip: 0 none, 1 from another entry's output, 2 from the previous output
-// itself; dskip: that output also fed a skip; par: the previous block is parallel (a and m).
+// reference's first-norm backward and skip mix backward, one after the other. skip: 0 none, 1
+// from another entry's output, 2 from the previous output itself; dskip: that output also fed
+// a skip.
 struct PrevCase {
     int skip;
-    bool dskip, par, alias;  // alias: dres is dy
+    bool dskip, alias;  // alias: dres is dy
 };
 constexpr PrevCase kPrevCases[] = {
-    {0, false, false, true}, {0, true, false, false}, {0, false, true, true},
-    {1, false, false, true}, {1, true, true, false},  {2, false, false, true},
+    {0, false, true}, {0, true, false}, {1, false, true}, {1, true, false}, {2, false, true},
 };
 
 void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, int N, int C, cudaStream_t st) {
-    const std::string tag = "skip " + std::to_string(pc.skip) + (pc.dskip ? ", dskip" : "") +
-                            (pc.par ? ", parallel" : "") + ", C=" + std::to_string(C);
+    const std::string tag =
+        "skip " + std::to_string(pc.skip) + (pc.dskip ? ", dskip" : "") + ", C=" + std::to_string(C);
     const size_t n = size_t(N) * C;
     const double scale = 0.7;
     const Vec xp = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)),
               sk = pc.skip == 2 ? xp : held<bf16>(randn(rng, n));
     const Vec wx = randn(rng, C, 0.5), w0 = randn(rng, C, 0.5), w = randn(rng, C, 0.5), gate = randn(rng, C);
-    const Vec a = held<bf16>(randn(rng, n)), m = held<bf16>(randn(rng, n)), wa = randn(rng, C, 0.5),
-              wm = randn(rng, C, 0.5);
     const Vec dy = held<bf16>(randn(rng, n)), dnorm = held<bf16>(randn(rng, n)), dskip = held<bf16>(randn(rng, n));
     const Vec base_x0 = held<bf16>(randn(rng, n, 0.1)), base_w = randn(rng, C);  // as in check_residual
     std::vector<DeviceArray<float>> f32;
     std::vector<DeviceArray<bf16>> b16;
     auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
     auto devb = [&](const Vec& v) { return b16.emplace_back(upload<bf16>(v)).get(); };
-    auto da = upload<bf16>(a);
-    auto dm = upload<bf16>(m);
     auto ddnorm = upload<bf16>(dnorm);
 
     // The reference: the block's input, its norm's rstd, then the three backward steps.
@@ -523,7 +525,7 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
     Vec norm(n), rstd(N);
     pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), r, N, C, scale);
     rstd = held<float>(rstd);
-    Vec y(n, 0.0), rdx0(n, 0.0), rdw[8];
+    Vec y(n, 0.0), rdx0(n, 0.0), rdw[4];
     for (Vec& v : rdw) v.assign(C, 0.0);
     ResidualGrads<double, double, double> rd;
     rd.dx = y.data(), rd.dx0 = rdx0.data(), rd.dwx = rdw[0].data(), rd.dw0 = rdw[1].data();
@@ -538,13 +540,6 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
         gx = y;
     }
     if (pc.dskip) gx = plus(gx, dskip);
-    ResidualTerms<double, double, double> rp;
-    ResidualGrads<double, double, double> rdp;
-    Vec rres(n), rda(n, 0.0), rdm(n, 0.0);
-    rp.m = m.data(), rp.wm = wm.data(), rdp.dm = rdm.data(), rdp.dwm = rdw[5].data();
-    if (pc.par) rp.a = a.data(), rp.wa = wa.data(), rdp.da = rda.data(), rdp.dwa = rdw[4].data();
-    pg::residual_backward(rres.data(), gx.data(), static_cast<double*>(nullptr), static_cast<double*>(nullptr),
-                          static_cast<double*>(nullptr), static_cast<double*>(nullptr), 1.0, rp, rdp, N, C);
 
     // The GPU's one pass; outputs that add start from random values, overwritten ones poisoned.
     ResidualIn t;
@@ -552,7 +547,7 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
     t.wx = dev(wx), t.x0 = devb(x0), t.w0 = dev(w0);
     auto gdx0 = upload<bf16>(base_x0);
     std::vector<DeviceArray<float>> gdw;
-    for (int k = 0; k < 6; ++k) gdw.push_back(upload<float>(base_w));
+    for (int k = 0; k < 4; ++k) gdw.push_back(upload<float>(base_w));
     d.dx0 = gdx0.get(), d.dwx = gdw[0].get(), d.dw0 = gdw[1].get();
     ResidualPrev p;
     p.x = devb(xp);
@@ -568,28 +563,21 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
     bf16* gdy = devb(dy);
     auto gres = poisoned<bf16>(n);
     p.dres = pc.alias ? gdy : gres.get();
-    auto gda = poisoned<bf16>(n);
-    auto gdm = poisoned<bf16>(n);
-    p.t.m = dm.get(), p.t.wm = dev(wm), p.d.dm = gdm.get(), p.d.dwm = gdw[5].get();
-    if (pc.par) p.t.a = da.get(), p.t.wa = dev(wa), p.d.da = gda.get(), p.d.dwa = gdw[4].get();
     residual_backward(nullptr, gdy, nullptr, ddnorm.get(), nullptr, dev(rstd), float(scale), t, d, N, C, st, &p);
 
-    E.check("residual_backward prev dres, " + tag, download(p.dres, n, st), rres, kBf16);
+    E.check("residual_backward prev dres, " + tag, download(p.dres, n, st), gx, kBf16);
     E.check("residual_backward prev dx0, " + tag, minus(download(gdx0, st), base_x0), rdx0, kBf16);
-    E.check("residual_backward prev dm, " + tag, download(gdm, st), rdm, kBf16);
-    if (pc.par) E.check("residual_backward prev da, " + tag, download(gda, st), rda, kBf16);
     if (pc.skip == 1) E.check("residual_backward prev ds, " + tag, download(gds, st), rds, kBf16);
-    const char* names[6] = {"dwx", "dw0", "skip dw", "skip dgate", "dwa", "dwm"};
-    for (int k = 0; k < 6; ++k)
-        if ((k != 2 && k != 3) || pc.skip)
-            if (k != 4 || pc.par)
-                E.check(std::string("residual_backward prev ") + names[k] + ", " + tag,
-                        minus(download(gdw[k], st), base_w), rdw[k], k == 0 && pc.skip ? kSumRounded : kSum);
+    const char* names[4] = {"dwx", "dw0", "skip dw", "skip dgate"};
+    for (int k = 0; k < 4; ++k)
+        if (k < 2 || pc.skip)
+            E.check(std::string("residual_backward prev ") + names[k] + ", " + tag,
+                    minus(download(gdw[k], st), base_w), rdw[k], k == 0 && pc.skip ? kSumRounded : kSum);
 }
 
 }  // namespace
 
-TEST_CASE("kernel convert and accumulate: every type pair, aligned and not, one factor or one a row") {
+TEST_CASE("kernel convert, accumulate and scaled_rows_backward: every type pair, aligned and not, one factor or one a row") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -611,6 +599,9 @@ TEST_CASE("kernel convert and accumulate: every type pair, aligned and not, one 
         check_row_scaled<bf16, float>(E, rng, rows, cols, st.s);
         check_row_scaled<bf16, bf16>(E, rng, rows, cols, st.s);
     }
+    // Odd widths: rows that start off 16-byte alignment, chunks cut short.
+    for (auto [rows, cols] : {std::pair<int, int>{1, 8}, {3, 77}, {130, 336}, {9, 1001}, {512, 2048}})
+        check_scaled_rows_backward(E, rng, rows, cols, st.s);
 }
 
 TEST_CASE("kernel embedding and bigram hash: gather, scatter-add, buckets") {
@@ -1033,12 +1024,12 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto gkv = upload<bf16>(randn(rng, nkv));
     auto mix = upload<float>(randn(rng, 2));
     DeviceArray<bf16> dvf(nkv);
-    DeviceArray<bf16> dx(n), ds(n), dres(n), dqkv(nq + 2 * nkv), dm(n);
+    DeviceArray<bf16> dx(n), ds(n), dres(n), dqkv(nq + 2 * nkv);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {
         // The first-norm pass taken on through a skip: resid_mix-like dwx, dw0, the skip's dw and
-        // dgate, the previous block's dwm (per channel); bigram-like dwa (scalar); dgain, dv_mix.
-        DeviceArray<float> dw(5 * C + 1 + H + 2);
+        // dgate (per channel); bigram-like dwa (scalar); dgain, dv_mix.
+        DeviceArray<float> dw(4 * C + 1 + H + 2);
         PG_CHECK(cudaMemset(dw.get(), 0, dw.size() * sizeof(float)));
         float* p = dw.get();
         ResidualIn t;
@@ -1048,11 +1039,10 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
         ResidualPrev pv;
         pv.x = x.get(), pv.s = g.get(), pv.w = w.get(), pv.gate = w.get(), pv.ds = ds.get(), pv.dres = dres.get();
         pv.dw = p + 2 * C, pv.dgate = p + 3 * C;
-        pv.t.m = gb.get(), pv.t.wm = w.get(), pv.d.dm = dm.get(), pv.d.dwm = p + 4 * C;
         residual_backward(nullptr, g.get(), nullptr, gb.get(), nullptr, rstd.get(), 0.5f, t, d, N, C, st.s, &pv);
         ResidualIn ts;
         ResidualGrad dsg;
-        ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 5 * C;
+        ts.a = q.get(), ts.wa = w.get(), ts.wstride = 0, dsg.dwa = p + 4 * C;
         residual_backward(nullptr, g.get(), nullptr, nullptr, nullptr, nullptr, 1.f, ts, dsg, N, C, st.s);
         QkvShape s;
         s.B = B, s.Tn = Tn, s.H = H, s.Hkv = Hkv, s.hd = hd, s.rope_dims = 16;
@@ -1060,7 +1050,7 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
         qp.qkv = qkv.get(), qp.q_rstd = rstd.get(), qp.k_rstd = rstd.get(), qp.q_gain = gain.get();
         qp.v_first = kv.get(), qp.v_mix = mix.get();
         QkvGrad qd;
-        qd.dqkv = dqkv.get(), qd.dq_gain = p + 5 * C + 1, qd.dv_mix = p + 5 * C + 1 + H, qd.dv_first = dvf.get();
+        qd.dqkv = dqkv.get(), qd.dq_gain = p + 4 * C + 1, qd.dv_mix = p + 4 * C + 1 + H, qd.dv_first = dvf.get();
         qd.dq = gq.get(), qd.dk = gkv.get(), qd.dv = gkv.get();
         qkv_prep_backward(qd, qp, s, st.s);
         PG_CHECK(cudaStreamSynchronize(st.s));
