@@ -24,12 +24,14 @@ constexpr size_t kAlign = 256;
 constexpr size_t kHeadChunkValues = size_t(1) << 26;
 
 // The three products of a linear layer, W [out, in] (model/gemm.cuh).
-// y [rows, out] = x W^T, bf16.
-void linear_forward(Gemm& g, bf16* y, const bf16* x, const bf16* w, int rows, int in, int out, cudaStream_t s) {
+// y [rows, out] = x W^T (+ add, before the one rounding), bf16.
+void linear_forward(Gemm& g, bf16* y, const bf16* x, const bf16* w, int rows, int in, int out, cudaStream_t s,
+                    const bf16* add = nullptr) {
     GemmArgs a;
     a.M = rows, a.N = out, a.K = in;
     a.a = x, a.b = w, a.trans_b = true;
     a.d = y, a.out_type = OutType::BF16;
+    a.c = add, a.beta = add ? 1.f : 0.f;
     g.run(a, s);
 }
 
@@ -298,16 +300,15 @@ void CudaModel::forward_body() {
     const int N = N_, D = cfg_.model_dim;
     const cudaStream_t st = st_;
 
-    // The backward's wo and proj with the branch scales folded in, beside the forward, from the
-    // bf16 weights the forward reads (which QAT may have fake-quantized).
-    if (for_backward_) {
-        to_side();
-        const size_t QD = size_t(cfg_.n_heads) * cfg_.head_dim, hidden = cfg_.hidden_dim();
-        for (int l = 0; l < cfg_.n_layers; ++l) {
-            const ParamIndex::Block& L = ix_.blocks[l];
-            convert(wo_scaled(l), W(L.wo), D * QD, side_, P(L.attn_scale), QD);
-            convert(proj_scaled(l), W(L.proj), D * hidden, side_, P(L.mlp_scale), hidden);
-        }
+    // wo and proj with the branch scales folded in, beside the embeddings, from the bf16 weights
+    // the forward reads (which QAT may have fake-quantized): a sequential block's proj product
+    // adds its branch into x_mid, and the backward's products read them.
+    to_side();
+    const size_t QD = size_t(cfg_.n_heads) * cfg_.head_dim, hidden = cfg_.hidden_dim();
+    for (int l = 0; l < cfg_.n_layers; ++l) {
+        const ParamIndex::Block& L = ix_.blocks[l];
+        convert(wo_scaled(l), W(L.wo), D * QD, side_, P(L.attn_scale), QD);
+        convert(proj_scaled(l), W(L.proj), D * hidden, side_, P(L.mlp_scale), hidden);
     }
 
     // The fused q|k|v weights of every layer, from this step's bf16 weights.
@@ -335,10 +336,10 @@ void CudaModel::forward_body() {
     rmsnorm_forward(x_norm_, rstd_emb_, x_emb_, N, D, 1.f, st);
     if (cfg_.smear_gate) smear_forward(x_smear_, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st);
 
+    join_side();
     for (int i = 0; i < int(schedule_.size()); ++i) block_forward(i);
     observe(ix_.tok_emb, xf_, D);
     for (int r0 = 0; r0 < N; r0 += head_rows_) head_chunk(r0, std::min(head_rows_, N - r0), for_backward_);
-    if (for_backward_) join_side();
 }
 
 void CudaModel::block_forward(int i) {
@@ -371,14 +372,13 @@ void CudaModel::block_forward(int i) {
 
     // MLP, on the attention's input (parallel residuals) or on the updated residual
     // x_mid = x_in + attn_scale a, which is kept, with its norm u, for the backward.
+    const bool par = parallel(E.layer);
     ResidualIn out = mix;  // x_out = x_in + attn_scale a + mlp_scale m
     out.a = A.a, out.wa = P(L.attn_scale);
     const bf16* u = A.h;
-    if (!parallel(E.layer)) {
+    if (!par) {
         residual_forward(A.x_mid, A.u, A.rstd2, out, N, D, s, st);
         u = A.u;
-        out = ResidualIn{};  // x_out = x_mid + mlp_scale m
-        out.x = A.x_mid;
     }
     observe(L.fc, u, D);
     if (fused_mlp_) {
@@ -389,10 +389,20 @@ void CudaModel::block_forward(int i) {
         else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     }
     observe(L.proj, A.act, hidden);
-    linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
-    out.m = A.m, out.wm = P(L.mlp_scale);
+    if (par) {
+        linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
+        out.m = A.m, out.wm = P(L.mlp_scale);
+    } else {
+        // x_out = x_mid + mlp_scale m in the product's epilogue (beta = 1), so that the pass below
+        // reads x_out alone and stores nothing of it: one tensor less both ways (x_mid and m in,
+        // x_out out) for one more read in the product.
+        linear_forward(gemm_, A.x_out, A.act, proj_scaled(E.layer), N, hidden, D, st, A.x_mid);
+        out = ResidualIn{};
+        out.x = A.x_out;
+    }
+    bf16* const sum = par ? A.x_out : nullptr;  // a sequential block's product stored it
     if (i + 1 == int(entries_.size())) {  // the head's norm
-        residual_forward(A.x_out, xf_, rstd_f_, out, N, D, 1.f, st);
+        residual_forward(sum, xf_, rstd_f_, out, N, D, 1.f, st);
         return;
     }
     // The next entry's input and its first norm, from x_out in the same pass.
@@ -404,7 +414,7 @@ void CudaModel::block_forward(int i) {
         next.w = P(ix_.skip_weights) + size_t(E1.skip) * D, next.gate = P(ix_.skip_gates) + size_t(E1.skip) * D;
     }
     next.wx = P(L1.resid_mix), next.x0 = x0_, next.w0 = P(L1.resid_mix) + D;
-    residual_forward(A.x_out, slots_[i + 1].h, slots_[i + 1].rstd1, out, N, D, ln_scale(E1.layer), st, &next);
+    residual_forward(sum, slots_[i + 1].h, slots_[i + 1].rstd1, out, N, D, ln_scale(E1.layer), st, &next);
 }
 
 // Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; with grads the same
