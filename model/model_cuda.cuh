@@ -175,8 +175,9 @@ private:
     DeviceArray<bf16> params_bf16_;
     DeviceArray<bf16> wqkv_;            // per layer [wq; wk; wv], gathered from params_bf16_ by each forward
     // Per layer diag(attn_scale) wo and diag(mlp_scale) proj from the bf16 weights, made beside
-    // each forward for backward: the input gradients of those products are then the products of
-    // the unscaled residual gradients with these, and no pass writes the scaled ones.
+    // each forward's embeddings: a sequential block's proj product adds its branch into x_mid
+    // through its copy, and the input gradients of both products are the products of the
+    // unscaled residual gradients with these, so no pass writes the scaled ones.
     DeviceArray<bf16> wo_scaled_, proj_scaled_;
     DeviceArray<unsigned char> arena_;  // every buffer below, 256-byte aligned
 
