@@ -373,7 +373,7 @@ void CudaModel::block_forward(int i) {
     // MLP, on the attention's input (parallel residuals) or on the updated residual
     // x_mid = x_in + attn_scale a, which is kept, with its norm u, for the backward.
     const bool par = parallel(E.layer);
-    ResidualIn out = mix;  // x_out = x_in + attn_scale a + mlp_scale m
+    ResidualIn out = mix;  // parallel: x_out = x_in + attn_scale a + mlp_scale m; else x_mid first
     out.a = A.a, out.wa = P(L.attn_scale);
     const bf16* u = A.h;
     if (!par) {
