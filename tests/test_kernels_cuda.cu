@@ -577,7 +577,7 @@ void check_residual_prev(Errors& E, std::mt19937_64& rng, const PrevCase& pc, in
 
 }  // namespace
 
-TEST_CASE("kernel convert, accumulate and scaled_rows_backward: every type pair, aligned and not, one factor or one a row") {
+TEST_CASE("kernel convert, accumulate and scaled_rows_backward: every type pair, aligned and not, row factors") {
     PG_REQUIRE_GPU();
     const uint64_t seed = fresh_seed();
     INFO("seed = " << seed);
@@ -969,35 +969,55 @@ TEST_CASE("kernel softcap_ce: loss, log-sum-exp, and the gradient from them, in 
                 // The gradient from the forward's lse rounded to fp32, as the kernel gets it.
                 const Vec lse32 = held<float>(lse);
                 pg::softcap_ce_backward(dz.data(), z.data(), lse32.data(), targets.data(), n, V, cap, scale);
+                // The loss, lse - s[target], and dz, (p - onehot) times the softcap's slope, come
+                // near 0 where the target takes almost all the mass (logits of std 12 over V = 17).
+                // The kernel's loss errs by fp32 roundings of lse and s, and the oracle's dz by lse's
+                // rounding, which scales with p: against the loss and dz themselves they were 1.8e-3
+                // and 4.7e-4 at one seed. So those two are checked with the target's term added
+                // back, against lse and p. The kernel's bf16 dz errs in proportion to dz itself.
+                Vec s = z;
+                if (cap > 0) pg::softcap_forward(s.data(), z.data(), nv, cap);
+                auto loss_plus = [&](Vec v) {
+                    for (int r = 0; r < n; ++r) v[r] += s[size_t(r) * V + targets[r]];
+                    return v;
+                };
+                auto grad_plus = [&](Vec v) {
+                    for (int r = 0; r < n; ++r) {
+                        const size_t t = size_t(r) * V + targets[r];
+                        v[t] += cap > 0 ? 1.0 - (s[t] / cap) * (s[t] / cap) : 1.0;
+                    }
+                    return v;
+                };
                 // The oracle against the plain ops: softcap, then cross-entropy and its backward.
                 {
-                    Vec s = z, l2(n), ds(nv, 0.0), dz2(nv, 0.0);
-                    if (cap > 0) pg::softcap_forward(s.data(), z.data(), nv, cap);
+                    Vec l2(n), ds(nv, 0.0), dz2(nv, 0.0);
                     pg::crossentropy_forward(l2.data(), s.data(), targets.data(), n, V);
                     pg::crossentropy_backward(ds.data(), s.data(), targets.data(), scale, n, V);
                     if (cap > 0) pg::softcap_backward(dz2.data(), ds.data(), s.data(), nv, cap);
                     else dz2 = ds;
                     E.check("softcap_ce oracle loss vs plain ops", losses, l2, 1e-12);
                     // lse rounded to fp32 moves exp(s - lse) by up to |lse| 2^-24 relative: 3e-6 at |lse| ~ 50.
-                    E.check("softcap_ce oracle dlogits vs plain ops", dz, dz2, 1e-5);
+                    E.check("softcap_ce oracle dlogits vs plain ops", grad_plus(dz), grad_plus(dz2), 1e-5);
                 }
 
                 auto dz_in = upload<bf16>(z);
                 auto dloss = poisoned<float>(n);
                 auto dlse = poisoned<float>(n);
                 softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s);
-                E.check("softcap_ce_forward loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward loss, " + tag, loss_plus(download(dloss, st.s)), loss_plus(losses), kSum);
                 E.check("softcap_ce_forward lse, " + tag, download(dlse, st.s), lse, kSum);
                 CHECK(download(dz_in, st.s) == z);  // the logits are left alone
 
                 // With dlogits: the same losses and lse, and the gradients, into another buffer or in place.
                 auto dgrad = poisoned<bf16>(nv);
                 softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s, dgrad.get());
-                E.check("softcap_ce_forward with dlogits: loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward with dlogits: loss, " + tag, loss_plus(download(dloss, st.s)),
+                        loss_plus(losses), kSum);
                 E.check("softcap_ce_forward dlogits, " + tag, download(dgrad, st.s), dz, kBf16);
                 CHECK(download(dz_in, st.s) == z);
                 softcap_ce_forward(dloss.get(), dlse.get(), dz_in.get(), dt.get(), n, V, float(cap), st.s, dz_in.get());
-                E.check("softcap_ce_forward in place: loss, " + tag, download(dloss, st.s), losses, kSum);
+                E.check("softcap_ce_forward in place: loss, " + tag, loss_plus(download(dloss, st.s)), loss_plus(losses),
+                        kSum);
                 E.check("softcap_ce_forward in place: lse, " + tag, download(dlse, st.s), lse, kSum);
                 E.check("softcap_ce_forward dlogits in place, " + tag, download(dz_in, st.s), dz, kBf16);
             }
