@@ -170,7 +170,7 @@ void bench_kernels(const ModelConfig& m, int rows) {
     auto x = random_array<bf16>(size_t(nC), g), x0 = random_array<bf16>(size_t(nC), g);
     auto dy = random_array<bf16>(size_t(nC), g), dn = random_array<bf16>(size_t(nC), g);
     auto out = random_array<bf16>(size_t(nC), g), out2 = random_array<bf16>(size_t(nC), g);
-    auto a = random_array<bf16>(size_t(nC), g), mb = random_array<bf16>(size_t(nC), g);
+    auto a = random_array<bf16>(size_t(nC), g);
     auto ob = random_array<bf16>(size_t(nC), g), dnb = random_array<bf16>(size_t(nC), g);
     auto w = random_array<float>(C, g), w2 = random_array<float>(C, g), dw = random_array<float>(6 * C, g);
     auto rstd = random_array<float>(size_t(N) * H, g, 0.5f);
@@ -211,26 +211,20 @@ void bench_kernels(const ModelConfig& m, int rows) {
     });
     ResidualIn t;
     t.x = x.get(), t.wx = w.get(), t.x0 = x0.get(), t.w0 = w2.get();
-    row("residual_forward: x, x0 -> h (block input norm)", nC * h * 3,
-        [&] { residual_forward(nullptr, ob.get(), rstd.get(), t, N, C, 0.5f, st); });
-    ResidualIn tm = t;
-    tm.a = a.get(), tm.wa = w.get();
-    row("residual_forward: x, x0, a -> x_mid, u", nC * h * 5,
-        [&] { residual_forward(out.get(), ob.get(), rstd.get(), tm, N, C, 0.5f, st); });
-    ResidualIn to;  // a sequential block's x_out, which its proj product stored
-    to.x = out.get();
+    row("residual_forward: x, x0 -> x_in, h (first block's input)", nC * h * 4,
+        [&] { residual_forward(out.get(), ob.get(), rstd.get(), t, N, C, 0.5f, st); });
+    ResidualIn tm;  // x_mid or x_out, which a product stored
+    tm.x = x.get();
+    row("residual_forward: x_mid -> u", nC * h * 2,
+        [&] { residual_forward(nullptr, ob.get(), rstd.get(), tm, N, C, 0.5f, st); });
     ResidualNext nx;
-    nx.wx = w.get(), nx.x0 = x0.get(), nx.w0 = w2.get();
-    row("residual_forward: x_out -> next block's h", nC * h * 3,
-        [&] { residual_forward(nullptr, ob.get(), rstd.get(), to, N, C, 0.5f, st, &nx); });
+    nx.wx = w.get(), nx.x0 = x0.get(), nx.w0 = w2.get(), nx.x_in = out.get();
+    row("residual_forward: x_out -> next block's x_in, h", nC * h * 4,
+        [&] { residual_forward(nullptr, ob.get(), rstd.get(), tm, N, C, 0.5f, st, &nx); });
     ResidualNext ns = nx;
-    ns.s = x.get(), ns.w = w.get(), ns.gate = w2.get(), ns.skip_out = out2.get();
-    row("residual_forward: x_out -> skip mix, next block's h", nC * h * 5,
-        [&] { residual_forward(nullptr, ob.get(), rstd.get(), to, N, C, 0.5f, st, &ns); });
-    ResidualIn tp = tm;
-    tp.m = mb.get(), tp.wm = w2.get();
-    row("residual_forward: x, x0, a, m -> x_out (parallel block)", nC * h * 5,
-        [&] { residual_forward(out.get(), nullptr, nullptr, tp, N, C, 1.f, st); });
+    ns.s = a.get(), ns.w = w.get(), ns.gate = w2.get(), ns.skip_out = out2.get();
+    row("residual_forward: x_out -> skip mix, next block's x_in, h", nC * h * 6,
+        [&] { residual_forward(nullptr, ob.get(), rstd.get(), tm, N, C, 0.5f, st, &ns); });
     row("residual_backward: dy, du, x_mid -> dy (norm 2)", nC * h * 4, [&] {
         residual_backward(dy.get(), dy.get(), nullptr, dnb.get(), x.get(), rstd.get(), 0.5f, ResidualIn{},
                           ResidualGrad{}, N, C, st);

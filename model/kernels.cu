@@ -787,6 +787,7 @@ __device__ __forceinline__ void next_input(float (&y)[8], const ResidualNext& nx
 #pragma unroll
     for (int j = 0; j < 8; ++j) y[j] *= wx[j];
     add_term(y, nx.x0, x0, nx.w0, c0, cnt, 1);
+    if (nx.x_in) st8(nx.x_in + o, y, cnt);
 }
 
 template <int K, bool NEXT>

@@ -109,7 +109,8 @@ using ResidualGrad = ResidualGrads<bf16, bf16, float>;
 // The next block's input, formed from a block's output sum in the same pass, so that the sum is
 // not read back: when s is given, the U-Net skip mix y = g sum + (1-g) w s, g = sigmoid(gate),
 // into skip_out (s may be sum itself); else y = sum. norm is then scale * rmsnorm(wx y + w0 x0)
-// (per-channel weights).
+// (per-channel weights), formed from the fp32 sum wx y + w0 x0 as the backward forms it again;
+// x_in, when given, gets that sum in bf16 (the next block's attention product adds into it).
 struct ResidualNext {
     const bf16* s = nullptr;
     const float *w = nullptr, *gate = nullptr;
@@ -117,6 +118,7 @@ struct ResidualNext {
     const float* wx = nullptr;
     const bf16* x0 = nullptr;
     const float* w0 = nullptr;
+    bf16* x_in = nullptr;
 };
 void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,
                       cudaStream_t stream, const ResidualNext* next = nullptr);

@@ -116,7 +116,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     want(ws, flash_attention_backward_workspace_bytes(1, int(N), int(H), cfg_.head_dim));
     for (Slot& s : slots_) {
         want(s.rstd1, N), want(s.rstd2, N), want(s.q_rstd, N * H), want(s.k_rstd, N * Hkv), want(s.lse, N * H);
-        for (bf16** p : {&s.x, &s.x_mid, &s.x_out, &s.h, &s.a, &s.u, &s.m}) want(*p, N * D);
+        for (bf16** p : {&s.x, &s.x_in, &s.x_mid, &s.x_out, &s.h, &s.u}) want(*p, N * D);
         for (bf16** p : {&s.q, &s.y, &s.y_xsa}) want(*p, N * QD);
         for (bf16** p : {&s.k, &s.v}) want(*p, N * KVD);
         want(s.qkv, N * QKV), want(s.act, N * hidden);
@@ -301,8 +301,8 @@ void CudaModel::forward_body() {
     const cudaStream_t st = st_;
 
     // wo and proj with the branch scales folded in, beside the embeddings, from the bf16 weights
-    // the forward reads (which QAT may have fake-quantized): a sequential block's proj product
-    // adds its branch into x_mid, and the backward's products read them.
+    // the forward reads (which QAT may have fake-quantized): the blocks' products add their
+    // branches into the stream through them, forward, and read the stream's gradients, backward.
     to_side();
     const size_t QD = size_t(cfg_.n_heads) * cfg_.head_dim, hidden = cfg_.hidden_dim();
     for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -351,11 +351,11 @@ void CudaModel::block_forward(int i) {
     const float s = ln_scale(E.layer);
     const cudaStream_t st = st_;
 
-    // x_in = resid_mix . (x, x0), and h = s rmsnorm(x_in); x_in itself is not stored. After the
-    // first block, the previous block's last pass formed h (and the skip mix into E.x).
+    // x_in = resid_mix . (x, x0), stored, and h = s rmsnorm(x_in). After the first block, the
+    // previous block's last pass formed both (and the skip mix into E.x).
     ResidualIn mix;
     mix.x = E.x, mix.wx = P(L.resid_mix), mix.x0 = x0_, mix.w0 = P(L.resid_mix) + D;
-    if (i == 0) residual_forward(nullptr, A.h, A.rstd1, mix, N, D, s, st);
+    if (i == 0) residual_forward(A.x_in, A.h, A.rstd1, mix, N, D, s, st);
 
     // Attention: one product for q|k|v, then QK norm, partial RoPE, q_gain and the value mix.
     for (int w : {L.wq, L.wk, L.wv}) observe(w, A.h, D);
@@ -367,17 +367,20 @@ void CudaModel::block_forward(int i) {
         xsa_forward(A.y_xsa, A.y, A.v, N, H, cfg_.n_kv_heads, hd, st);
         y = A.y_xsa;
     }
+    // The branches add into the stream in their products' epilogues (beta = 1, the scales in
+    // wo_scaled_ and proj_scaled_): x_mid = x_in + attn_scale a, x_out = x_mid + mlp_scale m.
+    // a and m are never stored, and the passes around the products read one tensor of the
+    // stream, not the terms of its sum.
     observe(L.wo, y, QD);
-    linear_forward(gemm_, A.a, y, W(L.wo), N, QD, D, st);
+    linear_forward(gemm_, A.x_mid, y, wo_scaled(E.layer), N, QD, D, st, A.x_in);
 
-    // MLP, on the attention's input (parallel residuals) or on the updated residual
-    // x_mid = x_in + attn_scale a, which is kept, with its norm u, for the backward.
-    const bool par = parallel(E.layer);
-    ResidualIn out = mix;  // parallel: x_out = x_in + attn_scale a + mlp_scale m; else x_mid first
-    out.a = A.a, out.wa = P(L.attn_scale);
+    // MLP, on the attention's input (parallel residuals) or on x_mid's norm u, which is kept,
+    // with x_mid, for the backward.
     const bf16* u = A.h;
-    if (!par) {
-        residual_forward(A.x_mid, A.u, A.rstd2, out, N, D, s, st);
+    if (!parallel(E.layer)) {
+        ResidualIn mid;
+        mid.x = A.x_mid;
+        residual_forward(nullptr, A.u, A.rstd2, mid, N, D, s, st);
         u = A.u;
     }
     observe(L.fc, u, D);
@@ -389,20 +392,11 @@ void CudaModel::block_forward(int i) {
         else leaky_relu2_forward(A.act, A.f, size_t(N) * hidden, cfg_.leaky_slope, st);
     }
     observe(L.proj, A.act, hidden);
-    if (par) {
-        linear_forward(gemm_, A.m, A.act, W(L.proj), N, hidden, D, st);
-        out.m = A.m, out.wm = P(L.mlp_scale);
-    } else {
-        // x_out = x_mid + mlp_scale m in the product's epilogue (beta = 1), so that the pass below
-        // reads x_out alone and stores nothing of it: one tensor less both ways (x_mid and m in,
-        // x_out out) for one more read in the product.
-        linear_forward(gemm_, A.x_out, A.act, proj_scaled(E.layer), N, hidden, D, st, A.x_mid);
-        out = ResidualIn{};
-        out.x = A.x_out;
-    }
-    bf16* const sum = par ? A.x_out : nullptr;  // a sequential block's product stored it
+    linear_forward(gemm_, A.x_out, A.act, proj_scaled(E.layer), N, hidden, D, st, A.x_mid);
+    ResidualIn out;
+    out.x = A.x_out;
     if (i + 1 == int(entries_.size())) {  // the head's norm
-        residual_forward(sum, xf_, rstd_f_, out, N, D, 1.f, st);
+        residual_forward(nullptr, xf_, rstd_f_, out, N, D, 1.f, st);
         return;
     }
     // The next entry's input and its first norm, from x_out in the same pass.
@@ -413,8 +407,8 @@ void CudaModel::block_forward(int i) {
         next.s = slots_[E1.skip_src].x_out, next.skip_out = slots_[i + 1].x;
         next.w = P(ix_.skip_weights) + size_t(E1.skip) * D, next.gate = P(ix_.skip_gates) + size_t(E1.skip) * D;
     }
-    next.wx = P(L1.resid_mix), next.x0 = x0_, next.w0 = P(L1.resid_mix) + D;
-    residual_forward(sum, slots_[i + 1].h, slots_[i + 1].rstd1, out, N, D, ln_scale(E1.layer), st, &next);
+    next.wx = P(L1.resid_mix), next.x0 = x0_, next.w0 = P(L1.resid_mix) + D, next.x_in = slots_[i + 1].x_in;
+    residual_forward(nullptr, slots_[i + 1].h, slots_[i + 1].rstd1, out, N, D, ln_scale(E1.layer), st, &next);
 }
 
 // Logits of rows [r0, r0 + rows) into the chunk buffer, then their losses; with grads the same
@@ -584,7 +578,8 @@ void CudaModel::block_backward(int i) {
     side_done(b);
     linear_backward_input(gemm_, dh_, OutType::BF16, par ? 1.f : 0.f, dqkv, Wqkv(E.layer), N, D, QKV, st);
 
-    // Through the first norm (x_in formed again from x and x0) and resid_mix; the first block's
+    // Through the first norm (x_in formed again from x and x0, as the forward normed it in fp32;
+    // the first block's own pass normed x_in as stored) and resid_mix; the first block's
     // input gradient goes to dx_, every other's on through the previous entry's first pass.
     ResidualIn t;
     ResidualGrad g;
@@ -592,7 +587,7 @@ void CudaModel::block_backward(int i) {
     g.dx0 = dx0_, g.dwx = G(L.resid_mix), g.dw0 = G(L.resid_mix) + D, g.add_dx0 = !last;
     if (i == 0) {
         t.x = E.x, g.dx = dx_;
-        residual_backward(nullptr, dres, nullptr, dh_, nullptr, A.rstd1, s, t, g, N, D, st);
+        residual_backward(nullptr, dres, nullptr, dh_, A.x_in, A.rstd1, s, t, g, N, D, st);
         return;
     }
     // Entry i - 1 = p: its output fed this block (through the skip mix, which the pass forms

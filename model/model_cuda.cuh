@@ -100,9 +100,11 @@ private:
     // The buffers of one schedule entry: what RefModel's BlockActs holds (x_in is not kept:
     // the backward forms it again from x and x0, which it reads anyway).
     struct Slot {
-        bf16 *x, *x_mid, *x_out;  // the residual stream [N, D]; x only written after a skip mix
+        // The residual stream [N, D]: x only written after a skip mix; x_in the block's input
+        // after resid_mix, x_mid after the attention's branch, x_out after the MLP's.
+        bf16 *x, *x_in, *x_mid, *x_out;
         float *rstd1, *rstd2, *q_rstd, *k_rstd, *lse;
-        bf16 *h, *qkv, *q, *k, *v, *y, *y_xsa, *a, *u, *f, *act, *m;  // qkv: [N, (H + 2 Hkv) hd]
+        bf16 *h, *qkv, *q, *k, *v, *y, *y_xsa, *u, *f, *act;  // qkv: [N, (H + 2 Hkv) hd]
         uint32_t* f_signs;  // in place of f where the MLP is fused (model/mlp_gemm.cuh)
     };
     // How the last forward ran one schedule entry.

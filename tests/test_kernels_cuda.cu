@@ -461,9 +461,10 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     auto dskip = poisoned<bf16>(n);
     auto dnorm = poisoned<bf16>(n);
     auto drstd = poisoned<float>(N);
+    auto dxin = poisoned<bf16>(n);
     ResidualNext nx;
     if (skip) nx.s = skip == 1 ? devb(sk) : dsum.get(), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
-    nx.wx = dev(wx), nx.x0 = devb(x0), nx.w0 = dev(w0);
+    nx.wx = dev(wx), nx.x0 = devb(x0), nx.w0 = dev(w0), nx.x_in = dxin.get();
     residual_forward(dsum.get(), dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
 
     // The kernel goes on from the stored (bf16) sum and skip mix; so does the reference.
@@ -481,7 +482,9 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     }
     ResidualTerms<double, double, double> mix;
     mix.x = y.data(), mix.wx = wx.data(), mix.x0 = x0.data(), mix.w0 = w0.data();
-    pg::residual_forward(static_cast<double*>(nullptr), norm.data(), rstd.data(), mix, N, C, scale);
+    Vec xin(n);
+    pg::residual_forward(xin.data(), norm.data(), rstd.data(), mix, N, C, scale);
+    E.check("residual_forward next x_in, " + tag, download(dxin, st), xin, kBf16);
     E.check("residual_forward next norm, " + tag, download(dnorm, st), norm, kBf16);
     E.check("residual_forward next rstd, " + tag, download(drstd, st), rstd, kSum);
 }

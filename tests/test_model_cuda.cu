@@ -145,7 +145,12 @@ double q_gain_error(const ParamLayout& L, const std::vector<float>& got, const s
 // MESSAGE lines of each run; the worst seen is in docs/benchmarks/model_cuda.md).
 constexpr double kLossTol = 1e-3;   // relative, mean loss
 constexpr double kTokenTol = 2e-3;  // relative L2 over the per-token losses
-constexpr double kGradTol = 5e-2;   // relative L2 per parameter tensor, q_gain aside
+// Relative L2 per parameter tensor, q_gain aside. The worst tensor is always a middle block's
+// attn.wq or wk, whose gradient comes out of QK norm's backward, dq minus its radial part: a
+// difference that leaves the bf16 stream's roundings larger next to it. Over 52 compares of the
+// four cases with every switch on, the worst came to 0.0466 +- 0.0026 (largest 0.054), with the
+// stream rounded to bf16 at every sum as in PyTorch's bf16 model; a wrong wiring errs by O(1).
+constexpr double kGradTol = 7e-2;
 // Two gradients are sums that nearly cancel, so bf16 rounding upstream leaves errors that are
 // small next to the terms but not next to the sum (both measured with RefModel at this init):
 // - q_gain, sum over rows of dq . q, is 200-1600x smaller than ||dq|| ||q|| without QK norm
@@ -302,11 +307,11 @@ TEST_CASE("model cuda: one training step with the GPU optimizer matches RefModel
 
         std::vector<float> d_gpu(after.size()), d_ref(after.size());
         for (size_t i = 0; i < after.size(); ++i) d_gpu[i] = after[i] - before[i], d_ref[i] = ref.params[i] - before[i];
-        // Muon: the gradient's error (< 5e-2) through bf16 Newton-Schulz (< 5e-2 alone, see
+        // Muon: the gradient's error (< 7e-2) through bf16 Newton-Schulz (< 5e-2 alone, see
         // test_optim_cuda.cu). AdamW's first step is lr * g / (|g| + eps), about lr * sign(g):
         // where |g| is tiny next to its rounding error the sign is noise, so only elements whose
         // reference gradient reaches a quarter of their tensor's RMS are compared (a flipped one
-        // costs 2 lr, so 5e-2 allows well under 1e-3 of them); bigram.scale, one value, only
+        // costs 2 lr, so 7e-2 allows about 1e-3 of them); bigram.scale, one value, only
         // when its gradient reaches 5% of its bound T (see kScaleFloor).
         ParamLayout matrices, others;
         const double T = bigram_scale_bound(gpu.layout(), ref.grads, before);
