@@ -693,12 +693,13 @@ __device__ __forceinline__ uint4 raw_at(const bf16* p, size_t o, int cnt) {
     return p ? raw8(p + o, cnt) : make_uint4(0u, 0u, 0u, 0u);
 }
 
-// One chunk of the terms x, x0, a, m of a ResidualIn as loaded: those of bits 0-3 of want.
+// One chunk of the terms x, x0, a of a ResidualIn as loaded: those of bits 0-2 of want.
 struct TermChunk {
-    uint4 x, x0, a, m;
+    uint4 x, x0, a;
+    TermChunk() = default;
     __device__ __forceinline__ TermChunk(const ResidualIn& t, size_t o, int cnt, unsigned want)
         : x(raw_at(want & 1 ? t.x : nullptr, o, cnt)), x0(raw_at(want & 2 ? t.x0 : nullptr, o, cnt)),
-          a(raw_at(want & 4 ? t.a : nullptr, o, cnt)), m(raw_at(want & 8 ? t.m : nullptr, o, cnt)) {}
+          a(raw_at(want & 4 ? t.a : nullptr, o, cnt)) {}
 };
 
 // s += w * v over the chunk (a null term adds nothing).
@@ -719,7 +720,6 @@ __device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, co
     add_term(s, t.x, v.x, t.wx, c0, cnt, t.wstride);
     add_term(s, t.x0, v.x0, t.w0, c0, cnt, t.wstride);
     add_term(s, t.a, v.a, t.wa, c0, cnt, t.wstride);
-    add_term(s, t.m, v.m, t.wm, c0, cnt, t.wstride);
 }
 
 // The U-Net skip mix over a chunk, y = g x + (1 - g) w s; the forward's and, formed again,
@@ -811,7 +811,7 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
-            const TermChunk v(t, o, cnt, 15u);
+            const TermChunk v(t, o, cnt, 7u);
             const uint4 vs = raw_at(NEXT && !own ? nx.s : nullptr, o, cnt);
             const uint4 vx0 = raw_at(NEXT ? nx.x0 : nullptr, o, cnt);
             sum_terms(s[k], t, v, c0, cnt);
@@ -839,7 +839,7 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
     }
 }
 
-constexpr int kResSlots = 6;  // the weight gradients a residual backward pass can sum
+constexpr int kResSlots = 5;  // the weight gradients a residual backward pass can sum
 
 struct ResidualBackwardArgs {
     bf16* dres;
@@ -849,7 +849,7 @@ struct ResidualBackwardArgs {
     ResidualIn t;
     ResidualGrad d;
     ResidualPrev p;
-    // Accumulator of each weight gradient, or -1 for none: t's x, x0, a, m; p's skip w and gate.
+    // Accumulator of each weight gradient, or -1 for none: t's x, x0, a; p's skip w and gate.
     int slot[kResSlots];
 };
 
@@ -933,13 +933,22 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
     // The norm's input: xn, or formed from the terms (after a skip, t.x is its mix). A pass on
     // to the previous entry, a block's first norm, has no xn and terms x and x0 only.
     const bf16* const xn = PREV ? nullptr : a.xn;
-    constexpr unsigned tmask = SKIP ? 2u : PREV ? 3u : 15u;
+    constexpr unsigned tmask = SKIP ? 2u : PREV ? 3u : 7u;
     // The terms read a second time, for their weights' gradients (bits as TermChunk's want).
-    const unsigned want = (a.slot[0] >= 0) | (a.slot[1] >= 0) << 1 | (a.slot[2] >= 0) << 2 | (a.slot[3] >= 0) << 3;
+    const unsigned want = (a.slot[0] >= 0) | (a.slot[1] >= 0) << 1 | (a.slot[2] >= 0) << 2;
+    // A pass on to the previous entry holds what its first loop loaded for its second (the
+    // terms, the skip's sources) and loads dx0's and dskip's old values with them, so that a
+    // row waits on memory once: with the second loop loading them again, and dx0 and dskip
+    // from DRAM, these passes ran at 1.85-2.1 TB/s against 2.7 for the others (session 26).
+    struct Held {
+        TermChunk v;
+        uint4 x, s, dx0, dskip;
+    };
     for (int n = blockIdx.x * kResWarps + warp; n < N; n += gridDim.x * kResWarps) {
         const size_t row = size_t(n) * C;
         float g[K][8], xs[K][8], dot = 0.f;  // the row's gradient; the norm's input
         uint4 dn[K];
+        Held held[PREV ? K : 1];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
@@ -948,8 +957,10 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
             dn[k] = raw_at(a.dnorm, o, cnt);
             // A first norm's input is its terms, read with the rest; other passes read terms
             // for their norm only without xn, after the rest, to hold fewer registers.
-            TermChunk v(t, o, cnt, PREV && a.dnorm ? tmask : 0u);
+            TermChunk v(t, o, cnt, PREV ? tmask : 0u);
             const uint4 vx = raw_at(SKIP ? p.x : nullptr, o, cnt), vs = raw_at(SKIP ? p.s : nullptr, o, cnt);
+            if constexpr (PREV)
+                held[k] = {v, vx, vs, raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt), raw_at(p.dskip, o, cnt)};
             unpack8(g[k], vdy);
             if (a.dadd) {
                 float e[8];
@@ -990,10 +1001,11 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
         for (int k = 0; k < K; ++k) {
             const int c0 = (k * 32 + lane) * 8, cnt = C - c0;
             const size_t o = row + c0;
-            const TermChunk v(t, o, cnt, want & tmask);
-            const uint4 vx = raw_at(SKIP ? p.x : nullptr, o, cnt), vs = raw_at(SKIP ? p.s : nullptr, o, cnt);
-            const uint4 vdx0 = raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt);
-            const uint4 vdskip = raw_at(PREV ? p.dskip : nullptr, o, cnt);
+            Held h;
+            if constexpr (PREV) h = held[k];
+            else h = {TermChunk(t, o, cnt, want & tmask), {}, {}, raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt), {}};
+            const TermChunk& v = h.v;
+            const uint4 &vx = h.x, &vs = h.s, &vdx0 = h.dx0, &vdskip = h.dskip;
             if (a.dres) st8(a.dres + o, g[k], cnt);  // may alias dy: read above by this lane
             float x[8], s[8];  // skip: the previous output and the skip's source
             Gates gt;
@@ -1012,7 +1024,6 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
             term_backward(acc, a.slot[1], k, g[k], t.x0, v.x0, t.w0, d.dx0, d.add_dx0 ? &vdx0 : nullptr, o, c0, cnt,
                           t.wstride);
             term_backward(acc, a.slot[2], k, g[k], t.a, v.a, t.wa, d.da, nullptr, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[3], k, g[k], t.m, v.m, t.wm, d.dm, nullptr, o, c0, cnt, t.wstride);
             if constexpr (PREV) {
                 float gx[8];  // y = wx g, then the previous output's gradient
                 ldw(gx, t.wx, c0, cnt, 1);
@@ -1026,8 +1037,8 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
                         vg[j] = gt.dg[j] * (x[j] - w.v[j] * s[j]);
                         ds[j] = (1.f - gt.g[j]) * w.v[j] * gx[j];
                     }
-                    acc.add(a.slot[4], k, gx, vw);
-                    acc.add(a.slot[5], k, gx, vg);
+                    acc.add(a.slot[3], k, gx, vw);
+                    acc.add(a.slot[4], k, gx, vg);
                     if (p.ds) st8(p.ds + o, ds, cnt);
 #pragma unroll
                     for (int j = 0; j < 8; ++j) gx[j] = gt.g[j] * gx[j] + (p.ds ? 0.f : ds[j]);
@@ -1740,12 +1751,12 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
     if (N <= 0 || C <= 0) return;
     PG_CHECK(!dnorm || rstd);
     if (prev) {
-        PG_CHECK(prev->x && prev->dres && !d.dx && !xn && !t.a && !t.m && t.wstride == 1);
+        PG_CHECK(prev->x && prev->dres && !d.dx && !xn && !t.a && t.wstride == 1);
         PG_CHECK(!prev->s || (prev->w && prev->gate && !t.x));
     }
     ResidualBackwardArgs a{dres, dy, dadd, dnorm, xn, rstd, scale, t, d, prev ? *prev : ResidualPrev{},
-                           {-1, -1, -1, -1, -1, -1}};
-    float* const dw[kResSlots] = {d.dwx, d.dw0, d.dwa, d.dwm, a.p.dw, a.p.dgate};
+                           {-1, -1, -1, -1, -1}};
+    float* const dw[kResSlots] = {d.dwx, d.dw0, d.dwa, a.p.dw, a.p.dgate};
     int slots = 0;
     for (int i = 0; i < kResSlots; ++i)
         if (dw[i]) a.slot[i] = slots++;

@@ -613,17 +613,17 @@ void add_scaled_backward(T* dx, T* da, T* dw, const T* dout, const T* a, const T
 // ---------------------------------------------------------------------------------------
 // Fused forms, as the GPU runs them (model/kernels.cuh): the oracles of those kernels, built
 // from the ops above or written out where they only regroup them. RefModel runs the ops
-// above one by one. Unlike the ops above, gradients that feed a GEMM (da, dm, dqkv, dlogits)
+// above one by one. Unlike the ops above, gradients that feed a GEMM (da, dqkv, dlogits)
 // and the residual gradient dx of residual_backward are overwritten, not added to.
 
-// The terms of a residual-stream sum, out = wx x + w0 x0 + wa a + wm m: x and x0 are
-// streams of the residual, a and m branch outputs (all bf16 on the GPU). A null
-// term is absent, a null weight is 1; weights are [C] (wstride 1) or one scalar (wstride 0).
+// The terms of a residual-stream sum, out = wx x + w0 x0 + wa a: x and x0 are streams of the
+// residual, a an addend such as the bigram's projection (all bf16 on the GPU). A null term is
+// absent, a null weight is 1; weights are [C] (wstride 1) or one scalar (wstride 0).
 template <typename S, typename B, typename W>
 struct ResidualTerms {
     const S *x = nullptr, *x0 = nullptr;
-    const B *a = nullptr, *m = nullptr;
-    const W *wx = nullptr, *w0 = nullptr, *wa = nullptr, *wm = nullptr;
+    const B* a = nullptr;
+    const W *wx = nullptr, *w0 = nullptr, *wa = nullptr;
     int wstride = 1;
 };
 
@@ -632,8 +632,8 @@ template <typename S, typename B, typename W>
 struct ResidualGrads {
     S* dx = nullptr;                 // = wx g
     S* dx0 = nullptr;                // += w0 g (= when !add_dx0: the gradient's first writer)
-    B *da = nullptr, *dm = nullptr;  // = wa g, wm g
-    W *dwx = nullptr, *dw0 = nullptr, *dwa = nullptr, *dwm = nullptr;  // += sum over rows of g * term
+    B* da = nullptr;                 // = wa g
+    W *dwx = nullptr, *dw0 = nullptr, *dwa = nullptr;  // += sum over rows of g * term
     bool add_dx0 = true;
 };
 
@@ -647,7 +647,6 @@ void residual_row(T* out, const ResidualTerms<S, B, W>& t, int n, int C) {
         if (t.x) s += w(t.wx, c) * T(t.x[o + c]);
         if (t.x0) s += w(t.w0, c) * T(t.x0[o + c]);
         if (t.a) s += w(t.wa, c) * T(t.a[o + c]);
-        if (t.m) s += w(t.wm, c) * T(t.m[o + c]);
         out[c] = s;
     }
 }
@@ -688,11 +687,9 @@ void residual_backward(T* dres, const T* dy, const T* dadd, const T* dnorm, cons
             if (d.dx) d.dx[i] = w(t.wx, c) * g[i];
             if (d.dx0) d.dx0[i] = (d.add_dx0 ? d.dx0[i] : T(0)) + w(t.w0, c) * g[i];
             if (d.da) d.da[i] = w(t.wa, c) * g[i];
-            if (d.dm) d.dm[i] = w(t.wm, c) * g[i];
             if (d.dwx) d.dwx[c * t.wstride] += g[i] * t.x[i];
             if (d.dw0) d.dw0[c * t.wstride] += g[i] * t.x0[i];
             if (d.dwa) d.dwa[c * t.wstride] += g[i] * t.a[i];
-            if (d.dwm) d.dwm[c * t.wstride] += g[i] * t.m[i];
         }
 }
 

@@ -301,27 +301,27 @@ void check_rmsnorm(Errors& E, std::mt19937_64& rng, int N, int C, cudaStream_t s
 // forward writes and the backward reads and writes. The model's uses are among them.
 struct ResidualCase {
     const char* what;
-    bool x, x0, a, m;      // terms present
-    bool wx, w0, wa, wm;   // weighted (else weight 1)
+    bool x, x0, a;         // terms present
+    bool wx, w0, wa;       // weighted (else weight 1)
     int wstride;           // 1 per channel, 0 one scalar
     bool sum, norm, alias; // forward: keep the sum, normalise it; the sum overwrites x in place
     // Backward.
     bool dadd, dnorm, xn;  // xn: the stored sum is passed (else the kernel forms it again)
     int dres;              // 0 none, 1 separate buffer, 2 in place over dy
-    bool dx, dx0, da, dm;  // term gradients wanted
-    bool dwx, dw0, dwa, dwm;
+    bool dx, dx0, da;      // term gradients wanted
+    bool dwx, dw0, dwa;
     bool set_dx0;          // dx0 overwritten (the first writer of it, add_dx0 false), not added to
 };
 
 const ResidualCase kResidualCases[] = {
-    // what                    x x0 a m wx w0 wa wm ws sum nrm alias dadd dnrm xn dres dx dx0 da dm dwx dw0 dwa dwm set
-    {"mix + norm (block input)", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0},
-    {"mix + attn + norm (x_mid)", 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 0, 1, 0, 0},
-    {"x_mid + mlp (x_out)", 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0},
-    {"parallel block output", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0},
-    {"bigram add in place, scalar", 1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0},
-    {"all terms, norm, separate dres", 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0},
-    {"last block's input, dx0 set", 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1},
+    // what                          x x0 a wx w0 wa ws sum nrm alias dadd dnrm xn dres dx dx0 da dwx dw0 dwa set
+    {"mix + norm (block input)",       1, 1, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0},
+    {"mix + attn + norm (x_mid)",      1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 1, 0},
+    {"stream + branch",                1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 1, 0},
+    {"three weighted terms (output)",  1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0},
+    {"bigram add in place, scalar",    1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0},
+    {"all terms, norm, separate dres", 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0},
+    {"last block's input, dx0 set",    1, 1, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1},
 };
 
 void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int N, int C, cudaStream_t st) {
@@ -329,28 +329,23 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     const size_t n = size_t(N) * C, nw = rc.wstride ? C : 1;
     const double scale = 0.7;
     // Inputs, held in the types the kernels read; weights away from 1 so that a dropped one shows.
-    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n)),
-              m = held<bf16>(randn(rng, n));
-    const Vec wx = randn(rng, nw, 0.5), w0 = randn(rng, nw, 0.5), wa = randn(rng, nw, 0.5), wm = randn(rng, nw, 0.5);
+    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n));
+    const Vec wx = randn(rng, nw, 0.5), w0 = randn(rng, nw, 0.5), wa = randn(rng, nw, 0.5);
     auto dx_ = upload<bf16>(x);
     auto dx0_ = upload<bf16>(x0);
     auto da_ = upload<bf16>(a);
-    auto dm_ = upload<bf16>(m);
     auto dwx_ = upload<float>(wx);
     auto dw0_ = upload<float>(w0);
     auto dwa_ = upload<float>(wa);
-    auto dwm_ = upload<float>(wm);
     ResidualIn t;
     ResidualTerms<double, double, double> r;
     r.wstride = t.wstride = rc.wstride;
     if (rc.x) t.x = dx_.get(), r.x = x.data();
     if (rc.x0) t.x0 = dx0_.get(), r.x0 = x0.data();
     if (rc.a) t.a = da_.get(), r.a = a.data();
-    if (rc.m) t.m = dm_.get(), r.m = m.data();
     if (rc.wx) t.wx = dwx_.get(), r.wx = wx.data();
     if (rc.w0) t.w0 = dw0_.get(), r.w0 = w0.data();
     if (rc.wa) t.wa = dwa_.get(), r.wa = wa.data();
-    if (rc.wm) t.wm = dwm_.get(), r.wm = wm.data();
 
     // Forward.
     auto dsum = poisoned<bf16>(n);
@@ -390,22 +385,18 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
     auto gdx = poisoned<bf16>(n);
     auto gdx0 = rc.set_dx0 ? poisoned<bf16>(n) : upload<bf16>(base_x0);
     auto gda = poisoned<bf16>(n);
-    auto gdm = poisoned<bf16>(n);
-    DeviceArray<float> gdw[4] = {upload<float>(base_w), upload<float>(base_w), upload<float>(base_w),
-                                 upload<float>(base_w)};
+    DeviceArray<float> gdw[3] = {upload<float>(base_w), upload<float>(base_w), upload<float>(base_w)};
     ResidualGrad d;
     ResidualGrads<double, double, double> rd;
-    Vec rdx(n, 0.0), rdx0 = rc.set_dx0 ? base_x0 : Vec(n, 0.0), rda(n, 0.0), rdm(n, 0.0);
-    Vec rdw[4] = {Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0)};
+    Vec rdx(n, 0.0), rdx0 = rc.set_dx0 ? base_x0 : Vec(n, 0.0), rda(n, 0.0);
+    Vec rdw[3] = {Vec(nw, 0.0), Vec(nw, 0.0), Vec(nw, 0.0)};
     if (rc.dx) d.dx = gdx.get(), rd.dx = rdx.data();
     if (rc.dx0) d.dx0 = gdx0.get(), rd.dx0 = rdx0.data();
     d.add_dx0 = rd.add_dx0 = !rc.set_dx0;
     if (rc.da) d.da = gda.get(), rd.da = rda.data();
-    if (rc.dm) d.dm = gdm.get(), rd.dm = rdm.data();
     if (rc.dwx) d.dwx = gdw[0].get(), rd.dwx = rdw[0].data();
     if (rc.dw0) d.dw0 = gdw[1].get(), rd.dw0 = rdw[1].data();
     if (rc.dwa) d.dwa = gdw[2].get(), rd.dwa = rdw[2].data();
-    if (rc.dwm) d.dwm = gdw[3].get(), rd.dwm = rdw[3].data();
     bf16* dres = rc.dres == 2 ? ddy.get() : rc.dres == 1 ? ddres.get() : nullptr;
     residual_backward(dres, ddy.get(), rc.dadd ? ddadd.get() : nullptr, rc.dnorm ? ddnorm.get() : nullptr,
                       rc.xn ? dxn.get() : nullptr, dr.get(), float(scale), t, d, N, C, st);
@@ -418,9 +409,8 @@ void check_residual(Errors& E, std::mt19937_64& rng, const ResidualCase& rc, int
         E.check("residual_backward dx0, " + tag, rc.set_dx0 ? download(gdx0, st) : minus(download(gdx0, st), base_x0),
                 rdx0, kBf16);
     if (rc.da) E.check("residual_backward da, " + tag, download(gda, st), rda, kBf16);
-    if (rc.dm) E.check("residual_backward dm, " + tag, download(gdm, st), rdm, kBf16);
-    const bool dw[4] = {rc.dwx, rc.dw0, rc.dwa, rc.dwm};
-    for (int k = 0; k < 4; ++k)
+    const bool dw[3] = {rc.dwx, rc.dw0, rc.dwa};
+    for (int k = 0; k < 3; ++k)
         if (dw[k])
             E.check("residual_backward dw" + std::to_string(k) + ", " + tag, minus(download(gdw[k], st), base_w),
                     rdw[k], kSum);
@@ -436,9 +426,8 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
                             ", C=" + std::to_string(C);
     const size_t n = size_t(N) * C;
     const double scale = 0.7;
-    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n)),
-              m = held<bf16>(randn(rng, n));
-    const Vec tw[4] = {randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5)};
+    const Vec x = held<bf16>(randn(rng, n)), x0 = held<bf16>(randn(rng, n)), a = held<bf16>(randn(rng, n));
+    const Vec tw[3] = {randn(rng, C, 0.5), randn(rng, C, 0.5), randn(rng, C, 0.5)};
     const Vec sk = held<bf16>(randn(rng, n)), w = randn(rng, C, 0.5), gate = randn(rng, C), wx = randn(rng, C, 0.5),
               w0 = randn(rng, C, 0.5);
     std::vector<DeviceArray<float>> f32;
@@ -446,17 +435,14 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     auto dev = [&](const Vec& v) { return f32.emplace_back(upload<float>(v)).get(); };
     auto devb = [&](const Vec& v) { return b16.emplace_back(upload<bf16>(v)).get(); };
     auto da = upload<bf16>(a);
-    auto dm = upload<bf16>(m);
     ResidualIn t;
     ResidualTerms<double, double, double> r;
     if (rc.x) t.x = devb(x), r.x = x.data();
     if (rc.x0) t.x0 = devb(x0), r.x0 = x0.data();
     if (rc.a) t.a = da.get(), r.a = a.data();
-    if (rc.m) t.m = dm.get(), r.m = m.data();
     if (rc.wx) t.wx = dev(tw[0]), r.wx = tw[0].data();
     if (rc.w0) t.w0 = dev(tw[1]), r.w0 = tw[1].data();
     if (rc.wa) t.wa = dev(tw[2]), r.wa = tw[2].data();
-    if (rc.wm) t.wm = dev(tw[3]), r.wm = tw[3].data();
     auto dsum = poisoned<bf16>(n);
     auto dskip = poisoned<bf16>(n);
     auto dnorm = poisoned<bf16>(n);

@@ -449,11 +449,11 @@ TEST_CASE("ref op fused residual sum + rmsnorm backward, stored or recomputed su
         for (bool norm : {true, false}) {
             INFO("wstride " << wstride << " norm " << norm);
             const size_t nw = wstride ? C : 1;
-            Vec x = randn(N * C, g), x0 = randn(N * C, g), a = randn(N * C, g), m = randn(N * C, g);
-            Vec wx = randn(nw, g), w0 = randn(nw, g), wa = randn(nw, g), wm = randn(nw, g);
+            Vec x = randn(N * C, g), x0 = randn(N * C, g), a = randn(N * C, g);
+            Vec wx = randn(nw, g), w0 = randn(nw, g), wa = randn(nw, g);
             ResidualTerms<double, double, double> t;
-            t.x = x.data(), t.x0 = x0.data(), t.a = a.data(), t.m = m.data();
-            t.wx = wx.data(), t.w0 = w0.data(), t.wa = wa.data(), t.wm = wm.data(), t.wstride = wstride;
+            t.x = x.data(), t.x0 = x0.data(), t.a = a.data();
+            t.wx = wx.data(), t.w0 = w0.data(), t.wa = wa.data(), t.wstride = wstride;
             // Outputs: the sum, then (with norm) its normalised form.
             auto fwd = [&] {
                 Vec y(2 * N * C, 0.0), rstd(N);
@@ -461,16 +461,15 @@ TEST_CASE("ref op fused residual sum + rmsnorm backward, stored or recomputed su
                 return y;
             };
             grad_check(
-                {&x, &x0, &a, &m, &wx, &w0, &wa, &wm}, fwd,
+                {&x, &x0, &a, &wx, &w0, &wa}, fwd,
                 [&](const Vec& dy) {
                     Vec sum(N * C), nrm(N * C), rstd(N);
                     residual_forward(sum.data(), nrm.data(), rstd.data(), t, N, C, scale);
                     const Vec dsum(dy.begin(), dy.begin() + N * C), dnorm(dy.begin() + N * C, dy.end());
-                    std::vector<Vec> out{Vec(N * C), zeros(N * C), Vec(N * C), Vec(N * C),
-                                         zeros(nw),  zeros(nw),    zeros(nw),  zeros(nw)};
+                    std::vector<Vec> out{Vec(N * C), zeros(N * C), Vec(N * C), zeros(nw), zeros(nw), zeros(nw)};
                     ResidualGrads<double, double, double> d;
-                    d.dx = out[0].data(), d.dx0 = out[1].data(), d.da = out[2].data(), d.dm = out[3].data();
-                    d.dwx = out[4].data(), d.dw0 = out[5].data(), d.dwa = out[6].data(), d.dwm = out[7].data();
+                    d.dx = out[0].data(), d.dx0 = out[1].data(), d.da = out[2].data();
+                    d.dwx = out[3].data(), d.dw0 = out[4].data(), d.dwa = out[5].data();
                     // The sum's gradient split as the model passes it: part in dy, part in dadd.
                     Vec half = dsum, dres(N * C);
                     for (double& v : half) v *= 0.5;
