@@ -124,11 +124,10 @@ __device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) 
 
 // ---- loads issued ahead: a row loop's chunks of 8 values, fetched by cp.async into the
 // thread's own shared-memory slots S iterations before their use, so that many loads are in
-// flight without holding registers (qkv_prep keeps 64 registers for 4 blocks an SM; fetched
-// ahead, its backward went from 249 to 227 us at the record shape). A thread reads only its
-// own slots, so no barrier is needed. A loop fetches its first S iterations, then each
-// iteration waits, takes its chunks, and fetches iteration it + S into the slots it has just
-// used up. Chunks that are partial or not 16-byte aligned are read from global memory when
+// flight without holding registers (fetched ahead, qkv_prep's backward went from 249 to 227 us
+// at the record shape). A thread reads only its own slots, so no barrier is needed. A loop
+// fetches its first S iterations, then each iteration waits, takes its chunks, and fetches
+// iteration it + S into the slots it has just used up. Chunks that are partial or not 16-byte aligned are read from global memory when
 // taken. ----
 
 template <int S, int P>  // S iterations ahead, P 16-byte pieces an iteration
@@ -1220,11 +1219,15 @@ struct QkvAt {
 };
 using QkvFwdAhead = Ahead<3, 2>;  // qkv; v_first
 using QkvBwdAhead = Ahead<3, 3>;  // qkv; dq (fp32) or dk or dv, v_first
+// Three blocks an SM, up to 80 registers: at four (64 registers) both kernels spilled (the
+// backward 36-44 bytes a thread, which ncu showed as local loads missing L1), and the record
+// shape took 103 / 211 us against 100 / 202 (session 26 call 3).
+constexpr int kQkvBlocks = 3;
 
 // Every lane of a warp runs the same shuffles (group_sum, rope8) whatever its vector's role;
 // the roles differ only in straight-line code between them.
 template <bool ALIGNED>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, kQkvBlocks)
     qkv_prep_forward_kernel(const QkvIn p, int N, int Tn, int H, int Hkv, int hd, int tpv, int rpb, const Rope rope,
                             bool norm) {
     extern __shared__ __align__(16) unsigned char ahead_smem[];
@@ -1280,7 +1283,7 @@ __global__ void __launch_bounds__(kThreads, 4)
 // dq . R(xn) = R^T(dq) . xn: one transposed rotation of dq serves q_gain's gradient and the
 // gradient through the norm.
 template <bool ALIGNED>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, kQkvBlocks)
     qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv, int hd,
                              int tpv, int rpb, const Rope rope, bool norm) {
     extern __shared__ __align__(16) unsigned char ahead_smem[];  // the loads ahead, then sums
