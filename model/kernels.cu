@@ -651,7 +651,7 @@ __global__ void rmsnorm_backward_kernel(In* dinp, const G* dout, const In* inp, 
 
 constexpr int kResWarps = 8, kMaxResChunks = 4;
 
-// Shared-memory tables of per-column values (GradAcc's sums, SkipCols) are laid out by lane:
+// Shared-memory tables of per-column values (GradAcc's sums, ColTables) are laid out by lane:
 // lane l's 16-byte pieces q = 2k, 2k + 1 of its chunk k sit at float4 q * 32 + l, so that no two
 // lanes share a bank phase. Column c (chunk c / 256 of lane (c / 8) % 32, piece (c / 4) % 2,
 // element c % 4) is float number:
@@ -670,19 +670,66 @@ void with_res_chunks(int C, F&& f) {
     else f(std::integral_constant<int, 4>{});
 }
 
-// v = w[(c0 + j) * wstride] for the chunk's columns, or 1 without weights.
-__device__ __forceinline__ void ldw(float (&v)[8], const float* w, int c0, int cnt, int wstride) {
-    if (!w) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = 1.f;
-    } else if (wstride) {
-        ld8(v, w + c0, cnt);
-    } else {
-        const float x = w[0];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = x;
+// A residual pass's per-column values, formed once a block in shared memory rather than read
+// from global memory at every row: the terms' weights (tables kX, kX0, kA), the skip's
+// g = sigmoid(gate) and w, and the next block's resid_mix. K * 256 floats a table
+// (lane_piece_float), zeros past C, so a lane reads its chunk's 8 as two conflict-free 16-byte
+// loads. From global memory a lane's 32 bytes sat 32 bytes from its neighbour's: ncu counted 78%
+// of the first block pass's sectors excessive (session 26); and the skip's sigmoids, 8 a chunk
+// and row, made its backward issue ~3,100 instructions a row (session 17). The gate's derivative
+// g (1 - g) is formed from g where it is read.
+struct ColTables {
+    enum Table { kX, kX0, kA, kGate, kSkipW, kNextX, kNext0, kCount };
+    const float4* base;  // this lane's piece 0 of table 0
+    int stride;          // float4s from one table to the next
+    __device__ ColTables(const float4* tables, int K) : base(tables + threadIdx.x % 32), stride(K * 64) {}
+    // Table t from w, when w is given (kGate: the sigmoid of w); the caller syncs before use.
+    __device__ static void fill(float4* tables, Table t, const float* w, int C, int K) {
+        if (!w) return;
+        float* f = reinterpret_cast<float*>(tables) + size_t(t) * K * 256;
+        for (int c = threadIdx.x; c < K * 256; c += blockDim.x)
+            f[lane_piece_float(c)] = c < C ? (t == kGate ? sigm(w[c]) : w[c]) : 0.f;
     }
-}
+    __device__ void get(float (&v)[8], Table t, int k) const {
+        const float4* p = base + t * stride + 2 * k * 32;
+        const float4 lo = p[0], hi = p[32];
+        v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    }
+    // A weight of chunk k: its table's values (per column), w[0] in every column (one scalar), or
+    // 1 (no weight).
+    __device__ void weight(float (&v)[8], Table t, const float* w, int wstride, int k) const {
+        if (!w) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = 1.f;
+        } else if (wstride) {
+            get(v, t, k);
+        } else {
+            const float x = w[0];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = x;
+        }
+    }
+    __device__ Gates gates(int k) const {
+        Gates r;
+        get(r.g, kGate, k);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) r.dg[j] = r.g[j] * (1.f - r.g[j]);
+        return r;
+    }
+    __device__ Weights weights(int k) const {
+        Weights r;
+        get(r.v, kSkipW, k);
+        return r;
+    }
+    // The tables of a pass's terms (per-column weights only).
+    __device__ static void fill_terms(float4* tables, const ResidualIn& t, int C, int K) {
+        if (!t.wstride) return;
+        fill(tables, kX, t.wx, C, K);
+        fill(tables, kX0, t.w0, C, K);
+        fill(tables, kA, t.wa, C, K);
+    }
+};
+constexpr size_t col_tables_smem(int K) { return size_t(ColTables::kCount) * K * 256 * sizeof(float); }
 
 // The residual passes issue a chunk's loads before they use any of them (raw_at, TermChunk):
 // with each value used as soon as it was loaded, inside ld8's branch, the loads of a chunk were
@@ -701,24 +748,25 @@ struct TermChunk {
           a(raw_at(want & 4 ? t.a : nullptr, o, cnt)) {}
 };
 
-// s += w * v over the chunk (a null term adds nothing).
-__device__ __forceinline__ void add_term(float (&s)[8], const void* term, const uint4& v, const float* w, int c0,
-                                         int cnt, int wstride) {
+// s += w * v over chunk k (a null term adds nothing); w's table is t.
+__device__ __forceinline__ void add_term(float (&s)[8], const void* term, const uint4& v, const ColTables& tb,
+                                         ColTables::Table t, const float* w, int wstride, int k) {
     if (!term) return;
     float f[8], wv[8];
     unpack8(f, v);
-    ldw(wv, w, c0, cnt, wstride);
+    tb.weight(wv, t, w, wstride, k);
 #pragma unroll
     for (int j = 0; j < 8; ++j) s[j] += wv[j] * f[j];
 }
 
-// One chunk of the terms' sum.
-__device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, const TermChunk& v, int c0, int cnt) {
+// Chunk k of the terms' sum.
+__device__ __forceinline__ void sum_terms(float (&s)[8], const ResidualIn& t, const TermChunk& v, const ColTables& tb,
+                                          int k) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) s[j] = 0.f;
-    add_term(s, t.x, v.x, t.wx, c0, cnt, t.wstride);
-    add_term(s, t.x0, v.x0, t.w0, c0, cnt, t.wstride);
-    add_term(s, t.a, v.a, t.wa, c0, cnt, t.wstride);
+    add_term(s, t.x, v.x, tb, ColTables::kX, t.wx, t.wstride, k);
+    add_term(s, t.x0, v.x0, tb, ColTables::kX0, t.w0, t.wstride, k);
+    add_term(s, t.a, v.a, tb, ColTables::kA, t.wa, t.wstride, k);
 }
 
 // The U-Net skip mix over a chunk, y = g x + (1 - g) w s; the forward's and, formed again,
@@ -729,47 +777,11 @@ __device__ __forceinline__ void skip_mix(float (&y)[8], const float (&x)[8], con
     for (int j = 0; j < 8; ++j) y[j] = g.g[j] * x[j] + (1.f - g.g[j]) * w.v[j] * s[j];
 }
 
-// The skip's per-column values, g = sigmoid(gate) and w, formed once a block in shared memory
-// rather than once a row: a row's chunk took 16 scalar loads and 8 sigmoids, and the skip's
-// backward pass, which needs them twice, issued ~3,100 instructions a row (ncu). Two tables of
-// K * 256 floats (lane_piece_float), zeros past C; the gate's derivative g (1 - g) is formed
-// from g where it is read.
-struct SkipCols {
-    static constexpr int kTables = 2;
-    const float4* base;  // this lane's piece 0 of table 0
-    int stride;          // float4s from one table to the next
-    __device__ SkipCols(const float4* tables, int K) : base(tables + threadIdx.x % 32), stride(K * 64) {}
-    // The block's threads fill the tables; the caller syncs before use.
-    __device__ static void fill(float4* tables, const float* gate, const float* w, int C, int K) {
-        float* f = reinterpret_cast<float*>(tables);
-        for (int c = threadIdx.x; c < K * 256; c += blockDim.x) {
-            const int at = lane_piece_float(c);
-            f[at] = c < C ? sigm(gate[c]) : 0.f, f[K * 256 + at] = c < C ? w[c] : 0.f;
-        }
-    }
-    __device__ static void unpack(float (&v)[8], const float4* p) {
-        const float4 lo = p[0], hi = p[32];
-        v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-    }
-    __device__ Gates gates(int k) const {
-        Gates r;
-        unpack(r.g, base + 2 * k * 32);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) r.dg[j] = r.g[j] * (1.f - r.g[j]);
-        return r;
-    }
-    __device__ Weights weights(int k) const {
-        Weights r;
-        unpack(r.v, base + stride + 2 * k * 32);
-        return r;
-    }
-};
-constexpr size_t skip_cols_smem(int K) { return size_t(SkipCols::kTables) * K * 256 * sizeof(float); }
 
 // The next block's input from chunk k of the sum y, in place (ResidualNext); s and x0 are the
 // chunk's skip source and x0 as loaded, the source being y itself when own.
-__device__ __forceinline__ void next_input(float (&y)[8], const ResidualNext& nx, const SkipCols& sc, int k,
-                                           const uint4& s, bool own, const uint4& x0, size_t o, int c0, int cnt) {
+__device__ __forceinline__ void next_input(float (&y)[8], const ResidualNext& nx, const ColTables& tb, int k,
+                                           const uint4& s, bool own, const uint4& x0, size_t o, int cnt) {
     if (nx.s) {
         float v[8];
         if (own)
@@ -777,15 +789,15 @@ __device__ __forceinline__ void next_input(float (&y)[8], const ResidualNext& nx
             for (int j = 0; j < 8; ++j) v[j] = y[j];
         else
             unpack8(v, s);
-        skip_mix(y, y, v, sc.gates(k), sc.weights(k));
+        skip_mix(y, y, v, tb.gates(k), tb.weights(k));
         round_bf16(y);
         st8(nx.skip_out + o, y, cnt);
     }
     float wx[8];
-    ldw(wx, nx.wx, c0, cnt, 1);
+    tb.weight(wx, ColTables::kNextX, nx.wx, 1, k);
 #pragma unroll
     for (int j = 0; j < 8; ++j) y[j] *= wx[j];
-    add_term(y, nx.x0, x0, nx.w0, c0, cnt, 1);
+    add_term(y, nx.x0, x0, tb, ColTables::kNext0, nx.w0, 1, k);
     if (nx.x_in) st8(nx.x_in + o, y, cnt);
 }
 
@@ -793,13 +805,17 @@ template <int K, bool NEXT>
 __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* sum, bf16* norm, float* rstd,
                                                                           const ResidualIn t, int N, int C,
                                                                           float scale, const ResidualNext nx) {
-    extern __shared__ float4 skip_smem[];  // NEXT with a skip: its SkipCols
+    extern __shared__ float4 col_smem[];  // ColTables
     const int lane = threadIdx.x % 32;
-    if (NEXT && nx.s) {
-        SkipCols::fill(skip_smem, nx.gate, nx.w, C, K);
-        __syncthreads();
+    ColTables::fill_terms(col_smem, t, C, K);
+    if (NEXT) {
+        if (nx.s) ColTables::fill(col_smem, ColTables::kGate, nx.gate, C, K);
+        if (nx.s) ColTables::fill(col_smem, ColTables::kSkipW, nx.w, C, K);
+        ColTables::fill(col_smem, ColTables::kNextX, nx.wx, C, K);
+        ColTables::fill(col_smem, ColTables::kNext0, nx.w0, C, K);
     }
-    const SkipCols sc(skip_smem, K);
+    __syncthreads();
+    const ColTables tb(col_smem, K);
     // The skip's source may be this pass's own sum (a skip from the block's own output), which
     // is not read but taken as stored.
     const bool own = nx.s == sum;
@@ -813,14 +829,14 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
             const TermChunk v(t, o, cnt, 7u);
             const uint4 vs = raw_at(NEXT && !own ? nx.s : nullptr, o, cnt);
             const uint4 vx0 = raw_at(NEXT ? nx.x0 : nullptr, o, cnt);
-            sum_terms(s[k], t, v, c0, cnt);
+            sum_terms(s[k], t, v, tb, k);
             // The stored sum may alias t.x: this lane read its chunk above. The norm goes on from
             // the stored (rounded) values, which the backward reads to form the norm's input again.
             if (sum) {
                 round_bf16(s[k]);
                 st8(sum + o, s[k], cnt);
             }
-            if (NEXT && norm) next_input(s[k], nx, sc, k, vs, own, vx0, o, c0, cnt);
+            if (NEXT && norm) next_input(s[k], nx, tb, k, vs, own, vx0, o, cnt);
         }
         if (!norm) continue;
         float ss = 0.f;
@@ -874,8 +890,9 @@ struct GradAcc {
 // One term's gradients over a chunk: its weight's, from the term's values v (into the slot's
 // accumulator), and its own, out = w g, plus old (out's values as loaded) when given.
 __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int k, const float (&g)[8],
-                                              const void* term, const uint4& v, const float* w, bf16* out,
-                                              const uint4* old, size_t o, int c0, int cnt, int wstride) {
+                                              const void* term, const uint4& v, const ColTables& tb,
+                                              ColTables::Table t, const float* w, int wstride, bf16* out,
+                                              const uint4* old, size_t o, int cnt) {
     if (!term) return;
     if (slot >= 0) {
         float f[8];
@@ -884,7 +901,7 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     }
     if (!out) return;
     float wv[8], dv[8];
-    ldw(wv, w, c0, cnt, wstride);
+    tb.weight(wv, t, w, wstride, k);
 #pragma unroll
     for (int j = 0; j < 8; ++j) dv[j] = wv[j] * g[j];
     if (old) {
@@ -896,10 +913,9 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     st8(out + o, dv, cnt);
 }
 
-// Shared memory of residual_backward_kernel<K> with `slots` accumulators, and the SkipCols of
-// a pass through a skip after them.
-constexpr size_t residual_backward_smem(int K, int slots, bool skip) {
-    return size_t(slots) * kResWarps * K * 256 * sizeof(float) + (skip ? skip_cols_smem(K) : 0);
+// Shared memory of residual_backward_kernel<K> with `slots` accumulators, then its ColTables.
+constexpr size_t residual_backward_smem(int K, int slots) {
+    return size_t(slots) * kResWarps * K * 256 * sizeof(float) + col_tables_smem(K);
 }
 
 // partial[slot][blockIdx.x][C]: the block's sums of each accumulated weight gradient. PREV: the
@@ -923,12 +939,14 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
     const GradAcc acc{acc_smem + warp * K * 2 * 32 + lane, slot_stride};
     for (int s = 0; s < slots; ++s)
         for (int q = 0; q < 2 * K; ++q) acc.base[s * slot_stride + q * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-    float4* const skip_tables = acc_smem + slots * slot_stride;
+    float4* const tables = acc_smem + slots * slot_stride;
+    ColTables::fill_terms(tables, t, C, K);
     if (SKIP) {
-        SkipCols::fill(skip_tables, p.gate, p.w, C, K);
-        __syncthreads();
+        ColTables::fill(tables, ColTables::kGate, p.gate, C, K);
+        ColTables::fill(tables, ColTables::kSkipW, p.w, C, K);
     }
-    const SkipCols sc(skip_tables, K);
+    __syncthreads();
+    const ColTables tb(tables, K);
     // The norm's input: xn, or formed from the terms (after a skip, t.x is its mix). A pass on
     // to the previous entry, a block's first norm, has no xn and terms x and x0 only.
     const bf16* const xn = PREV ? nullptr : a.xn;
@@ -970,14 +988,14 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
             if (!a.dnorm) continue;
             if (!PREV && !xn) v = TermChunk(t, o, cnt, tmask);
             if (xn) unpack8(xs[k], vxn);
-            else sum_terms(xs[k], t, v, c0, cnt);
+            else sum_terms(xs[k], t, v, tb, k);
             if (SKIP) {  // the block's input, the skip mix, formed again (in bf16) where needed
                 float x[8], s[8], xv[8], wx[8];
                 unpack8(x, vx);
                 unpack8(s, vs);
-                skip_mix(xv, x, s, sc.gates(k), sc.weights(k));
+                skip_mix(xv, x, s, tb.gates(k), tb.weights(k));
                 round_bf16(xv);
-                ldw(wx, t.wx, c0, cnt, 1);
+                tb.weight(wx, ColTables::kX, t.wx, 1, k);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) xs[k][j] += wx[j] * xv[j];
             }
@@ -1012,20 +1030,22 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
             if (SKIP) {
                 unpack8(x, vx);
                 unpack8(s, vs);
-                gt = sc.gates(k);
-                w = sc.weights(k);
+                gt = tb.gates(k);
+                w = tb.weights(k);
                 float xv[8];
                 skip_mix(xv, x, s, gt, w);
                 round_bf16(xv);
                 acc.add(a.slot[0], k, g[k], xv);
             }
-            term_backward(acc, a.slot[0], k, g[k], t.x, v.x, t.wx, d.dx, nullptr, o, c0, cnt, t.wstride);
-            term_backward(acc, a.slot[1], k, g[k], t.x0, v.x0, t.w0, d.dx0, d.add_dx0 ? &vdx0 : nullptr, o, c0, cnt,
-                          t.wstride);
-            term_backward(acc, a.slot[2], k, g[k], t.a, v.a, t.wa, d.da, nullptr, o, c0, cnt, t.wstride);
+            term_backward(acc, a.slot[0], k, g[k], t.x, v.x, tb, ColTables::kX, t.wx, t.wstride, d.dx, nullptr, o,
+                          cnt);
+            term_backward(acc, a.slot[1], k, g[k], t.x0, v.x0, tb, ColTables::kX0, t.w0, t.wstride, d.dx0,
+                          d.add_dx0 ? &vdx0 : nullptr, o, cnt);
+            term_backward(acc, a.slot[2], k, g[k], t.a, v.a, tb, ColTables::kA, t.wa, t.wstride, d.da, nullptr, o,
+                          cnt);
             if constexpr (PREV) {
                 float gx[8];  // y = wx g, then the previous output's gradient
-                ldw(gx, t.wx, c0, cnt, 1);
+                tb.weight(gx, ColTables::kX, t.wx, 1, k);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) gx[j] *= g[k][j];
                 if (SKIP) {
@@ -1736,7 +1756,7 @@ void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, i
     PG_CHECK(!next || (norm && (!next->s || (next->w && next->gate && next->skip_out))));
     auto launch = [&](auto kernel, int K) {
         const int threads = kResWarps * 32;
-        const size_t smem = next && next->s ? skip_cols_smem(K) : 0;
+        const size_t smem = col_tables_smem(K);
         const int blocks = one_wave(kernel, threads, smem, (N + kResWarps - 1) / kResWarps);
         kernel<<<blocks, threads, smem, stream>>>(sum, norm, rstd, t, N, C, scale, next ? *next : ResidualNext{});
         PG_CHECK_LAUNCH();
@@ -1765,15 +1785,14 @@ void residual_backward(bf16* dres, const bf16* dy, const bf16* dadd, const bf16*
         if (dw[i]) a.slot[i] = slots++;
     auto launch = [&](auto kernel, int K) {
         const int threads = kResWarps * 32;
-        const bool skip = prev && prev->s;
-        const size_t smem = residual_backward_smem(K, slots, skip);
+        const size_t smem = residual_backward_smem(K, slots);
         // The kernel's limit is what its most slots take (within the device's), not this call's:
         // a graph captured with a larger launch of it must still find that launch allowed (with
         // the limit lowered after capture, ncu's replay of such a launch failed).
         int dev = 0, optin = 0;
         PG_CHECK(cudaGetDevice(&dev));
         PG_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        const size_t limit = std::min(residual_backward_smem(K, kResSlots, skip), size_t(optin));
+        const size_t limit = std::min(residual_backward_smem(K, kResSlots), size_t(optin));
         if (smem > limit)
             fail("residual_backward: %d weight gradients of rows of %d take too much shared memory", slots, C);
         PG_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
