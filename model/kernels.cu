@@ -127,8 +127,8 @@ __device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) 
 // flight without holding registers (fetched ahead, qkv_prep's backward went from 249 to 227 us
 // at the record shape). A thread reads only its own slots, so no barrier is needed. A loop
 // fetches its first S iterations, then each iteration waits, takes its chunks, and fetches
-// iteration it + S into the slots it has just used up. Chunks that are partial or not 16-byte aligned are read from global memory when
-// taken. ----
+// iteration it + S into the slots it has just used up. Chunks that are partial or not 16-byte
+// aligned are read from global memory when taken. ----
 
 template <int S, int P>  // S iterations ahead, P 16-byte pieces an iteration
 struct Ahead {
@@ -809,8 +809,10 @@ __global__ void __launch_bounds__(kResWarps * 32) residual_forward_kernel(bf16* 
     const int lane = threadIdx.x % 32;
     ColTables::fill_terms(col_smem, t, C, K);
     if (NEXT) {
-        if (nx.s) ColTables::fill(col_smem, ColTables::kGate, nx.gate, C, K);
-        if (nx.s) ColTables::fill(col_smem, ColTables::kSkipW, nx.w, C, K);
+        if (nx.s) {
+            ColTables::fill(col_smem, ColTables::kGate, nx.gate, C, K);
+            ColTables::fill(col_smem, ColTables::kSkipW, nx.w, C, K);
+        }
         ColTables::fill(col_smem, ColTables::kNextX, nx.wx, C, K);
         ColTables::fill(col_smem, ColTables::kNext0, nx.w0, C, K);
     }

@@ -97,8 +97,9 @@ public:
     size_t activation_bytes() const { return arena_.size(); }
 
 private:
-    // The buffers of one schedule entry: what RefModel's BlockActs holds (x_in is not kept:
-    // the backward forms it again from x and x0, which it reads anyway).
+    // The buffers of one schedule entry: what RefModel's BlockActs holds. x_in is kept for the
+    // attention's product to add into; the backward's norm forms it again from x and x0 in fp32,
+    // as the forward normed it, except in the first block, whose pass normed x_in as stored.
     struct Slot {
         // The residual stream [N, D]: x only written after a skip mix; x_in the block's input
         // after resid_mix, x_mid after the attention's branch, x_out after the MLP's.
