@@ -316,6 +316,7 @@ struct ResidualCase {
 const ResidualCase kResidualCases[] = {
     // what                          x x0 a wx w0 wa ws sum nrm alias dadd dnrm xn dres dx dx0 da dwx dw0 dwa set
     {"mix + norm (block input)",       1, 1, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0},
+    {"stream as stored + norm (u)",    1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 2, 0, 0, 0, 0, 0, 0, 0},
     {"mix + attn + norm (x_mid)",      1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 0, 0, 1, 0, 0, 1, 0},
     {"stream + branch",                1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 1, 0},
     {"three weighted terms (output)",  1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0},
@@ -449,19 +450,25 @@ void check_residual_next(Errors& E, std::mt19937_64& rng, const ResidualCase& rc
     auto drstd = poisoned<float>(N);
     auto dxin = poisoned<bf16>(n);
     ResidualNext nx;
-    if (skip) nx.s = skip == 1 ? devb(sk) : dsum.get(), nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
+    // Without rc.sum the block's output is t.x as a product stored it, and an own skip reads it.
+    bf16* const out = rc.sum ? dsum.get() : nullptr;
+    const bf16* const own = rc.sum ? out : t.x;
+    if (skip) nx.s = skip == 1 ? devb(sk) : own, nx.w = dev(w), nx.gate = dev(gate), nx.skip_out = dskip.get();
     nx.wx = dev(wx), nx.x0 = devb(x0), nx.w0 = dev(w0), nx.x_in = dxin.get();
-    residual_forward(dsum.get(), dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
+    residual_forward(out, dnorm.get(), drstd.get(), t, N, C, float(scale), st, &nx);
 
     // The kernel goes on from the stored (bf16) sum and skip mix; so does the reference.
     Vec sum(n), y(n), norm(n), rstd(N);
     pg::residual_forward(sum.data(), static_cast<double*>(nullptr), rstd.data(), r, N, C, 1.0);
-    const Vec got_sum = download(dsum, st);
-    E.check("residual_forward sum, " + tag, got_sum, sum, kBf16);
-    y = got_sum;
+    if (rc.sum) {
+        const Vec got_sum = download(dsum, st);
+        E.check("residual_forward sum, " + tag, got_sum, sum, kBf16);
+        sum = got_sum;
+    }
+    y = sum;
     if (skip) {
-        pg::skip_mix_forward(y.data(), got_sum.data(), skip == 1 ? sk.data() : got_sum.data(), w.data(), gate.data(),
-                             N, C);
+        pg::skip_mix_forward(y.data(), sum.data(), skip == 1 ? sk.data() : rc.sum ? sum.data() : x.data(), w.data(),
+                             gate.data(), N, C);
         const Vec got_skip = download(dskip, st);
         E.check("residual_forward skip mix, " + tag, got_skip, y, kBf16);
         y = got_skip;
@@ -919,12 +926,13 @@ TEST_CASE("kernel residual sums with RMSNorm: every use in the model, forward an
             CAPTURE(s.C);
             CAPTURE(rc.what);
             check_residual(E, rng, rc, s.N(), s.C, st.s);
-            if (rc.sum && !rc.norm && rc.wstride)  // a block's output
+            // A block's output, stored by this pass or, x alone, by a product before it.
+            if (rc.wstride && (rc.sum ? !rc.norm : rc.x && !rc.x0 && !rc.a))
                 for (int skip : {0, 1, 2}) check_residual_next(E, rng, rc, skip, s.N(), s.C, st.s);
         }
     // Rows longer than 512 values take more chunks per lane; longer than 1024 are refused.
     for (const ResidualCase& rc : kResidualCases) check_residual(E, rng, rc, 5, 1000, st.s);
-    for (int skip : {1, 2}) check_residual_next(E, rng, kResidualCases[3], skip, 5, 1000, st.s);
+    for (int skip : {1, 2}) check_residual_next(E, rng, kResidualCases[4], skip, 5, 1000, st.s);
     for (const RowShape& s : row_shapes())
         for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, s.N(), s.C, st.s);
     for (const PrevCase& pc : kPrevCases) check_residual_prev(E, rng, pc, 5, 1000, st.s);
