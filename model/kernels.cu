@@ -555,18 +555,27 @@ struct SmearBackward {
     static constexpr int kGrads = 1;
     using Cols = Gates;
     bf16* dinp;
-    const bf16* dout;
+    const bf16 *dout, *dout_add;
     const bf16* inp;
     const float* gate;
     int Tn, C;
     bool add;
     __device__ Cols cols(int c0, int cnt) const { return load_gates(gate, c0, cnt); }
+    // The output's gradient at row o, summed over dout and dout_add in fp32.
+    __device__ void grad(float (&v)[8], size_t o, int cnt) const {
+        ld8(v, dout + o, cnt);
+        if (!dout_add) return;
+        float e[8];
+        ld8(e, dout_add + o, cnt);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] += e[j];
+    }
     __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<1>& acc) const {
         const size_t o = size_t(n) * C + c0;
         const int t = n % Tn;
         float dy[8], next[8], x[8], prev[8];
-        ld8(dy, dout + o, cnt);
-        ld8(next, dout + o + C, t + 1 < Tn ? cnt : 0);
+        grad(dy, o, cnt);
+        grad(next, o + C, t + 1 < Tn ? cnt : 0);
         ld8(x, inp + o, cnt);
         ld8(prev, inp + o - C, t > 0 ? cnt : 0);
         float dx[8];
@@ -1747,8 +1756,8 @@ void smear_forward(bf16* out, const bf16* inp, const float* gate, int B, int Tn,
 }
 
 void smear_backward(bf16* dinp, float* dgate, const bf16* dout, const bf16* inp, const float* gate, int B, int Tn,
-                    int C, cudaStream_t stream, bool add) {
-    launch_rows(SmearBackward{dinp, dout, inp, gate, Tn, C, add}, B * Tn, C, stream, {dgate});
+                    int C, cudaStream_t stream, bool add, const bf16* dout_add) {
+    launch_rows(SmearBackward{dinp, dout, dout_add, inp, gate, Tn, C, add}, B * Tn, C, stream, {dgate});
 }
 
 void residual_forward(bf16* sum, bf16* norm, float* rstd, const ResidualIn& t, int N, int C, float scale,

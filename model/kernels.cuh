@@ -94,9 +94,10 @@ void swiglu_backward(bf16* dinp, const bf16* dout, const bf16* inp, int N, int h
 // parameter buffer) ----
 // SmearGate over [B, Tn, C]: out_t = (1-g) x_t + g x_{t-1}, g = sigmoid(gate).
 void smear_forward(bf16* out, const bf16* inp, const float* gate, int B, int Tn, int C, cudaStream_t stream);
-// dinp += (= without add); dgate +=.
+// dinp += (= without add); dgate +=. The output's gradient is dout + dout_add (when given), summed
+// in fp32 as it is read, so that a caller with it in two parts spends no pass adding them.
 void smear_backward(bf16* dinp, float* dgate, const bf16* dout, const bf16* inp, const float* gate, int B, int Tn,
-                    int C, cudaStream_t stream, bool add = true);
+                    int C, cudaStream_t stream, bool add = true, const bf16* dout_add = nullptr);
 // The U-Net skip, out = g x + (1-g) (w s), g = sigmoid(gate), runs inside the residual passes
 // below: forward in residual_forward's (ResidualNext), backward in residual_backward's
 // (ResidualPrev).

@@ -471,15 +471,16 @@ void CudaModel::backward_body() {
     side_pending_[0] = side_pending_[1] = false;
     for (int i = S - 1; i >= 0; --i) block_backward(i);
     join_side();
-    // x0 feeds the first block and every resid_mix.
-    accumulate(dx, dx0_, ND, st);
-
+    // x0 feeds the first block and every resid_mix: its gradient is dx + dx0_, which the smear
+    // gate's backward sums as it reads them.
     const bf16* dnorm = dx;
     if (cfg_.smear_gate) {
-        smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st, false);
+        smear_backward(dblock_, G(ix_.smear_gate), dx, x_norm_, P(ix_.smear_gate), B_, Tn_, D, st, false, dx0_);
         dnorm = dblock_;
+    } else {
+        accumulate(dx, dx0_, ND, st);
     }
-    bf16* demb = dx0_;  // free once added into dx
+    bf16* demb = dx0_;  // free once read above
     rmsnorm_backward(demb, dnorm, x_emb_, rstd_emb_, N, D, 1.f, st, nullptr, false);
     if (cfg_.bigram_buckets > 0) {
         const int bd = cfg_.bigram_dim;

@@ -910,6 +910,18 @@ TEST_CASE("kernel smear gate: forward and backward") {
         auto gdx_set = poisoned<bf16>(n);  // overwritten (add = false)
         smear_backward(gdx_set.get(), gdgate.get(), dg.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s, false);
         E.check("smear_backward dinp overwriting", download(gdx_set, st.s), rdx, kBf16);
+        // The gradient in two parts (the model's dx and dx0), summed as they are read.
+        const Vec g1 = held<bf16>(randn(rng, n)), g2 = held<bf16>(randn(rng, n));
+        Vec g12(n), rdx12(n, 0.0), rdgate12(C, 0.0);
+        for (size_t i = 0; i < n; ++i) g12[i] = g1[i] + g2[i];
+        pg::smear_backward(rdx12.data(), rdgate12.data(), g12.data(), x.data(), gate.data(), s.B, s.Tn, C);
+        auto dg1 = upload<bf16>(g1), dg2 = upload<bf16>(g2);
+        auto gdgate12 = upload<float>(base_gate);
+        smear_backward(gdx_set.get(), gdgate12.get(), dg1.get(), dx.get(), dgate.get(), s.B, s.Tn, C, st.s, false,
+                       dg2.get());
+        E.check("smear_backward dinp of a gradient in two parts", download(gdx_set, st.s), rdx12, kBf16);
+        E.check("smear_backward dgate of a gradient in two parts", minus(download(gdgate12, st.s), base_gate),
+                rdgate12, kSum);
     }
 }
 
