@@ -1,0 +1,28 @@
+#!/bin/bash
+# Session 27 call 3: call 2's qreg build read Q's fragments under `if (kt == 0)` inside the tile
+# loop, and its D = 64 results were wrong from the second tile on (the compiler may take the
+# fragments of later tiles as undefined); qreg2 loads them once before the loop. kreg: qreg2
+# plus the attention backward's S^T = K Q^T with K from registers (48 bytes of spills a thread
+# at D = 64). Attention tests of both; bench attention (B = 24, D = 64) and the step,
+# alternating with HEAD (base27).
+set -u
+mkdir -p $OUT
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader
+for b in qreg2 kreg; do
+  timeout 120 .bench/pgolf_tests_$b -tc='*flash attention*' > $OUT/tests_$b.log 2>&1
+  echo "tests $b: $(tail -2 $OUT/tests_$b.log | head -1)"
+  grep -B4 -A12 "ERROR:" $OUT/tests_$b.log | head -30
+done
+for r in 1 2 3; do
+  for b in base27 qreg2 kreg; do
+    .bench/pgolf_$b bench attention --batch 24 --head-dims 64 > /tmp/attn_${b}_$r.log 2>&1
+    echo "$b round $r: $(grep RESULT /tmp/attn_${b}_$r.log)"
+  done
+done | tee $OUT/attn.txt
+for r in 1 2 3; do
+  for b in base27 qreg2 kreg; do
+    .bench/pgolf_$b bench model --rows 24 --recur on > /tmp/bench_${b}_$r.log 2>&1
+    echo "$b round $r: $(grep -E '^ +24 +on' /tmp/bench_${b}_$r.log | awk '{printf "fwd %s bwd %s step %s ms", $3, $4, $6}') $(grep -m1 error /tmp/bench_${b}_$r.log)"
+  done
+done | tee $OUT/ab.txt
+cd /tmp && tar czf $OUT/logs.tgz attn_*.log bench_*.log
