@@ -57,6 +57,13 @@ __device__ __forceinline__ uint4 raw8(const bf16* p, int cnt) {
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 __device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) { unpack8(v, raw8(p, cnt)); }
+// v[j] += the chunk's 8 bf16 values as loaded (raw8), summed in fp32.
+__device__ __forceinline__ void add_raw8(float (&v)[8], const uint4& u) {
+    float e[8];
+    unpack8(e, u);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] += e[j];
+}
 
 // p[j] = v[j] for j < cnt.
 __device__ __forceinline__ void st8(float* p, const float (&v)[8], int cnt) {
@@ -564,11 +571,7 @@ struct SmearBackward {
     // The output's gradient at row o, summed over dout and dout_add in fp32.
     __device__ void grad(float (&v)[8], size_t o, int cnt) const {
         ld8(v, dout + o, cnt);
-        if (!dout_add) return;
-        float e[8];
-        ld8(e, dout_add + o, cnt);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] += e[j];
+        if (dout_add) add_raw8(v, raw8(dout_add + o, cnt));
     }
     __device__ void operator()(const Cols& w, int n, int c0, int cnt, Acc<1>& acc) const {
         const size_t o = size_t(n) * C + c0;
@@ -915,12 +918,7 @@ __device__ __forceinline__ void term_backward(const GradAcc& acc, int slot, int 
     tb.weight(wv, t, w, wstride, k);
 #pragma unroll
     for (int j = 0; j < 8; ++j) dv[j] = wv[j] * g[j];
-    if (old) {
-        float e[8];
-        unpack8(e, *old);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) dv[j] += e[j];
-    }
+    if (old) add_raw8(dv, *old);
     st8(out + o, dv, cnt);
 }
 
@@ -990,12 +988,7 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
             if constexpr (PREV)
                 held[k] = {v, vx, vs, raw_at(d.add_dx0 ? d.dx0 : nullptr, o, cnt), raw_at(p.dskip, o, cnt)};
             unpack8(g[k], vdy);
-            if (a.dadd) {
-                float e[8];
-                unpack8(e, vdadd);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) g[k][j] += e[j];
-            }
+            if (a.dadd) add_raw8(g[k], vdadd);
             if (!a.dnorm) continue;
             if (!PREV && !xn) v = TermChunk(t, o, cnt, tmask);
             if (xn) unpack8(xs[k], vxn);
@@ -1073,12 +1066,7 @@ __global__ void __launch_bounds__(kResWarps * 32, K > 2 ? 1 : PREV ? 2 : 3)
 #pragma unroll
                     for (int j = 0; j < 8; ++j) gx[j] = gt.g[j] * gx[j] + (p.ds ? 0.f : ds[j]);
                 }
-                if (p.dskip) {
-                    float e[8];
-                    unpack8(e, vdskip);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) gx[j] += e[j];
-                }
+                if (p.dskip) add_raw8(gx, vdskip);
                 st8(p.dres + o, gx, cnt);  // may alias dy: read above by this lane
             }
         }
@@ -1359,13 +1347,8 @@ __global__ void __launch_bounds__(kThreads, kQkvBlocks)
             for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input
         } else {
             ahead.take(vd, it, 1, d.dv + a.o, cnt);
-            for (const bf16* from : {d.dv_add, d.dv_add2}) {
-                if (!from) continue;
-                float e[8];
-                ld8(e, from + a.o, cnt);
-#pragma unroll
-                for (int k = 0; k < 8; ++k) vd[k] += e[k];
-            }
+            for (const bf16* from : {d.dv_add, d.dv_add2})
+                if (from) add_raw8(vd, raw8(from + a.o, cnt));
         }
         rope8<ALIGNED>(vd, cs, rope.half, dims, c0, -1.f);  // q, k: R^T of the output's gradient
         const float part = dot8(vd, vx);
