@@ -28,6 +28,7 @@
 #include "common/cuda_check.cuh"
 #include "model/atomics.cuh"
 #include "model/attention.cuh"
+#include "model/head_vec.cuh"  // k's and v's share of qkv_prep's backward, in the epilogue
 #include "model/tensor_map.cuh"
 #include "model/wgmma.cuh"
 
@@ -366,6 +367,100 @@ __device__ __forceinline__ void consumers_barrier() {
     asm volatile("bar.sync 4, %0;\n" ::"n"(N) : "memory");
 }
 
+// The L2 lines of what kv_grad_rows reads besides the staged tiles, for `rows` keys from k0 of
+// sequence b, KV head hk, prefetched by the producer's 128 threads once their last stage is
+// issued: a block's epilogue otherwise waits on DRAM with its SM's tensor cores idle.
+template <int D>
+__device__ void kv_grad_prefetch(const KvGradEpilogue& e, int b, int hk, int k0, int rows, int T, int tid) {
+    const QkvGrad& d = e.d;
+    const QkvIn& p = e.p;
+    const int H = e.s.H, Hkv = e.s.Hkv, width = (H + 2 * Hkv) * D;
+    constexpr int kLines = (D * 2 + 127) / 128;  // a head vector's lines
+    const bf16* const from[4] = {d.dv_add, d.dv_add2, p.v_mix ? p.v_first : nullptr,
+                                 p.v_mix && d.add_dv_first ? d.dv_first : nullptr};
+    for (int i = tid; i < rows * kLines; i += 128) {
+        const int pos = k0 + i / kLines, line = i % kLines;
+        if (pos >= T) break;
+        const size_t n = size_t(b) * T + pos, o = (n * Hkv + hk) * D + line * 64;
+        const bf16* const raw = p.qkv + n * width + (H + hk) * D + line * 64;
+        prefetch_l2(raw);
+        if (p.v_mix) prefetch_l2(raw + Hkv * D);
+        for (const bf16* f : from)
+            if (f) prefetch_l2(f + o);
+        if (e.s.norm && line == 0) prefetch_l2(p.k_rstd + n * Hkv + hk);
+    }
+}
+
+// k's and v's share of qkv_prep's backward (model/kernels.cuh KvGradEpilogue) on a warp's 16
+// staged rows r0.. of dK (pK, scaled) and dV (pV), keys k0 + r0.. of sequence b, KV head hk:
+// dqkv's k and v columns, dv_first's share. D / 8 lanes hold a row's vector, 8 values a lane,
+// as in kernels.cu's qkv_prep_backward_kernel. Returns the lane's shares of v_mix's two sums
+// (dv . v_raw, dv . v_first). The global reads of up to 4 rows a lane are issued together
+// before any store: between dqkv's stores, which the compiler cannot tell apart from them, each
+// row's reads waited on memory in turn (the epilogue took 48 us a call at the record shape).
+template <bool ALIGNED, int TROWS, int D>
+__device__ float2 kv_grad_rows(const KvGradEpilogue& e, const unsigned char* pK, const unsigned char* pV, int r0,
+                               int k0, int b, int hk, int T, int lane) {
+    constexpr int CH = D / 8, RPI = 32 / CH, ITS = 16 / RPI, BATCH = ITS < 4 ? ITS : 4;  // lanes a row, rows an it.
+    const QkvGrad& d = e.d;
+    const QkvIn& p = e.p;
+    const int H = e.s.H, Hkv = e.s.Hkv, width = (H + 2 * Hkv) * D, c = lane % CH, c0 = c * 8;
+    const bool mix = p.v_mix, add_first = mix && d.add_dv_first;
+    const float vm0 = mix ? p.v_mix[0] : 1.f, vm1 = mix ? p.v_mix[1] : 0.f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    float2 sums = make_float2(0.f, 0.f);
+#pragma unroll
+    for (int i0 = 0; i0 < ITS; i0 += BATCH) {
+        int pos[BATCH], cnt[BATCH];
+        size_t o[BATCH], ok[BATCH];  // the row's chunk in v_first and the like; k's in its qkv row (v's: + Hkv D)
+        uint4 kx[BATCH], vx[BATCH], add1[BATCH], add2[BATCH], vf[BATCH], dvf[BATCH];
+        float rs[BATCH];
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            pos[j] = k0 + r0 + (i0 + j) * RPI + lane / CH, cnt[j] = pos[j] < T ? 8 : 0;
+            const size_t n = size_t(b) * T + pos[j];
+            o[j] = (n * Hkv + hk) * D + c0, ok[j] = n * width + (H + hk) * D + c0;
+            kx[j] = raw8(p.qkv + ok[j], cnt[j]);
+            rs[j] = e.s.norm && cnt[j] ? p.k_rstd[n * Hkv + hk] : 1.f;
+            add1[j] = d.dv_add ? raw8(d.dv_add + o[j], cnt[j]) : zero;
+            add2[j] = d.dv_add2 ? raw8(d.dv_add2 + o[j], cnt[j]) : zero;
+            vx[j] = mix ? raw8(p.qkv + ok[j] + Hkv * D, cnt[j]) : zero;
+            vf[j] = mix ? raw8(p.v_first + o[j], cnt[j]) : zero;
+            dvf[j] = add_first ? raw8(d.dv_first + o[j], cnt[j]) : zero;
+        }
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            const int r = pos[j] - k0;
+            float vd[8], xn[8];
+            float2 cs[8];
+            unpack8(vd, *reinterpret_cast<const uint4*>(pK + Tile<TROWS, D>::off(r, c)));
+            unpack8(xn, kx[j]);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) xn[k] *= rs[j];
+            rope_angles<ALIGNED>(cs, e.rope, cnt[j] ? e.rope.dims : 0, c0, pos[j]);
+            qk_backward<ALIGNED>(vd, xn, cs, e.rope, e.rope.dims, c0, 1.f, rs[j], e.s.norm, CH, D);
+            st8(d.dqkv + ok[j], vd, cnt[j]);
+
+            unpack8(vd, *reinterpret_cast<const uint4*>(pV + Tile<TROWS, D>::off(r, c)));
+            if (d.dv_add) add_raw8(vd, add1[j]);
+            if (d.dv_add2) add_raw8(vd, add2[j]);
+            if (mix) {
+                float v[8], f[8], df[8];
+                unpack8(v, vx[j]);
+                unpack8(f, vf[j]);
+                sums.x += dot8(vd, v);
+                sums.y += dot8(vd, f);
+                unpack8(df, dvf[j]);  // zeros unless added to
+#pragma unroll
+                for (int k = 0; k < 8; ++k) df[k] += vm1 * vd[k], vd[k] *= vm0;
+                st8(d.dv_first + o[j], df, cnt[j]);
+            }
+            st8(d.dqkv + ok[j] + Hkv * D, vd, cnt[j]);
+        }
+    }
+    return sums;
+}
+
 // One block = 64 keys of one (batch, KV head) per consumer warpgroup, with dK and dV
 // accumulating in registers while 64-query steps of Q and dO of every query head of the group
 // stream past. In lockstep (one block barrier a step, FlashAttention-2 style) the tensor cores
@@ -394,7 +489,8 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
                const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                float* __restrict__ dq_acc, float* __restrict__ zero_next, bf16* __restrict__ dk,
-               bf16* __restrict__ dv, int T, int Hq, int Hkv, int chunk, float scale_log2, float scale) {
+               bf16* __restrict__ dv, const KvGradEpilogue e, int T, int Hq, int Hkv, int chunk, float scale_log2,
+               float scale) {
     using L = BwdSmem<D>;
     constexpr int WG = L::WG, Bc = L::Bc, Br = L::Br, S = L::S, NS = L::NS, DN = L::DN, PS = L::PS;
     static_assert(WG >= 1 && WG <= 3, "wg_barrier names three warpgroups");
@@ -473,6 +569,7 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
             mbar_arrive(full(s));
         }
         if constexpr (!PG_SM90) cp_async_wait<0>();
+        if (e.d.dqkv) kv_grad_prefetch<D>(e, b, hk, k0, Bc, T, tid);
         // The next call's accumulator (AttnBwdPlan::zero_other): this block's share, by streaming
         // stores, so that the zeros do not push the dQ rows being added into out of L2.
         if (zero_next) {
@@ -650,9 +747,24 @@ __global__ void __launch_bounds__(BwdRegs<D>::threads, 1)
     stage_acc<Bc, D>(pK, kw, dka, scale, g, t);
     stage_acc<Bc, D>(pV, kw, dva, 1.f, g, t);
     __syncwarp();
-    const size_t kv_off = (size_t(b) * T * Hkv + hk) * D;
-    store_rows<Bc, D, 16>(dk + kv_off, ks, k0 + kw, T, pK, kw, lane);
-    store_rows<Bc, D, 16>(dv + kv_off, ks, k0 + kw, T, pV, kw, lane);
+    if (!e.d.dqkv) {
+        const size_t kv_off = (size_t(b) * T * Hkv + hk) * D;
+        store_rows<Bc, D, 16>(dk + kv_off, ks, k0 + kw, T, pK, kw, lane);
+        store_rows<Bc, D, 16>(dv + kv_off, ks, k0 + kw, T, pV, kw, lane);
+        return;
+    }
+    const float2 part = e.rope.half % 8 == 0 ? kv_grad_rows<true, Bc, D>(e, pK, pV, kw, k0, b, hk, T, lane)
+                                             : kv_grad_rows<false, Bc, D>(e, pK, pV, kw, k0, b, hk, T, lane);
+    if (!e.p.v_mix) return;
+    // v_mix's sums, the warps' in a fixed order (stats is free: the producer has left).
+    const float s0 = group_sum(part.x, 32), s1 = group_sum(part.y, 32);
+    if (lane == 0) stats[2 * warp] = s0, stats[2 * warp + 1] = s1;
+    consumers_barrier<128 * WG>();
+    if (threadIdx.x < 2) {
+        float sum = 0.f;
+        for (int w = 0; w < 4 * WG; ++w) sum += stats[2 * w + threadIdx.x];
+        e.partial[2 * blockIdx.x + threadIdx.x] = sum;
+    }
 }
 
 // dq = bf16(dq_acc * scale), 8 elements a thread.
@@ -735,7 +847,7 @@ float* workspace_part(void* workspace, int i, int B, int T, int Hq, int D) {
 template <int D>
 void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                      const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
-                     int Hkv, AttnBwdPlan plan, cudaStream_t stream) {
+                     int Hkv, AttnBwdPlan plan, KvGradEpilogue* kv, cudaStream_t stream) {
     const int rows = B * T * Hq;
     float* dq_acc = flash_attention_dq_accumulator(workspace, plan.slot, B, T, Hq, D);
     float* zero_next =
@@ -763,8 +875,10 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* ou
     constexpr int Bc = BwdSmem<D>::Bc;
     const CUtensorMap map_q = head_map<kBwdBr, D>(q, B, T, Hq), map_do = head_map<kBwdBr, D>(dout, B, T, Hq);
     const CUtensorMap map_k = head_map<Bc, D>(k, B, T, Hkv), map_v = head_map<Bc, D>(v, B, T, Hkv);
+    if (kv) kv->parts = int(blocks);
     bwd_kernel<D><<<blocks, BwdRegs<D>::threads, smem, stream>>>(map_q, map_k, map_v, map_do, q, k, v, dout, lse, delta,
-                                                                 dq_acc, zero_next, dk, dv, T, Hq, Hkv, chunk,
+                                                                 dq_acc, zero_next, dk, dv,
+                                                                 kv ? *kv : KvGradEpilogue{}, T, Hq, Hkv, chunk,
                                                                  scale * kLog2e, scale);
     PG_CHECK_LAUNCH();
 
@@ -791,12 +905,19 @@ size_t flash_attention_backward_workspace_bytes(int B, int T, int Hq, int D) {
 
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out, const float* lse,
                               const bf16* dout, bf16* dq, bf16* dk, bf16* dv, void* workspace, int B, int T, int Hq,
-                              int Hkv, int D, cudaStream_t stream, AttnBwdPlan plan) {
+                              int Hkv, int D, cudaStream_t stream, AttnBwdPlan plan, KvGradEpilogue* kv) {
     check_shape("flash_attention_backward", B, T, Hq, Hkv, D);
     check_aligned("flash_attention_backward", {q, k, v, out, lse, dout, dk, dv, workspace});
     if (dq) check_aligned("flash_attention_backward", {dq});
+    if (kv) {
+        const QkvShape& s = kv->s;
+        if (s.B != B || s.Tn != T || s.H != Hq || s.Hkv != Hkv || s.hd != D || !kv->d.dqkv || !kv->p.qkv)
+            fail("flash_attention_backward: the k/v gradient epilogue is for another shape, or has no qkv / dqkv");
+    } else if (!dk || !dv) {
+        fail("flash_attention_backward: dk and dv are needed without a k/v gradient epilogue");
+    }
     with_head_dim(D, [&](auto hd) {
-        launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, plan,
+        launch_backward<decltype(hd)::value>(q, k, v, out, lse, dout, dq, dk, dv, workspace, B, T, Hq, Hkv, plan, kv,
                                              stream);
     });
 }

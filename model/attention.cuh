@@ -16,6 +16,7 @@
 namespace pg {
 
 using bf16 = __nv_bfloat16;
+struct KvGradEpilogue;
 
 // Whether the kernels exist for head dim D (32, 64, 128).
 bool flash_attention_supports_head_dim(int D);
@@ -49,10 +50,13 @@ struct AttnBwdPlan {
 // workspace, so dq may differ between runs in the last bits.
 // `workspace` holds at least flash_attention_backward_workspace_bytes(B, T, Hq, D) bytes, any
 // contents but what `plan` promises; it may be reused once the stream has passed this call.
+// With kv (model/kernels.cuh), dk and dv go on through k's and v's share of qkv_prep's
+// backward inside the kernel instead (dk and dv unused, may be null), and kv->parts is set for
+// qkv_prep_backward, which must follow on the same stream.
 void flash_attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* out,
                               const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, int B, int T, int Hq, int Hkv, int D,
-                              cudaStream_t stream, AttnBwdPlan plan = {});
+                              cudaStream_t stream, AttnBwdPlan plan = {}, KvGradEpilogue* kv = nullptr);
 
 // The fp32 accumulator of q's gradient of `slot` in a backward workspace of that shape.
 float* flash_attention_dq_accumulator(void* workspace, int slot, int B, int T, int Hq, int D);

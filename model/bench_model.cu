@@ -24,6 +24,7 @@
 #include "common/cuda_check.cuh"
 #include "common/device.h"
 #include "model/bench_model.h"
+#include "model/attention.cuh"
 #include "model/kernels.cuh"
 #include "model/model_cuda.cuh"
 #include "model/model_ref.h"
@@ -197,14 +198,15 @@ void bench_kernels(const ModelConfig& m, int rows) {
     qp.qkv = qkv.get(), qp.q_gain = gain.get(), qp.v_first = vf.get(), qp.v_mix = gain.get();
     QkvGrad qd;
     qd.dqkv = dqkv.get(), qd.dq_gain = dgain.get(), qd.dv_mix = dgain.get() + H, qd.dv_first = dvf.get();
-    qd.dq = dq.get(), qd.dq_scale = 0.125f, qd.dk = k.get(), qd.dv = v.get(), qd.dv_add = dvx.get();
+    qd.dq = dq.get(), qd.dq_scale = 0.125f, qd.dv_add = dvx.get();
 
     std::printf("\nmemory-bound kernels alone, %d x %d tokens, dim %d, q|k|v %d, hidden %d, head chunk %d x %d:\n",
                 rows, Tn, C, QKV, hidden, nce, V);
     std::printf("%-58s %10s %9s\n", "kernel (bytes it must move)", "us", "GB/s");
     auto row = [&](const char* what, double bytes, const std::function<void()>& fn) {
         const double us = median(time_runs(fn, 3, 21, st)) * 1e3;
-        std::printf("%-58s %10.1f %9.0f\n", what, us, bytes / us * 1e-3);
+        if (bytes > 0) std::printf("%-58s %10.1f %9.0f\n", what, us, bytes / us * 1e-3);
+        else std::printf("%-58s %10.1f %9s\n", what, us, "-");
     };
     row("device-to-device copy of 256 MiB (read + write)", 2.0 * big_a.size(), [&] {
         PG_CHECK(cudaMemcpyAsync(big_b.get(), big_a.get(), big_a.size(), cudaMemcpyDeviceToDevice, st));
@@ -254,8 +256,22 @@ void bench_kernels(const ModelConfig& m, int rows) {
     }
     const double nq = double(N) * QKV, nkv = double(N) * KVD;
     row("qkv_prep_forward: qkv, v_first -> q, k, v", nq * 2 * h + nkv * h, [&] { qkv_prep_forward(qp, s, st); });
-    row("qkv_prep_backward: dq (fp32) dk dv, qkv, v_first, dv_first, dv_xsa",
-        nq * 3 * h + double(N) * QD * (f - h) + nkv * 4 * h, [&] { qkv_prep_backward(qd, qp, s, st); });
+    {  // k's and v's share of qkv_prep's backward runs in the attention backward's epilogue
+        auto y = random_array<bf16>(size_t(N) * QD, g), dy_att = random_array<bf16>(size_t(N) * QD, g);
+        DeviceArray<float> lse_att(size_t(N) * H);
+        DeviceArray<unsigned char> ws(flash_attention_backward_workspace_bytes(rows, Tn, H, hd));
+        DeviceArray<bf16> dk(size_t(N) * KVD), dv(size_t(N) * KVD);
+        flash_attention_forward(q.get(), k.get(), v.get(), y.get(), lse_att.get(), rows, Tn, H, Hkv, hd, st);
+        KvGradEpilogue e = kv_grad_epilogue(qd, qp, s);
+        auto attention = [&](KvGradEpilogue* kv) {
+            flash_attention_backward(q.get(), k.get(), v.get(), y.get(), lse_att.get(), dy_att.get(), nullptr,
+                                     dk.get(), dv.get(), ws.get(), rows, Tn, H, Hkv, hd, st, {}, kv);
+        };
+        row("flash_attention_backward: dk, dv (not memory-bound)", 0, [&] { attention(nullptr); });
+        row("flash_attention_backward with k/v's share of qkv_prep's", 0, [&] { attention(&e); });
+        row("qkv_prep_backward, q's share: dq (fp32), qkv -> dqkv", double(N) * QD * (2 * h + f),
+            [&] { qkv_prep_backward(e, st); });
+    }
     const double ny = double(N) * QD;
     row("xsa_forward", ny * 2 * h + nkv * h, [&] { xsa_forward(q.get(), q.get(), v.get(), N, H, Hkv, hd, st); });
     row("xsa_backward", ny * 3 * h + nkv * 3 * h,

@@ -15,6 +15,7 @@
 
 #include "common/cuda_check.cuh"  // PG_CHECK for CUDA calls, DeviceArray
 #include "model/atomics.cuh"
+#include "model/head_vec.cuh"  // ld8, st8, group_sum, rope8 and the rest of a head vector's arithmetic
 #include "model/wgmma.cuh"  // cp.async, shared-memory addresses
 #include "model/ops_ref.h"  // kRmsEps, kXsaNormFloor: the oracle's constants are the kernels' too
 
@@ -22,73 +23,6 @@ namespace pg {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr unsigned kFull = 0xffffffffu;
-
-// ---- 8 values at a time, as fp32 in registers ----
-
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-// v[j] = p[j] for j < cnt, 0 beyond (cnt may be <= 0: nothing is read).
-__device__ __forceinline__ void ld8(float (&v)[8], const float* p, int cnt) {
-    if (cnt >= 8 && aligned16(p)) {
-        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = j < cnt ? p[j] : 0.f;
-    }
-}
-// 8 bf16 as fp32, by shifts of the 32-bit words: converted half by half, the compiler split the
-// 16-byte load that fed them into two of 8 bytes.
-__device__ __forceinline__ void unpack8(float (&v)[8], const uint4& u) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-        v[2 * k] = __uint_as_float(w[k] << 16), v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-}
-// p[0..8) as loaded (bf16 pairs), zeros from cnt on.
-__device__ __forceinline__ uint4 raw8(const bf16* p, int cnt) {
-    if (cnt >= 8 && aligned16(p)) return *reinterpret_cast<const uint4*>(p);
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
-    uint32_t w[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-        w[k] = (2 * k < cnt ? uint32_t(h[2 * k]) : 0u) | (2 * k + 1 < cnt ? uint32_t(h[2 * k + 1]) << 16 : 0u);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
-__device__ __forceinline__ void ld8(float (&v)[8], const bf16* p, int cnt) { unpack8(v, raw8(p, cnt)); }
-// v[j] += the chunk's 8 bf16 values as loaded (raw8), summed in fp32.
-__device__ __forceinline__ void add_raw8(float (&v)[8], const uint4& u) {
-    float e[8];
-    unpack8(e, u);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] += e[j];
-}
-
-// p[j] = v[j] for j < cnt.
-__device__ __forceinline__ void st8(float* p, const float (&v)[8], int cnt) {
-    if (cnt >= 8 && aligned16(p)) {
-        reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-        reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (j < cnt) p[j] = v[j];
-    }
-}
-__device__ __forceinline__ void st8(bf16* p, const float (&v)[8], int cnt) {
-    if (cnt >= 8 && aligned16(p)) {
-        uint4 u;
-        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-        *reinterpret_cast<uint4*>(p) = u;
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-            if (j < cnt) p[j] = __float2bfloat16_rn(v[j]);
-    }
-}
 
 // p[j] += v[j] for j < cnt by fp32 atomics, two vectors of 4 where the chunk is whole and aligned.
 __device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int cnt) {
@@ -102,31 +36,10 @@ __device__ __forceinline__ void atomic_add8(float* p, const float (&v)[8], int c
         if (j < cnt) atomicAdd(p + j, v[j]);
 }
 
-// p[j] += v[j] for j < cnt, summed in fp32; without add, p[j] = v[j].
-template <typename T>
-__device__ __forceinline__ void add8(T* p, const float (&v)[8], int cnt, bool add = true) {
-    if (!add) {
-        st8(p, v, cnt);
-        return;
-    }
-    float d[8];
-    ld8(d, p, cnt);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) d[j] += v[j];
-    st8(p, d, cnt);
-}
-
 // v[j] = the bf16 value nearest v[j]: what a store to bf16 and a load back give.
 __device__ __forceinline__ void round_bf16(float (&v)[8]) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = __bfloat162float(__float2bfloat16_rn(v[j]));
-}
-
-__device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) {
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) s += a[j] * b[j];
-    return s;
 }
 
 // ---- loads issued ahead: a row loop's chunks of 8 values, fetched by cp.async into the
@@ -177,12 +90,6 @@ __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); 
 
 // ---- reductions, all in a fixed order (xor butterflies give every lane the same sum) ----
 
-// Sum over aligned groups of `width` lanes (a power of two up to 32); every lane of the warp
-// must take part.
-__device__ __forceinline__ float group_sum(float v, int width) {
-    for (int o = width / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-    return v;
-}
 
 // Sum over the block, returned to every thread; blockDim.x is a multiple of 32.
 __device__ float block_sum(float v) {
@@ -198,8 +105,8 @@ __device__ float block_sum(float v) {
 
 // The partial sums of a kernel's blocks, partial[p * ld + c] for parts p and columns c < C,
 // into out[c * wstride] (+=): per column when wstride is 1, all into out[0] when it is 0.
-// Up to kMaxSums such sums of one kernel (same parts, ld, wstride) take one launch, blockIdx.y
-// picking the sum: a launch costs more than these few reads. Block (32, 32): 32 columns, each
+// Up to kMaxSums such sums (same wstride; the launch's parts and ld, or a sum's own) take one
+// launch, blockIdx.y picking the sum: a launch costs more than these few reads. Block (32, 32): 32 columns, each
 // summed by 32 threads in 4 interleaved running sums (loads in flight), then across the
 // threads; every order is fixed. With wstride 0 the one block takes every column, thread
 // (x, y) the parts y mod 32 and columns x mod 32.
@@ -208,10 +115,11 @@ struct PartialSums {
     float* out[kMaxSums] = {};
     const float* partial[kMaxSums] = {};
     int C[kMaxSums] = {};
+    int parts[kMaxSums] = {}, ld[kMaxSums] = {};  // a sum's own, where not 0; else the launch's
     int n = 0;
-    void add(float* o, const float* p, int c) {
+    void add(float* o, const float* p, int c, int own_parts = 0, int own_ld = 0) {
         PG_CHECK(n < kMaxSums);
-        out[n] = o, partial[n] = p, C[n++] = c;
+        out[n] = o, partial[n] = p, C[n] = c, parts[n] = own_parts, ld[n++] = own_ld;
     }
 };
 
@@ -220,6 +128,7 @@ __global__ void __launch_bounds__(1024) finish_kernel(const PartialSums f, int p
     float* out = f.out[blockIdx.y];
     const float* partial = f.partial[blockIdx.y];
     const int C = f.C[blockIdx.y];
+    if (f.parts[blockIdx.y]) parts = f.parts[blockIdx.y], ld = f.ld[blockIdx.y];
     if (wstride && int(blockIdx.x) * 32 >= C) return;  // the whole block: a shorter sum than the grid's widest
     const int x = threadIdx.x, y = threadIdx.y, c = blockIdx.x * 32 + x;
     float s[4] = {};
@@ -1104,11 +1013,6 @@ HeadLaunch head_launch(int N, int heads, int hd) {
 // pairs i < half, formed on the host in double as ops_ref.h does and rounded to fp32. A table
 // serves every call with its rope_dims and base and up to its Tn; it lives as long as the
 // process (a captured graph holds its address), and a caller that captures makes it first.
-struct Rope {
-    const float2* table = nullptr;  // [Tn][half]: (cos, sin)
-    int half = 0, dims = 0;
-};
-
 Rope make_rope(int rope_dims, int hd, float base, int Tn) {
     PG_CHECK(rope_dims >= 0 && rope_dims % 2 == 0 && rope_dims <= hd);
     Rope r;
@@ -1140,77 +1044,6 @@ Rope make_rope(int rope_dims, int hd, float base, int Tn) {
     return r;
 }
 
-// The rotation of partial RoPE on the chunk of 8 values c0..c0+7 that a lane holds of a head
-// vector (its other chunks sit in the lanes beside it): value d < half pairs with d + half,
-//   out[d] = v[d] cos + sign v[d + half] sin,  out[d + half] = v[d + half] cos - sign v[d] sin,
-// at the angle of pair d for position t (sign 1: the forward; -1: the transposed rotation).
-// Partners come by shuffle. For output j, the partner's place inside its chunk, (j +- half)
-// mod 8, is the same on every lane, so one shuffle a direction serves the whole warp; with
-// ALIGNED (half a multiple of 8) chunks pair whole and that place is j itself. Every lane of
-// the warp calls both functions; a lane with dims = 0 (a v vector) keeps its values.
-template <bool ALIGNED>
-__device__ __forceinline__ void rope_angles(float2 (&cs)[8], const Rope& rope, int dims, int c0, int t) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) cs[j] = make_float2(1.f, 0.f);
-    if (c0 >= dims) return;
-    const float2* row = rope.table + size_t(t) * rope.half;
-    if (ALIGNED) {  // 8 consecutive angles, 64-byte aligned
-        const float4* a = reinterpret_cast<const float4*>(row + (c0 < rope.half ? c0 : c0 - rope.half));
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const float4 x = a[k];
-            cs[2 * k] = make_float2(x.x, x.y), cs[2 * k + 1] = make_float2(x.z, x.w);
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int d = c0 + j;
-            if (d < dims) cs[j] = row[d < rope.half ? d : d - rope.half];
-        }
-    }
-}
-
-// v[i] for a warp-uniform i, without local memory.
-__device__ __forceinline__ float pick8(const float (&v)[8], int i) {
-    float r = v[0];
-#pragma unroll
-    for (int k = 1; k < 8; ++k) r = i == k ? v[k] : r;
-    return r;
-}
-
-template <bool ALIGNED>
-__device__ __forceinline__ void rope8(float (&v)[8], const float2 (&cs)[8], int half, int dims, int c0, float sign) {
-    const int lane = threadIdx.x & 31;
-    if constexpr (ALIGNED) {
-        // One partner lane for all 8 values: half / 8 lanes up below half, down from half on.
-        // In place: every lane has read value j by the time it is written. The kernels are
-        // bound by instruction issue, and this was most of their arithmetic.
-        const bool low = c0 < half;
-        const int src = (lane + (low ? half : -half) / 8) & 31;
-        const float s = low ? sign : -sign;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float p = __shfl_sync(kFull, v[j], src);
-            if (c0 < dims) v[j] = v[j] * cs[j].x + s * p * cs[j].y;
-        }
-    } else {
-        float out[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            // The lanes that hold values d + half and d - half (floor division by 8).
-            const int up = (lane + ((j + half) >> 3)) & 31, down = (lane + ((j - half) >> 3)) & 31;
-            const int d = c0 + j;
-            const float hi = __shfl_sync(kFull, pick8(v, (j + half) & 7), up);
-            const float lo = __shfl_sync(kFull, pick8(v, (j - half) & 7), down);
-            out[j] = d < half ? v[j] * cs[j].x + sign * hi * cs[j].y
-                     : d < dims ? v[j] * cs[j].x - sign * lo * cs[j].y
-                                : v[j];
-        }
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = out[j];
-    }
-}
-
 // The vectors of a qkv row, in order: H of q, Hkv of k, Hkv of v. A vector's role, its head
 // within its tensor, and where it is read from (qkv) and written to (q, k or v).
 struct QkvVec {
@@ -1224,20 +1057,21 @@ struct QkvVec {
 };
 
 // Where a lane's chunk of a qkv_prep row loop's iteration lies: iteration it takes rows from
-// (blockIdx.x + it gridDim.x) rpb on; the lane's row n, its chunk's offset o in q, k or v and
-// oi in qkv, and its valid values cnt (0 past N and on padding lanes).
+// (blockIdx.x + it gridDim.x) rpb on, `per` vectors of each (the first of the row's nv); the
+// lane's row n, its chunk's offset o in q, k or v and oi in qkv, and its valid values cnt (0
+// past N and on padding lanes).
 struct QkvAt {
     int n, cnt;
     size_t o, oi;
-    __device__ QkvAt(int it, const QkvVec& r, int N, int nv, int hd, int rpb, int vec, int j, int c0) {
-        n = (blockIdx.x + it * gridDim.x) * rpb + vec / nv;
-        cnt = vec < rpb * nv && n < N ? hd - c0 : 0;
+    __device__ QkvAt(int it, const QkvVec& r, int N, int per, int nv, int hd, int rpb, int vec, int j, int c0) {
+        n = (blockIdx.x + it * gridDim.x) * rpb + vec / per;
+        cnt = vec < rpb * per && n < N ? hd - c0 : 0;
         o = (size_t(n) * r.heads + r.head) * hd + c0;
         oi = size_t(n) * nv * hd + size_t(j) * hd + c0;
     }
 };
 using QkvFwdAhead = Ahead<3, 2>;  // qkv; v_first
-using QkvBwdAhead = Ahead<3, 3>;  // qkv; dq (fp32) or dk or dv, v_first
+using QkvBwdAhead = Ahead<3, 3>;  // qkv; dq (fp32)
 // Three blocks an SM, up to 80 registers: at four (64 registers) both kernels spilled (the
 // backward 36-44 bytes a thread, which ncu showed as local loads missing L1), and the record
 // shape took 103 / 211 us against 100 / 202 (session 26 call 3).
@@ -1259,14 +1093,14 @@ __global__ void __launch_bounds__(kThreads, kQkvBlocks)
     const bool mix = r.role == 2 && p.v_mix;
     const QkvFwdAhead ahead(ahead_smem);
     auto fetch = [&](int it) {
-        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        const QkvAt a(it, r, N, nv, nv, hd, rpb, vec, j, c0);
         ahead.fetch(it, 0, p.qkv + a.oi, a.cnt);
         if (mix) ahead.fetch(it, 1, p.v_first + a.o, a.cnt);
         ahead.commit();
     };
     for (int it = 0; it < QkvFwdAhead::kAhead; ++it) fetch(it);
     for (int it = 0; (blockIdx.x + it * gridDim.x) * rpb < N; ++it) {
-        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        const QkvAt a(it, r, N, nv, nv, hd, rpb, vec, j, c0);
         float v[8];
         float2 cs[8];
         ahead.wait();
@@ -1297,97 +1131,50 @@ __global__ void __launch_bounds__(kThreads, kQkvBlocks)
     }
 }
 
-// partial[blockIdx.x][H + 2]: the block's sums of dq . (rotated normed q) per head (for
-// q_gain), then of dv . v_raw and dv . v_first (for v_mix). The rotation is orthogonal, so
-// dq . R(xn) = R^T(dq) . xn: one transposed rotation of dq serves q_gain's gradient and the
-// gradient through the norm.
+// q's share of the backward (k's and v's is the attention backward's epilogue): dqkv's q
+// columns, and partial[blockIdx.x][H], the block's sums of dq . (rotated normed q) per head
+// (q_gain's gradient; qk_backward says why one transposed rotation serves both).
 template <bool ALIGNED>
 __global__ void __launch_bounds__(kThreads, kQkvBlocks)
     qkv_prep_backward_kernel(const QkvGrad d, const QkvIn p, float* partial, int N, int Tn, int H, int Hkv, int hd,
                              int tpv, int rpb, const Rope rope, bool norm) {
     extern __shared__ __align__(16) unsigned char ahead_smem[];  // the loads ahead, then sums
     const int nv = H + 2 * Hkv;
-    float* const sums = reinterpret_cast<float*>(ahead_smem + QkvBwdAhead::bytes(blockDim.x));  // [vectors][2]
-    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % nv;
+    float* const sums = reinterpret_cast<float*>(ahead_smem + QkvBwdAhead::bytes(blockDim.x));  // [vectors]
+    const int vec = threadIdx.x / tpv, c0 = (threadIdx.x % tpv) * 8, j = vec % H;
     const QkvVec r(j, H, Hkv);
-    const int dims = r.role < 2 ? rope.dims : 0;
-    const float g = r.role == 0 && p.q_gain ? p.q_gain[r.head] : 1.f;
-    const float vm0 = p.v_mix ? p.v_mix[0] : 1.f, vm1 = p.v_mix ? p.v_mix[1] : 0.f;
-    const bool mix = r.role == 2 && p.v_mix;
+    const float g = p.q_gain ? p.q_gain[j] : 1.f;
     const QkvBwdAhead ahead(ahead_smem);
     auto fetch = [&](int it) {
-        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
+        const QkvAt a(it, r, N, H, nv, hd, rpb, vec, j, c0);
         ahead.fetch(it, 0, p.qkv + a.oi, a.cnt);
-        if (r.role == 0) ahead.fetch(it, 1, d.dq + a.o, a.cnt);
-        else ahead.fetch(it, 1, (r.role == 1 ? d.dk : d.dv) + a.o, a.cnt);
-        if (mix) ahead.fetch(it, 2, p.v_first + a.o, a.cnt);
+        ahead.fetch(it, 1, d.dq + a.o, a.cnt);
         ahead.commit();
     };
     for (int it = 0; it < QkvBwdAhead::kAhead; ++it) fetch(it);
-    float s0 = 0.f, s1 = 0.f;
+    float s0 = 0.f;
     for (int it = 0; (blockIdx.x + it * gridDim.x) * rpb < N; ++it) {
-        const QkvAt a(it, r, N, nv, hd, rpb, vec, j, c0);
-        const int cnt = a.cnt;
-        float vx[8], vd[8];
+        const QkvAt a(it, r, N, H, nv, hd, rpb, vec, j, c0);
+        float xn[8], vd[8];
         float2 cs[8];
         ahead.wait();
-        ahead.take(vx, it, 0, p.qkv + a.oi, cnt);
-        rope_angles<ALIGNED>(cs, rope, cnt > 0 ? dims : 0, c0, a.n % Tn);
-        float rs = 1.f;
-        if (r.role < 2) {
-            if (r.role == 0) {
-                ahead.take(vd, it, 1, d.dq + a.o, cnt);
+        ahead.take(xn, it, 0, p.qkv + a.oi, a.cnt);
+        ahead.take(vd, it, 1, d.dq + a.o, a.cnt);
+        rope_angles<ALIGNED>(cs, rope, a.cnt > 0 ? rope.dims : 0, c0, a.n % Tn);
+        const float rs = norm && a.cnt > 0 ? p.q_rstd[size_t(a.n) * H + j] : 1.f;
 #pragma unroll
-                for (int k = 0; k < 8; ++k) vd[k] *= d.dq_scale;
-            } else {
-                ahead.take(vd, it, 1, d.dk + a.o, cnt);
-            }
-            if (norm && cnt > 0) rs = (r.role == 0 ? p.q_rstd : p.k_rstd)[size_t(a.n) * r.heads + r.head];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) vx[k] *= rs;  // the normed input
-        } else {
-            ahead.take(vd, it, 1, d.dv + a.o, cnt);
-            for (const bf16* from : {d.dv_add, d.dv_add2})
-                if (from) add_raw8(vd, raw8(from + a.o, cnt));
-        }
-        rope8<ALIGNED>(vd, cs, rope.half, dims, c0, -1.f);  // q, k: R^T of the output's gradient
-        const float part = dot8(vd, vx);
-        const float m = group_sum(part, tpv) / hd;
-        if (r.role < 2) {
-            if (r.role == 0) s0 += part;
-            // vd = g R^T(dq), the normed input's gradient; then back through the norm.
-#pragma unroll
-            for (int k = 0; k < 8; ++k) vd[k] = norm ? g * rs * (vd[k] - vx[k] * m) : g * vd[k];
-        } else if (mix) {
-            float f[8], df[8];
-            ahead.take(f, it, 2, p.v_first + a.o, cnt);
-            s0 += part;
-            s1 += dot8(vd, f);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                df[k] = vm1 * vd[k];
-                vd[k] *= vm0;
-            }
-            add8(d.dv_first + a.o, df, cnt, d.add_dv_first);
-        }
-        st8(d.dqkv + a.oi, vd, cnt);
+        for (int k = 0; k < 8; ++k) vd[k] *= d.dq_scale, xn[k] *= rs;
+        s0 += qk_backward<ALIGNED>(vd, xn, cs, rope, rope.dims, c0, g, rs, norm, tpv, hd);
+        st8(d.dqkv + a.oi, vd, a.cnt);
         fetch(it + QkvBwdAhead::kAhead);
     }
     s0 = group_sum(s0, tpv);
-    s1 = group_sum(s1, tpv);
-    if (c0 == 0) sums[2 * vec] = s0, sums[2 * vec + 1] = s1;
+    if (c0 == 0) sums[vec] = s0;
     __syncthreads();
-    const int rows = rpb * nv;
     if (threadIdx.x < H) {
         float s = 0.f;
-        for (int k = threadIdx.x; k < rows; k += nv) s += sums[2 * k];
-        partial[size_t(blockIdx.x) * (H + 2) + threadIdx.x] = s;
-    } else if (threadIdx.x < H + 2) {
-        const int which = threadIdx.x - H;
-        float s = 0.f;
-        for (int row = 0; row < rpb; ++row)
-            for (int k = H + Hkv; k < nv; ++k) s += sums[2 * (row * nv + k) + which];
-        partial[size_t(blockIdx.x) * (H + 2) + threadIdx.x] = s;
+        for (int k = threadIdx.x; k < rpb * H; k += H) s += sums[k];
+        partial[size_t(blockIdx.x) * H + threadIdx.x] = s;
     }
 }
 
@@ -1652,8 +1439,7 @@ void rmsnorm_backward(In* dinp, const G* dout, const In* inp, const float* rstd,
     PG_CHECK_LAUNCH();
 }
 
-// One block's rows of qkv vectors, and each vector's shared memory (its normed input, and in the
-// backward its scaled gradient and two partial sums).
+// The forward's blocks: rows of all the qkv vectors.
 HeadLaunch qkv_launch(const QkvShape& s) {
     PG_CHECK(s.B >= 1 && s.Tn >= 1 && s.H >= 1 && s.Hkv >= 1);
     return head_launch(s.N(), s.H + 2 * s.Hkv, s.hd);
@@ -1679,23 +1465,56 @@ void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
     });
 }
 
-void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cudaStream_t stream) {
-    const HeadLaunch L = qkv_launch(s);
-    PG_CHECK(!p.v_mix || (p.v_first && d.dv_first && d.dv_mix));
-    const Rope rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
-    const size_t smem = QkvBwdAhead::bytes(L.threads) + size_t(2 * (L.threads / L.tpv)) * sizeof(float);
+// The attention backward's blocks hold 64 keys or more: at most this many of them.
+size_t kv_grad_parts_max(const QkvShape& s) { return size_t(s.B) * s.Hkv * ((s.Tn + 63) / 64); }
+
+// q's share of the backward: its launch, kernel and room for its partial sums, after the
+// attention's in scratch.
+struct QGradLaunch {
+    HeadLaunch L;
+    size_t smem;
+    int blocks;
+    size_t room;  // floats of scratch: the attention's sums, then q's
+};
+QGradLaunch q_grad_launch(const QkvShape& s, const Rope& rope) {
+    PG_CHECK(s.B >= 1 && s.Tn >= 1 && s.H >= 1 && s.Hkv >= 1);
+    QGradLaunch q;
+    q.L = head_launch(s.N(), s.H, s.hd);
+    q.smem = QkvBwdAhead::bytes(q.L.threads) + size_t(q.L.threads / q.L.tpv) * sizeof(float);
     with_rope_alignment(rope, [&](auto aligned) {
-        const auto kernel = qkv_prep_backward_kernel<decltype(aligned)::value>;
-        const int blocks = one_wave(kernel, L.threads, smem, L.work);
-        float* partial = scratch(size_t(blocks) * (s.H + 2));
-        kernel<<<blocks, L.threads, smem, stream>>>(d, p, partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, L.tpv, L.rpb, rope,
-                                                    s.norm);
-        PG_CHECK_LAUNCH();
-        PartialSums f;
-        if (p.q_gain && d.dq_gain) f.add(d.dq_gain, partial, s.H);
-        if (p.v_mix) f.add(d.dv_mix, partial + s.H, 2);
-        finish_partials(f, blocks, s.H + 2, 1, stream);
+        q.blocks = one_wave(qkv_prep_backward_kernel<decltype(aligned)::value>, q.L.threads, q.smem, q.L.work);
     });
+    q.room = 2 * kv_grad_parts_max(s) + size_t(q.blocks) * s.H;
+    return q;
+}
+
+KvGradEpilogue kv_grad_epilogue(const QkvGrad& d, const QkvIn& p, const QkvShape& s) {
+    PG_CHECK(!p.v_mix || (p.v_first && d.dv_first && d.dv_mix));
+    KvGradEpilogue e;
+    e.d = d, e.p = p, e.s = s;
+    e.rope = make_rope(s.rope_dims, s.hd, s.rope_base, s.Tn);
+    e.partial = scratch(q_grad_launch(s, e.rope).room);
+    return e;
+}
+
+void qkv_prep_backward(const KvGradEpilogue& e, cudaStream_t stream) {
+    const QkvGrad& d = e.d;
+    const QkvIn& p = e.p;
+    const QkvShape& s = e.s;
+    const QGradLaunch q = q_grad_launch(s, e.rope);
+    PG_CHECK(e.parts > 0 && size_t(e.parts) <= kv_grad_parts_max(s));  // the attention backward ran with e
+    float* const partial = scratch(q.room);
+    PG_CHECK(partial == e.partial);  // no call in between grew the scratch
+    float* const q_partial = partial + 2 * kv_grad_parts_max(s);
+    with_rope_alignment(e.rope, [&](auto aligned) {
+        qkv_prep_backward_kernel<decltype(aligned)::value><<<q.blocks, q.L.threads, q.smem, stream>>>(
+            d, p, q_partial, s.N(), s.Tn, s.H, s.Hkv, s.hd, q.L.tpv, q.L.rpb, e.rope, s.norm);
+        PG_CHECK_LAUNCH();
+    });
+    PartialSums f;
+    if (p.q_gain && d.dq_gain) f.add(d.dq_gain, q_partial, s.H, q.blocks, s.H);
+    if (p.v_mix) f.add(d.dv_mix, partial, 2, e.parts, 2);
+    finish_partials(f, 0, 0, 1, stream);
 }
 
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream) {

@@ -73,7 +73,30 @@ void rmsnorm_backward(In* dinp, const G* dout, const In* inp, const float* rstd,
 using QkvIn = QkvForward<float, bf16>;
 using QkvGrad = QkvBackward<float, bf16>;
 void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream);
-void qkv_prep_backward(const QkvGrad& d, const QkvIn& p, const QkvShape& s, cudaStream_t stream);
+
+// The rotary angles of partial RoPE: [Tn][half] (cos, sin), made on the host (kernels.cu).
+struct Rope {
+    const float2* table = nullptr;
+    int half = 0, dims = 0;
+};
+
+// The backward comes in two parts. k's and v's share is the epilogue of the attention backward
+// that forms dk and dv (flash_attention_backward with this struct): each of its blocks owns
+// whole key rows of one KV head, so dk and dv go on to dqkv's k and v columns (and to
+// dv_first, and v_mix's sums) from its registers and never through memory; d.dk and d.dv are
+// unused. qkv_prep_backward then does q's share and finishes the parameter gradients of both.
+struct KvGradEpilogue {
+    QkvGrad d;
+    QkvIn p;
+    QkvShape s;
+    Rope rope;
+    float* partial = nullptr;  // v_mix's two sums of each attention block
+    int parts = 0;             // the attention blocks that wrote them (set by the attention backward)
+};
+// The epilogue of d, p, s: the rotation's table and room for the sums (kernels.cu's scratch,
+// which qkv_prep_backward's own partial sums share; no call that uses it may come between).
+KvGradEpilogue kv_grad_epilogue(const QkvGrad& d, const QkvIn& p, const QkvShape& s);
+void qkv_prep_backward(const KvGradEpilogue& e, cudaStream_t stream);
 
 // ---- XSA: out[n,h] = y[n,h] - (y[n,h].vn) vn, vn = v[n,h/group]/||v|| (ops_ref.h xsa_forward) ----
 void xsa_forward(bf16* out, const bf16* y, const bf16* v, int N, int H, int Hkv, int hd, cudaStream_t stream);

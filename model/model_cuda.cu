@@ -132,7 +132,6 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     want(dh_, N * D);
     want(dact_, fused_mlp_ ? 0 : N * hidden);
     for (bf16** p : {&dyo_, &dy_}) want(*p, N * QD);
-    for (bf16** p : {&dk_, &dv_att_}) want(*p, N * KVD);
     want(dw_, std::max({QKV * D, D * hidden, D * QD})), want(dbig_e_, N * bd);
 
     size_t total = 0;
@@ -557,18 +556,20 @@ void CudaModel::block_backward(int i) {
                      flash_attention_delta(attn_ws_, B_, Tn_, H, hd), Tn_);
         dy = dy_;
     }
-    // dq accumulates in slot i & 1, which entry i + 1's backward left zeroed (AttnBwdPlan).
-    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, dk_, dv_att_, attn_ws_, B_, Tn_, H, Hkv, hd, st,
-                             AttnBwdPlan{b, !last, i > 0, x});
+    // dq accumulates in slot i & 1, which entry i + 1's backward left zeroed (AttnBwdPlan). dk and
+    // dv go on through q/k/v preparation's backward in the attention's own epilogue.
     QkvGrad d;
-    d.dqkv = dqkv, d.dq_gain = G(L.q_gain), d.dk = dk_, d.dv = dv_att_;
+    d.dqkv = dqkv, d.dq_gain = G(L.q_gain);
     d.dq = flash_attention_dq_accumulator(attn_ws_, b, B_, Tn_, H, hd), d.dq_scale = 1.f / std::sqrt(float(hd));
     d.dv_add = x ? dv_ : nullptr;  // XSA's share of v's gradient
     if (cfg_.value_residual) {
         if (i > 0) d.dv_first = dv_first_, d.dv_mix = G(L.v_mix), d.add_dv_first = !last;
         else if (!last) d.dv_add2 = dv_first_;  // the first block's v is v_first itself
     }
-    qkv_prep_backward(d, qkv_in(i), qkv_shape(), st);
+    KvGradEpilogue kv = kv_grad_epilogue(d, qkv_in(i), qkv_shape());
+    flash_attention_backward(A.q, A.k, A.v, A.y, A.lse, dy, nullptr, nullptr, nullptr, attn_ws_, B_, Tn_, H, Hkv, hd,
+                             st, AttnBwdPlan{b, !last, i > 0, x}, &kv);
+    qkv_prep_backward(kv, st);
     // One product for the three weights' gradients, then each added into its own bank: three
     // products of a few rows each split K over the SMs at ~390 TFLOP/s.
     to_side();

@@ -220,7 +220,7 @@ private:
     // proj_scaled_, and in the side stream's add of the weight gradients), and df_, dqkv_. The
     // side stream's weight gradients of entry i read them while the chain goes on to entry i - 1.
     bf16 *dout_[2], *dmid_[2], *df_[2], *dqkv_[2];
-    bf16 *dh_, *dact_, *dyo_, *dy_, *dk_, *dv_att_, *dbig_e_;
+    bf16 *dh_, *dact_, *dyo_, *dy_, *dbig_e_;
 };
 
 }  // namespace pg

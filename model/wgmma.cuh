@@ -323,6 +323,9 @@ __device__ __forceinline__ uint4 lds16(uint32_t addr) {
     return v;
 }
 
+// Brings the 128-byte line holding p into L2, holding no register until it lands.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 // Copies 16 bytes from global to shared memory, or writes 16 zero bytes when !valid.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/cuda_check.cuh"
+#include "model/attention.cuh"
 #include "model/kernels.cuh"
 #include "model/ops_ref.h"
 #include "tests/gpu.h"
@@ -662,7 +663,8 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
     };
     for (const RowShape& rs : row_shapes()) {
         if (rs.C != 8) continue;  // the row shapes' sequences, once each
-        for (const Head& hs : {Head{8, 4, 64, 16}, Head{4, 4, 64, 16}, Head{8, 2, 64, 64}, Head{3, 1, 20, 6}})
+        for (const Head& hs : {Head{8, 4, 64, 16}, Head{4, 4, 64, 16}, Head{8, 2, 64, 64}, Head{3, 1, 32, 6},
+                                Head{3, 1, 20, 6}})
             for (const bool norm : {true, false})
                 for (const bool with_gain : {true, false})
                     for (const bool vmix : {true, false}) {
@@ -722,16 +724,34 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
 
                         // Backward, with both extra gradients of v (XSA's, and v_first's in the
                         // first block) present or not, and the forward's rstd rounded to fp32.
+                        // k's and v's share is the attention backward's epilogue, so it runs at
+                        // the attention's head dims only. The attention runs first without it:
+                        // its dk, dv (bf16) are the oracle's, the very values the epilogue uses.
+                        // q's share reads the dq accumulator, which then gets random values: at
+                        // T = 1 the attention's dq is rounding noise (P = 1, so dS = 0), and
+                        // q_gain's gradient, added to a base near 1 in fp32, kept few of its bits.
+                        if (!flash_attention_supports_head_dim(s.hd)) continue;
                         const bool adds = vmix != with_gain;
-                        const Vec gq = held<float>(randn(rng, nq)), gk = held<bf16>(randn(rng, nkv)),
-                                  gv = held<bf16>(randn(rng, nkv)), add1 = held<bf16>(randn(rng, nkv)),
-                                  add2 = held<bf16>(randn(rng, nkv));
+                        auto att_out = poisoned<bf16>(nq);
+                        auto att_lse = poisoned<float>(size_t(N) * s.H);
+                        auto att_dout = upload<bf16>(randn(rng, nq));
+                        DeviceArray<unsigned char> ws(flash_attention_backward_workspace_bytes(s.B, s.Tn, s.H, s.hd));
+                        auto gk = poisoned<bf16>(nkv);
+                        auto gv = poisoned<bf16>(nkv);
+                        auto attention_backward = [&](KvGradEpilogue* kv) {
+                            flash_attention_backward(dq.get(), dk.get(), dv.get(), att_out.get(), att_lse.get(),
+                                                     att_dout.get(), nullptr, kv ? nullptr : gk.get(),
+                                                     kv ? nullptr : gv.get(), ws.get(), s.B, s.Tn, s.H, s.Hkv, s.hd,
+                                                     st.s, {}, kv);
+                        };
+                        flash_attention_forward(dq.get(), dk.get(), dv.get(), att_out.get(), att_lse.get(), s.B, s.Tn,
+                                                s.H, s.Hkv, s.hd, st.s);
+                        attention_backward(nullptr);
+                        const Vec gkv_k = download(gk, st.s), gkv_v = download(gv, st.s);
+                        const Vec add1 = held<bf16>(randn(rng, nkv)), add2 = held<bf16>(randn(rng, nkv));
                         const Vec base_gain = held<float>(randn(rng, s.H)), base_mix = held<float>(randn(rng, 2)),
                                   base_vf = held<bf16>(randn(rng, nkv));
                         Vec qr32 = held<float>(qr), kr32 = held<float>(kr);
-                        auto dgq = upload<float>(gq);
-                        auto dgk = upload<bf16>(gk);
-                        auto dgv = upload<bf16>(gv);
                         auto dadd1 = upload<bf16>(add1);
                         auto dadd2 = upload<bf16>(add2);
                         auto dqr32 = upload<float>(qr32);
@@ -741,17 +761,24 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                         auto gmix = upload<float>(base_mix);
                         auto gvf = upload<bf16>(base_vf);
                         p.q_rstd = dqr32.get(), p.k_rstd = dkr32.get();
+                        const float dq_scale = 1.f / std::sqrt(float(s.hd));
                         QkvGrad d;
                         d.dqkv = out.get(), d.dq_gain = ggain.get(), d.dv_mix = gmix.get(), d.dv_first = gvf.get();
-                        d.dq = dgq.get(), d.dq_scale = 0.125f, d.dk = dgk.get(), d.dv = dgv.get();
+                        float* const dq_acc = flash_attention_dq_accumulator(ws.get(), 0, s.B, s.Tn, s.H, s.hd);
+                        d.dq = dq_acc, d.dq_scale = dq_scale;
                         if (adds) d.dv_add = dadd1.get(), d.dv_add2 = dadd2.get();
-                        qkv_prep_backward(d, p, s, st.s);
+                        KvGradEpilogue e = kv_grad_epilogue(d, p, s);
+                        attention_backward(&e);
+                        const Vec gq = held<float>(randn(rng, nq));
+                        PG_CHECK(cudaStreamSynchronize(st.s));
+                        PG_CHECK(cudaMemcpy(dq_acc, hold<float>(gq).data(), nq * sizeof(float), cudaMemcpyHostToDevice));
+                        qkv_prep_backward(e, st.s);
                         Vec rout(nqkv), rgain(s.H, 0.0), rmix(2, 0.0), rvf(nkv, 0.0);
                         r.q_rstd = qr32.data(), r.k_rstd = kr32.data();
                         QkvBackward<double, double> rd;
                         rd.dqkv = rout.data(), rd.dq_gain = rgain.data(), rd.dv_mix = rmix.data();
-                        rd.dv_first = rvf.data(), rd.dq = gq.data(), rd.dq_scale = 0.125;
-                        rd.dk = gk.data(), rd.dv = gv.data();
+                        rd.dv_first = rvf.data(), rd.dq = gq.data(), rd.dq_scale = dq_scale;
+                        rd.dk = gkv_k.data(), rd.dv = gkv_v.data();
                         if (adds) rd.dv_add = add1.data(), rd.dv_add2 = add2.data();
                         pg::qkv_prep_backward(rd, r, s);
                         E.check("qkv_prep_backward dqkv, " + tag, download(out, st.s), rout, kBf16);
@@ -768,7 +795,9 @@ TEST_CASE("kernel qkv_prep: QK norm, partial RoPE, q gain and value mix, forward
                             Vec rvf_set = base_vf;
                             d.dv_first = gvf_set.get(), d.add_dv_first = false;
                             rd.dv_first = rvf_set.data(), rd.add_dv_first = false;
-                            qkv_prep_backward(d, p, s, st.s);
+                            KvGradEpilogue e_set = kv_grad_epilogue(d, p, s);
+                            attention_backward(&e_set);
+                            qkv_prep_backward(e_set, st.s);
                             pg::qkv_prep_backward(rd, r, s);
                             E.check("qkv_prep_backward dv_first overwriting", download(gvf_set, st.s), rvf_set, kBf16);
                         } else {
@@ -1054,6 +1083,12 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
     auto mix = upload<float>(randn(rng, 2));
     DeviceArray<bf16> dvf(nkv);
     DeviceArray<bf16> dx(n), ds(n), dres(n), dqkv(nq + 2 * nkv);
+    // The attention backward whose epilogue does k's and v's share of qkv_prep's (dq is its own).
+    auto y = poisoned<bf16>(nq);
+    auto lse = poisoned<float>(size_t(N) * H);
+    auto dy = upload<bf16>(randn(rng, nq));
+    DeviceArray<unsigned char> ws(flash_attention_backward_workspace_bytes(B, Tn, H, hd));
+    flash_attention_forward(q.get(), kv.get(), kv.get(), y.get(), lse.get(), B, Tn, H, Hkv, hd, st.s);
     std::vector<std::vector<float>> runs;
     for (int r = 0; r < 3; ++r) {
         // The first-norm pass taken on through a skip: resid_mix-like dwx, dw0, the skip's dw and
@@ -1080,8 +1115,11 @@ TEST_CASE("kernel parameter gradients are bit for bit the same from run to run")
         qp.v_first = kv.get(), qp.v_mix = mix.get();
         QkvGrad qd;
         qd.dqkv = dqkv.get(), qd.dq_gain = p + 4 * C + 1, qd.dv_mix = p + 4 * C + 1 + H, qd.dv_first = dvf.get();
-        qd.dq = gq.get(), qd.dk = gkv.get(), qd.dv = gkv.get();
-        qkv_prep_backward(qd, qp, s, st.s);
+        qd.dq = gq.get(), qd.dv_add = gkv.get();
+        KvGradEpilogue e = kv_grad_epilogue(qd, qp, s);
+        flash_attention_backward(q.get(), kv.get(), kv.get(), y.get(), lse.get(), dy.get(), nullptr, nullptr, nullptr,
+                                 ws.get(), B, Tn, H, Hkv, hd, st.s, {}, &e);
+        qkv_prep_backward(e, st.s);
         PG_CHECK(cudaStreamSynchronize(st.s));
         runs.push_back(dw.download());
     }
