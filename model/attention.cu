@@ -397,7 +397,7 @@ __device__ void kv_grad_prefetch(const KvGradEpilogue& e, int b, int hk, int k0,
 // as in kernels.cu's qkv_prep_backward_kernel. Returns the lane's shares of v_mix's two sums
 // (dv . v_raw, dv . v_first). The global reads of up to 4 rows a lane are issued together
 // before any store: between dqkv's stores, which the compiler cannot tell apart from them, each
-// row's reads waited on memory in turn (the epilogue took 48 us a call at the record shape).
+// row's reads waited on memory in turn (the epilogue then added 48 us a call at the record shape).
 template <bool ALIGNED, int TROWS, int D>
 __device__ float2 kv_grad_rows(const KvGradEpilogue& e, const unsigned char* pK, const unsigned char* pV, int r0,
                                int k0, int b, int hk, int T, int lane) {

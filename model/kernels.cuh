@@ -68,8 +68,9 @@ void rmsnorm_backward(In* dinp, const G* dout, const In* inp, const float* rstd,
 
 // ---- q/k/v preparation (ops_ref.h qkv_prep_forward / _backward): from the fused projection
 // qkv [N, (H + 2 Hkv) hd], QK norm, partial RoPE and q_gain on q and k, the value-residual mix
-// on v, in one pass; the backward also does the v_mix backward and sums v's gradients.
-// Parameter gradients are per-block partial sums finished in a fixed order. ----
+// on v, in one pass; the backward (in two parts, KvGradEpilogue) also does the v_mix backward
+// and sums v's gradients. Parameter gradients are per-block partial sums finished in a fixed
+// order. ----
 using QkvIn = QkvForward<float, bf16>;
 using QkvGrad = QkvBackward<float, bf16>;
 void qkv_prep_forward(const QkvIn& p, const QkvShape& s, cudaStream_t stream);
