@@ -189,7 +189,7 @@ NewtonSchulzCuda::NewtonSchulzCuda(size_t max_numel, size_t max_gram, int max_co
       partial_(max_numel / kFrobChunk + size_t(max_count)) {}
 
 const bf16* NewtonSchulzCuda::run(Gemm& gemm, const float* U, int count, int rows, int cols, int steps,
-                                  cudaStream_t stream) {
+                                  cudaStream_t stream, int sm_count) {
     const bool tall = rows > cols;
     const int m = tall ? cols : rows, n = tall ? rows : cols;
     const size_t numel = size_t(rows) * cols;
@@ -215,6 +215,7 @@ const bf16* NewtonSchulzCuda::run(Gemm& gemm, const float* U, int count, int row
         g.trans_b = !tall;
         g.d = gram_.get();
         g.batch = count;
+        g.sm_count = sm_count;
         g.stride_a = g.stride_b = (long long)numel;
         g.stride_d = (long long)m * m;
         gemm.run(g, stream);
@@ -227,6 +228,7 @@ const bf16* NewtonSchulzCuda::run(Gemm& gemm, const float* U, int count, int row
         p.alpha = kNsC;
         p.beta = kNsB;
         p.batch = count;
+        p.sm_count = sm_count;
         gemm.run(p, stream);
 
         GemmArgs x;  // X <- a X + P X (wide) or a X + X P (tall)
@@ -239,6 +241,7 @@ const bf16* NewtonSchulzCuda::run(Gemm& gemm, const float* U, int count, int row
         x.d = x_[cur ^ 1].get();
         x.beta = kNsA;
         x.batch = count;
+        x.sm_count = sm_count;
         x.stride_a = tall ? (long long)numel : (long long)m * m;
         x.stride_b = tall ? (long long)m * m : (long long)numel;
         gemm.run(x, stream);
@@ -291,6 +294,14 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
         lanes_.emplace_back(new Lane(size_t(b.count) * b.rows * b.cols, size_t(b.count) * m * m, b.count));
     }
     PG_CHECK(cudaEventCreateWithFlags(&clipped_, cudaEventDisableTiming));
+    // Planned for all SMs, each bank's products fill the GPU and the lanes take turns; planned for
+    // half, two banks' run side by side. On an H100 (132 SMs) the optimizer took 1.32-1.34 ms at
+    // 50, 66 or 80 against 1.41-1.48 at all (logs/2026-11-25_session29/call5, call6); 33 gained
+    // nothing. Small GPUs and a single bank keep them all.
+    int dev = 0, sms = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    ns_sms_ = sms > 64 && lanes_.size() > 1 ? sms / 2 : 0;
     std::vector<AdamBlock> blocks;
     for (const ParamSpec& p : layout_.params) {
         if (p.kind == ParamKind::Matrix) continue;
@@ -358,7 +369,7 @@ void CudaOptimizer::muon_update_bank_slice(int bank, int first, int count, float
     muon_prep_kernel<<<unsigned(count * B.rows), 128, 0, st>>>(grads + begin, mom, L.u.get(), B.cols, clip_.get(),
                                                               muon_momentum_at(step, cfg_), cfg_.muon_row_norm);
     PG_CHECK_LAUNCH();
-    const bf16* O = L.ns.run(L.gemm, L.u.get(), count, B.rows, B.cols, cfg_.ns_steps, st);
+    const bf16* O = L.ns.run(L.gemm, L.u.get(), count, B.rows, B.cols, cfg_.ns_steps, st, ns_sms_);
 
     const float lr = cfg_.matrix_lr * lr_scale;
     const float decay = 1.f - lr * cfg_.muon_wd;

@@ -40,7 +40,9 @@ class NewtonSchulzCuda {
 public:
     NewtonSchulzCuda(size_t max_numel, size_t max_gram, int max_count);
     // Returns the result, bf16, same layout as U; valid until the next run(). U is not written.
-    const bf16* run(Gemm& gemm, const float* U, int count, int rows, int cols, int steps, cudaStream_t stream);
+    // sm_count: the SMs its products plan for (GemmArgs::sm_count; 0: all).
+    const bf16* run(Gemm& gemm, const float* U, int count, int rows, int cols, int steps, cudaStream_t stream,
+                    int sm_count = 0);
 
 private:
     DeviceArray<bf16> x_[2], gram_, poly_;
@@ -108,6 +110,7 @@ private:
     std::vector<size_t> bank_state_;  // offset of each bank's momentum in muon_m_
     DeviceArray<float> muon_m_;       // momentum
     std::vector<std::unique_ptr<Lane>> lanes_;  // one per bank
+    int ns_sms_ = 0;  // the SMs each lane's Newton-Schulz products plan for (0: all)
     DeviceArray<AdamBlock> adam_blocks_;
     int n_adam_blocks_ = 0;
     DeviceArray<float> adam_m_, adam_v_;
