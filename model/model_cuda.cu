@@ -157,8 +157,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     // The side products plan for half the SMs, which the chain's kernels then find free. On an
     // H100 (132 SMs): planned for all 132, the step took no less than on one stream; 0.4 ms less
     // at 100 (docs/benchmarks/logs/2026-11-24_session21/call5_side_ab); the backward another
-    // 0.15-0.25 ms less at 66, and 1 ms more at 40 (logs/2026-11-25_session29/call5, call6).
-    // Small GPUs keep them all.
+    // 0.15-0.25 ms less at 66, and 1 ms more at 40
+    // (docs/benchmarks/logs/2026-11-25_session29/call5, call6). Small GPUs keep them all.
     int dev = 0, sms = 0;
     PG_CHECK(cudaGetDevice(&dev));
     PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));

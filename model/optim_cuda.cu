@@ -295,9 +295,10 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
     }
     PG_CHECK(cudaEventCreateWithFlags(&clipped_, cudaEventDisableTiming));
     // Planned for all SMs, each bank's products fill the GPU and the lanes take turns; planned for
-    // half, two banks' run side by side. On an H100 (132 SMs) the optimizer took 1.32-1.34 ms at
-    // 50, 66 or 80 against 1.41-1.48 at all (logs/2026-11-25_session29/call5, call6); 33 gained
-    // nothing. Small GPUs and a single bank keep them all.
+    // half, two banks' products run side by side. On an H100 (132 SMs) the optimizer took
+    // 1.32-1.34 ms at 50, 66 or 80 against 1.44-1.48 at all; 33 gained nothing
+    // (docs/benchmarks/logs/2026-11-25_session29/call5, call6). Small GPUs and a single bank keep
+    // them all.
     int dev = 0, sms = 0;
     PG_CHECK(cudaGetDevice(&dev));
     PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
