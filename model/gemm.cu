@@ -46,6 +46,13 @@ std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t>& tuned() {
 
 }  // namespace
 
+int half_sms() {
+    int dev = 0, sms = 0;
+    PG_CHECK(cudaGetDevice(&dev));
+    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms > 64 ? sms / 2 : 0;
+}
+
 Gemm::Gemm(size_t workspace_bytes) : workspace_(workspace_bytes) { PG_CHECK(cublasLtCreate(&handle_)); }
 
 Gemm::~Gemm() {

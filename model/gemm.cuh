@@ -47,6 +47,11 @@ struct GemmArgs {
     int sm_count = 0;
 };
 
+// The SM count target (GemmArgs::sm_count) for products that run beside other work on the
+// GPU: half of the current device's SMs, so that the rest stays free for it; 0 (all) on GPUs of
+// 64 SMs or fewer.
+int half_sms();
+
 class Gemm {
 public:
     explicit Gemm(size_t workspace_bytes = size_t(32) << 20);

@@ -159,10 +159,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_rows, cudaStream_t stream)
     // at 100 (docs/benchmarks/logs/2026-11-24_session21/call5_side_ab); the backward another
     // 0.15-0.25 ms less at 66, and 1 ms more at 40
     // (docs/benchmarks/logs/2026-11-25_session29/call5, call6). Small GPUs keep them all.
-    int dev = 0, sms = 0;
-    PG_CHECK(cudaGetDevice(&dev));
-    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    side_sms_ = sms > 64 ? sms / 2 : 0;
+    side_sms_ = half_sms();
 }
 
 CudaModel::~CudaModel() {

@@ -299,10 +299,7 @@ CudaOptimizer::CudaOptimizer(const ParamLayout& layout, const TrainConfig& cfg, 
     // 1.32-1.34 ms at 50, 66 or 80 against 1.44-1.48 at all; 33 gained nothing
     // (docs/benchmarks/logs/2026-11-25_session29/call5, call6). Small GPUs and a single bank keep
     // them all.
-    int dev = 0, sms = 0;
-    PG_CHECK(cudaGetDevice(&dev));
-    PG_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    ns_sms_ = sms > 64 && lanes_.size() > 1 ? sms / 2 : 0;
+    ns_sms_ = lanes_.size() > 1 ? half_sms() : 0;
     std::vector<AdamBlock> blocks;
     for (const ParamSpec& p : layout_.params) {
         if (p.kind == ParamKind::Matrix) continue;
